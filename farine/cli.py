@@ -1,0 +1,210 @@
+"""The `farine` command: `farine start MODULE ...` (and the seed's `farine --start=MODULE`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Final, Literal, cast
+
+import anyio
+
+import farine
+from farine import settings
+from farine._logging import setup_logging
+from farine._redact import add_secret, redact
+from farine.exceptions import FarineError, ServiceNotFound
+
+__all__ = ("main",)
+
+logger = logging.getLogger("farine.cli")
+
+Backend = Literal["asyncio", "trio"]
+BACKENDS: Final[tuple[Backend, ...]] = ("asyncio", "trio")
+
+#: Exit codes: 1 = a service failed or the user's code raised; 2 = bad command line or
+#: configuration (argparse's own convention).
+EXIT_FAILURE: Final = 1
+EXIT_USAGE: Final = 2
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="event loop: asyncio (default) or trio (env: FARINE_BACKEND)",
+    )
+    parser.add_argument(
+        "--config", metavar="PATH", help="INI file (default: $FARINE_INI, else /etc/farine.ini)"
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        help="log level (default: the log_level setting, else INFO)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of the `farine` command."""
+    parser = argparse.ArgumentParser(
+        prog="farine",
+        description="Run farine services.",
+        epilog="The seed's form `farine --start=MODULE` (or -s MODULE) still works.",
+    )
+    parser.add_argument("--version", action="version", version=f"farine {farine.__version__}")
+    parser.add_argument(
+        "-s", "--start", action="append", metavar="MODULE", dest="legacy_start",
+        help="start MODULE (same as `farine start MODULE`)",
+    )  # fmt: skip
+    _common(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    start = commands.add_parser("start", help="run the services of one or more modules")
+    start.add_argument("modules", nargs="+", metavar="MODULE", help="imports MODULE.service")
+    _common(start)
+
+    migrate = commands.add_parser("migrate", help="create the tables of MODULE.models")
+    migrate.add_argument("module", metavar="MODULE")
+    _common(migrate)
+    return parser
+
+
+def _choose_backend(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Backend:
+    backend = cast(str | None, args.backend) or os.environ.get("FARINE_BACKEND") or "asyncio"
+    for known in BACKENDS:
+        if backend == known:
+            return known
+    parser.error(f"FARINE_BACKEND: invalid choice {backend!r} (choose from asyncio, trio)")
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    """Configure settings and logging from the command line."""
+    settings.configure(cast(str | None, args.config))
+    config = settings.current()
+    defaults = config.service("DEFAULT")
+    add_secret(defaults.db_password)
+    for section in config.sections():
+        add_secret(config.service(section).db_password)
+    setup_logging(cast(str | None, args.log_level) or defaults.log_level or "INFO")
+    if config.path is None:
+        logger.info("no configuration file at %s: using defaults", settings.DEFAULT_PATH)
+    else:
+        logger.info("configuration: %s", config.path)
+
+
+def _start(modules: Sequence[str], backend: Backend) -> int:
+    from farine.discovery import discover
+    from farine.runtime import run
+
+    if os.getcwd() not in sys.path:
+        # `farine start mymodule` imports from the current directory, as `python -m` would.
+        sys.path.insert(0, os.getcwd())
+    services = [service for module in modules for service in discover(module)]
+    if not services:
+        logger.error("nothing to run: no service found in %s", ", ".join(modules))
+        return EXIT_FAILURE
+    logger.info("starting %d service(s) from %s on %s", len(services), ", ".join(modules), backend)
+    anyio.run(run, services, backend=backend)
+    return 0
+
+
+def _migrate(module: str) -> int:
+    import importlib
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    # Imported by name: the database connector is optional at this stage of the project.
+    sql = importlib.import_module("farine.connectors.sql")
+    migrate = cast(Callable[[str], None], sql.migrate)
+    migrate(module)
+    return 0
+
+
+def _only_interrupts(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        group = cast(BaseExceptionGroup[BaseException], exc)
+        return all(_only_interrupts(inner) for inner in group.exceptions)
+    return isinstance(exc, KeyboardInterrupt)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The single error inside (nested) exception groups, else the group itself."""
+    if isinstance(exc, BaseExceptionGroup):
+        inner = cast(tuple[BaseException, ...], exc.exceptions)  # pyright: ignore[reportUnknownMemberType]
+        if len(inner) == 1:
+            return _unwrap(inner[0])
+    return cast(BaseException, exc)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `farine` command and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = cast(str | None, args.command)
+    legacy = cast(list[str] | None, args.legacy_start)
+    if command is None and not legacy:
+        parser.error("nothing to do: use `farine start MODULE` (or --start=MODULE)")
+    if command is not None and legacy:
+        parser.error("--start cannot be combined with a command")
+    backend = _choose_backend(args, parser)
+    try:
+        _prepare(args)
+        if command == "migrate":
+            code = _migrate(cast(str, args.module))
+        else:
+            code = _start(legacy or cast(list[str], args.modules), backend)
+    except ServiceNotFound as exc:
+        print(f"farine: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except FarineError as exc:
+        print(f"farine: error: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, settings.SettingsError) else EXIT_FAILURE
+    except BaseException as exc:
+        if _only_interrupts(exc):
+            print("farine: interrupted", file=sys.stderr)
+            return 130
+        inner = _unwrap(exc)
+        if isinstance(inner, FarineError):
+            print(f"farine: error: {redact(str(inner))}", file=sys.stderr)
+            return EXIT_FAILURE
+        if inner is not exc and isinstance(inner, Exception):
+            raise inner from None
+        raise
+    return code
+
+
+def legacy_migrate(argv: Sequence[str] | None = None) -> int:
+    """The seed's `farine-migrate --service MODULE`."""
+    parser = argparse.ArgumentParser(prog="farine-migrate")
+    parser.add_argument("-s", "--service", required=True, metavar="MODULE")
+    parser.add_argument("--config", metavar="PATH")
+    args = parser.parse_args(argv)
+    return main(
+        ["migrate", cast(str, args.service)]
+        + (["--config", cast(str, args.config)] if args.config else [])
+    )
+
+
+def run_main() -> None:  # pragma: no cover - exercised through subprocess tests
+    """Console-script wrapper: exit with `main()`'s code, not waiting on stuck threads."""
+    code = main()
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if stuck:
+        # A `def` handler still running after the shutdown grace period cannot be
+        # interrupted; do not let it keep the process alive.
+        logger.warning("%d worker thread(s) still running at exit; abandoning them", len(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def run_legacy_migrate() -> None:  # pragma: no cover - exercised through subprocess tests
+    """Console-script wrapper of `legacy_migrate()`."""
+    sys.exit(legacy_migrate())

@@ -1,0 +1,216 @@
+"""What every entrypoint shares: specs recorded by decorators, and the service context.
+
+A decorator such as `farine.execute.method()` only *records* a frozen `EntrypointSpec`
+on the function (in its `__farine_entrypoints__` tuple); nothing global is registered,
+so importing a module twice or from two places changes nothing. When a service starts,
+the runtime asks each spec to `bind()` itself to the service instance, which gives an
+`Entrypoint` whose `serve()` runs until the service stops.
+
+Handlers are called through `ServiceContext.call()`: `async def` handlers run on the
+event loop, `def` handlers in worker threads bounded by the service's `max_workers`.
+Extensions (the database connector) add per-call hooks to the context.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import functools
+import inspect
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+
+import anyio
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+
+    from farine.settings import ServiceSettings
+
+__all__ = (
+    "Entrypoint",
+    "EntrypointSpec",
+    "ServiceContext",
+    "current_service",
+    "entrypoint_specs",
+    "is_async_callable",
+    "record_spec",
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
+
+logger = logging.getLogger("farine.entrypoints")
+
+SPECS_ATTRIBUTE = "__farine_entrypoints__"
+
+SyncHook = Callable[[], contextlib.AbstractContextManager[Any]]
+AsyncHook = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
+
+_current_service: ContextVar[ServiceContext] = ContextVar("farine_current_service")
+
+
+class EntrypointSpec(abc.ABC):
+    """The frozen description of an entrypoint, recorded on a method by its decorator.
+
+    Subclasses are frozen dataclasses holding the decorator's arguments.
+    """
+
+    #: Short kind name used in log lines ("execute", "consume", "rpc", "sse").
+    kind: str = "entrypoint"
+
+    @abc.abstractmethod
+    def bind(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> Entrypoint:
+        """Build the running entrypoint for `handler`, a bound method of the service.
+
+        Raise `ConfigurationError` here for anything wrong with the declaration (an
+        annotation that cannot be decoded, a missing endpoint, ...): it is reported at
+        start-up with the service and method names.
+        """
+
+
+class Entrypoint(abc.ABC):
+    """A running entrypoint: created by `EntrypointSpec.bind()`, run by the runtime."""
+
+    def __init__(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> None:
+        self.service = service
+        self.handler = handler
+        self.name = name
+
+    @property
+    def qualname(self) -> str:
+        """`service.method`, as shown in log lines."""
+        return f"{self.service.name}.{self.name}"
+
+    def describe(self) -> str:
+        """A short description for the start-up log line."""
+        return self.qualname
+
+    @abc.abstractmethod
+    async def serve(self, *, task_status: TaskStatus[None]) -> None:
+        """Run until the service stops.
+
+        Call `task_status.started()` once ready (consuming, connected, ...). When
+        `self.service.stopping` is set, stop taking new work, let in-flight handler calls
+        finish and return. Raising after `started()` makes the runtime log the error and
+        restart `serve()` with backoff; raising before it fails the start-up.
+        """
+
+
+def record_spec(func: F, spec: EntrypointSpec) -> F:
+    """Append `spec` to the entrypoint specs recorded on `func` and return `func`."""
+    existing: tuple[EntrypointSpec, ...] = getattr(func, SPECS_ATTRIBUTE, ())
+    setattr(func, SPECS_ATTRIBUTE, (*existing, spec))
+    return func
+
+
+def entrypoint_specs(obj: object) -> tuple[EntrypointSpec, ...]:
+    """Return the entrypoint specs recorded on a function (empty when none)."""
+    specs: object = getattr(obj, SPECS_ATTRIBUTE, ())
+    if not isinstance(specs, tuple):
+        return ()
+    items = cast(tuple[object, ...], specs)
+    return tuple(spec for spec in items if isinstance(spec, EntrypointSpec))
+
+
+def is_async_callable(func: Callable[..., Any]) -> bool:
+    """True for `async def` functions (and callables wrapping one)."""
+    while isinstance(func, functools.partial):
+        func = cast(Callable[..., Any], func.func)
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)  # noqa: B004  # callable objects with async __call__
+    )
+
+
+def current_service() -> ServiceContext | None:
+    """Return the service whose handler is running in this task or worker thread."""
+    return _current_service.get(None)
+
+
+@dataclass(eq=False)
+class ServiceContext:
+    """One running service: its instance, settings and the resources its handlers share.
+
+    Attributes:
+        name: The service name (lowercase class name).
+        instance: The service object whose methods are the handlers.
+        module: The user's module the service was found in (`mymodule`).
+        settings: The service's typed settings.
+        limiter: Bounds the worker threads running the service's `def` handlers.
+        stopping: Set when the process begins a graceful stop.
+        call_hooks: Context-manager factories entered, in the worker thread, around
+            each `def` handler call (the database connector opens its connection here).
+        async_call_hooks: Async context-manager factories entered around each
+            `async def` handler call.
+    """
+
+    name: str
+    instance: object
+    module: str
+    settings: ServiceSettings
+    limiter: anyio.CapacityLimiter
+    stopping: anyio.Event
+    call_hooks: list[SyncHook] = field(default_factory=list[SyncHook])
+    async_call_hooks: list[AsyncHook] = field(default_factory=list[AsyncHook])
+    exit_stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    _in_flight: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Number of handler calls running now."""
+        return self._in_flight
+
+    @contextlib.contextmanager
+    def activate(self) -> Generator[None]:
+        """Make this the current service of the calling task (and the threads it starts)."""
+        token = _current_service.set(self)
+        try:
+            yield
+        finally:
+            _current_service.reset(token)
+
+    async def call(self, handler: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Call `handler` the way its kind requires and return its result.
+
+        `async def` handlers are awaited on the event loop; `def` handlers run in a
+        worker thread bounded by `limiter`. Per-call hooks are entered around the call.
+        """
+        self._in_flight += 1
+        try:
+            if is_async_callable(handler):
+                async with self._async_hooks():
+                    return await cast(Callable[..., Awaitable[Any]], handler)(*args, **kwargs)
+            return await self.run_sync(handler, *args, **kwargs)
+        finally:
+            self._in_flight -= 1
+
+    async def run_sync(self, func: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+        """Run a blocking `func` in one of the service's worker threads, hooks entered."""
+
+        def in_thread() -> R:
+            with self.activate(), contextlib.ExitStack() as stack:
+                for hook in self.call_hooks:
+                    stack.enter_context(hook())
+                return func(*args, **kwargs)
+
+        # abandon_on_cancel: a thread cannot be interrupted; once the shutdown grace
+        # period is over the runtime must be able to stop without it.
+        return await anyio.to_thread.run_sync(
+            in_thread, limiter=self.limiter, abandon_on_cancel=True
+        )
+
+    @contextlib.asynccontextmanager
+    async def _async_hooks(self) -> AsyncGenerator[None]:
+        if not self.async_call_hooks:
+            with self.activate():
+                yield
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            for hook in self.async_call_hooks:
+                await stack.enter_async_context(hook())
+            with self.activate():
+                yield

@@ -1,0 +1,115 @@
+"""The execute entrypoint: run a method, restart it when it returns or fails."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+
+from farine.entrypoints import Entrypoint, EntrypointSpec, ServiceContext, record_spec
+from farine.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+
+__all__ = ("ExecuteSpec", "method")
+
+logger = logging.getLogger("farine.execute")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class ExecuteSpec(EntrypointSpec):
+    """Spec of `farine.execute.method()`.
+
+    Attributes:
+        restart: Run the method again when it returns.
+        backoff_initial: Seconds to wait before the first restart after a failure.
+        backoff_max: Cap of the wait, which doubles after each consecutive failure.
+    """
+
+    restart: bool = True
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    kind = "execute"
+
+    def bind(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> Entrypoint:
+        return _Execute(service, handler, name, self)
+
+
+def method(
+    restart: bool = True, *, backoff_initial: float = 0.5, backoff_max: float = 30.0
+) -> Callable[[F], F]:
+    """Run the decorated method for as long as the service runs.
+
+    The method takes only `self` and may be `def` (run in a worker thread) or
+    `async def`. When it returns, it is run again (unless `restart=False`). When it
+    raises, the traceback is logged and it is run again after a pause that starts at
+    `backoff_initial` seconds and doubles up to `backoff_max`, so a method that keeps
+    failing cannot spin the CPU; a successful run resets the pause.
+
+    On a graceful stop the current run may finish (within `shutdown_timeout`) and is not
+    restarted.
+
+    Args:
+        restart: Run the method again when it returns.
+        backoff_initial: First pause after a failure, in seconds.
+        backoff_max: Longest pause after repeated failures, in seconds.
+
+    Example:
+        ```python
+        import farine.execute
+
+        class Ticker:
+            @farine.execute.method()
+            async def tick(self):
+                ...
+        ```
+    """
+    if backoff_initial < 0 or backoff_max < backoff_initial:
+        raise ConfigurationError("need 0 <= backoff_initial <= backoff_max")
+    spec = ExecuteSpec(restart=restart, backoff_initial=backoff_initial, backoff_max=backoff_max)
+
+    def decorate(func: F) -> F:
+        return record_spec(func, spec)
+
+    return decorate
+
+
+class _Execute(Entrypoint):
+    def __init__(
+        self, service: ServiceContext, handler: Callable[..., Any], name: str, spec: ExecuteSpec
+    ) -> None:
+        super().__init__(service, handler, name)
+        self.spec = spec
+
+    def describe(self) -> str:
+        return f"{self.qualname} (execute, restart={self.spec.restart})"
+
+    async def serve(self, *, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        stopping = self.service.stopping
+        delay = self.spec.backoff_initial
+        runs = 0
+        while not stopping.is_set():
+            runs += 1
+            try:
+                await self.service.call(self.handler)
+            except Exception:
+                logger.exception(
+                    "%s raised (run %d); restarting in %.1fs", self.qualname, runs, delay
+                )
+                with anyio.move_on_after(delay):
+                    await stopping.wait()
+                delay = min(max(delay, 0.001) * 2, self.spec.backoff_max)
+                continue
+            delay = self.spec.backoff_initial
+            if not self.spec.restart:
+                return
+            logger.debug("%s returned (run %d); restarting", self.qualname, runs)
+            # A method that returns at once must not starve the event loop.
+            await anyio.lowlevel.checkpoint()

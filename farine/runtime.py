@@ -1,0 +1,286 @@
+"""Run services: one task group per service, one supervised task per entrypoint.
+
+Shape of a running process::
+
+    root task group
+      resources task group     shared connections (one AMQP connection per URI, ...)
+        services task group
+          service A (CancelScope; its deadline is set when stopping)
+            entrypoint A.x   (supervised: restarted with backoff if its loop fails)
+            entrypoint A.y
+          service B ...
+      signal watcher
+
+A service is *ready* once every entrypoint has called `task_status.started()`.
+On SIGINT/SIGTERM (or `Runtime.stop()`), `stopping` is set: entrypoints stop taking new
+work and return once their in-flight handler calls are done; whatever still runs after
+the service's `shutdown_timeout` is cancelled. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+
+import anyio
+
+from farine.entrypoints import Entrypoint, ServiceContext
+from farine.exceptions import ConfigurationError
+from farine.settings import Config, current
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Callable
+
+    from anyio.abc import TaskGroup, TaskStatus
+
+    from farine.discovery import ServiceDefinition
+
+__all__ = ("Runtime", "current_runtime", "run")
+
+logger = logging.getLogger("farine.runtime")
+
+T = TypeVar("T")
+
+#: Backoff of an entrypoint whose loop keeps failing: first wait, growth, cap (seconds).
+RESTART_BACKOFF: Final = (0.1, 2.0, 30.0)
+
+_runtime: Runtime | None = None
+
+
+def current_runtime() -> Runtime | None:
+    """Return the runtime running in this process, if any."""
+    return _runtime
+
+
+class _Started:
+    """A task status that forwards only the first `started()` call."""
+
+    def __init__(self, status: TaskStatus[None]) -> None:
+        self._status = status
+        self.done = False
+
+    def started(self, value: None = None) -> None:
+        if not self.done:
+            self.done = True
+            self._status.started()
+
+
+class Runtime:
+    """Runs a set of services until they stop or the process is asked to stop.
+
+    Args:
+        services: The services to run, in start-up order.
+        config: The configuration to read service settings from (default: the current
+            one, loaded lazily).
+        handle_signals: Turn SIGINT/SIGTERM into a graceful stop (the CLI does; tests
+            running a runtime in-process usually do not).
+    """
+
+    def __init__(
+        self,
+        services: list[ServiceDefinition],
+        *,
+        config: Config | None = None,
+        handle_signals: bool = False,
+    ) -> None:
+        self.definitions = services
+        self.config = config
+        self.handle_signals = handle_signals
+        self.services: dict[str, ServiceContext] = {}
+        self.stopping = anyio.Event()
+        self._scopes: list[tuple[anyio.CancelScope, float]] = []
+        self._startup_scope: anyio.CancelScope | None = None
+        self._resources: dict[str, Any] = {}
+        self._resource_locks: dict[str, anyio.Lock] = {}
+        self._resource_tg: TaskGroup | None = None
+        self._release = anyio.Event()
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Start every service, report readiness, and return once all have stopped."""
+        global _runtime
+        if _runtime is not None:
+            raise ConfigurationError("a farine runtime is already running in this process")
+        _runtime = self
+        try:
+            async with anyio.create_task_group() as root:
+                if self.handle_signals:
+                    await root.start(self._watch_signals)
+                async with anyio.create_task_group() as resources:
+                    self._resource_tg = resources
+                    await self._run_services(task_status)
+                    self._release.set()
+                root.cancel_scope.cancel()
+        finally:
+            _runtime = None
+            self._resource_tg = None
+
+    def stop(self) -> None:
+        """Begin a graceful stop (idempotent). Call it from the event loop's thread."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        if self._startup_scope is not None:
+            # Still starting (a consumer waiting for its broker, say): nothing is in
+            # flight yet, so there is nothing to drain.
+            self._startup_scope.cancel()
+        now = anyio.current_time()
+        for scope, grace in self._scopes:
+            scope.deadline = min(scope.deadline, now + grace)
+
+    async def _run_services(self, task_status: TaskStatus[None]) -> None:
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as startup:
+                self._startup_scope = startup
+                for definition in self.definitions:
+                    await tg.start(self._run_service, definition)
+            self._startup_scope = None
+            if startup.cancelled_caught:
+                logger.info("stop requested during start-up; services not started were skipped")
+            else:
+                logger.info("ready: %s", ", ".join(self.services) or "no service")
+            task_status.started()
+        logger.info("stopped")
+
+    async def _run_service(
+        self, definition: ServiceDefinition, *, task_status: TaskStatus[None]
+    ) -> None:
+        config = self.config or current()
+        settings = config.service(definition.name)
+        if not settings.enabled:
+            logger.info("service %s is disabled (enabled = false); skipping", definition.name)
+            task_status.started()
+            return
+        if definition.name in self.services:
+            raise ConfigurationError(
+                f"two services are named {definition.name!r} (class names must differ, case aside)"
+            )
+        ctx = ServiceContext(
+            name=definition.name,
+            instance=definition.cls(),
+            module=definition.module,
+            settings=settings,
+            limiter=anyio.CapacityLimiter(settings.max_workers),
+            stopping=self.stopping,
+        )
+        self.services[definition.name] = ctx
+        logger.info("starting service %s", ctx.name)
+        scope = anyio.CancelScope()
+        self._scopes.append((scope, settings.shutdown_timeout))
+        with scope:
+            async with self._announce_stop(ctx), ctx.exit_stack, anyio.create_task_group() as tg:
+                for attr, spec in definition.entrypoints:
+                    handler = getattr(ctx.instance, attr)
+                    try:
+                        entrypoint = spec.bind(ctx, handler, attr)
+                    except ConfigurationError as exc:
+                        raise ConfigurationError(f"{ctx.name}.{attr}: {exc}") from None
+                    await tg.start(self._supervise, entrypoint)
+                    logger.info("entrypoint ready: %s", entrypoint.describe())
+                logger.info("service ready: %s", ctx.name)
+                task_status.started()
+        if scope.cancelled_caught:
+            logger.warning(
+                "service %s: shutdown_timeout (%gs) reached; cancelled what was still running",
+                ctx.name,
+                settings.shutdown_timeout,
+            )
+        logger.info("service stopped: %s", ctx.name)
+
+    @contextlib.asynccontextmanager
+    async def _announce_stop(self, ctx: ServiceContext) -> AsyncGenerator[None]:
+        async def announce() -> None:
+            await self.stopping.wait()
+            logger.info(
+                "stopping service %s: waiting up to %gs for %d in-flight call(s)",
+                ctx.name,
+                ctx.settings.shutdown_timeout,
+                ctx.in_flight,
+            )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(announce)
+            yield
+            tg.cancel_scope.cancel()
+
+    async def _supervise(self, entrypoint: Entrypoint, *, task_status: TaskStatus[None]) -> None:
+        started = _Started(task_status)
+        initial, factor, cap = RESTART_BACKOFF
+        delay = initial
+        with entrypoint.service.activate():
+            while True:
+                try:
+                    await entrypoint.serve(task_status=started)
+                except Exception:
+                    if not started.done:
+                        raise
+                    if self.stopping.is_set():
+                        logger.exception("entrypoint %s failed while stopping", entrypoint.qualname)
+                        return
+                    logger.exception(
+                        "entrypoint %s failed; restarting in %.1fs", entrypoint.qualname, delay
+                    )
+                    with anyio.move_on_after(delay):
+                        await self.stopping.wait()
+                    if self.stopping.is_set():
+                        return
+                    delay = min(delay * factor, cap)
+                    continue
+                started.started()  # an entrypoint with nothing to wait for is ready too
+                logger.info("entrypoint finished: %s", entrypoint.qualname)
+                return
+
+    # -- shared resources ---------------------------------------------------------------
+
+    async def resource(self, key: str, factory: Callable[[], AbstractAsyncContextManager[T]]) -> T:
+        """Return the process-wide resource `key`, opening it with `factory` on first use.
+
+        The resource is entered in a task of its own and closed after every service has
+        stopped, so one connection can serve all services (the AMQP connection, say).
+        """
+        if key in self._resources:
+            return cast(T, self._resources[key])
+        lock = self._resource_locks.setdefault(key, anyio.Lock())
+        async with lock:
+            if key not in self._resources:
+                if self._resource_tg is None:
+                    raise ConfigurationError("the runtime is not running")
+                self._resources[key] = await self._resource_tg.start(self._hold, factory)
+        return cast(T, self._resources[key])
+
+    async def _hold(
+        self,
+        factory: Callable[[], AbstractAsyncContextManager[Any]],
+        *,
+        task_status: TaskStatus[Any],
+    ) -> None:
+        async with factory() as value:
+            task_status.started(value)
+            await self._release.wait()
+
+    # -- signals ------------------------------------------------------------------------
+
+    async def _watch_signals(self, *, task_status: TaskStatus[None]) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not self.stopping.is_set():
+                    logger.info("received %s: stopping (a second signal exits at once)", name)
+                    self.stop()
+                else:
+                    logger.warning("received %s again: exiting now", name)
+                    logging.shutdown()
+                    sys.stderr.flush()
+                    os._exit(128 + signum)
+
+
+async def run(services: list[ServiceDefinition], *, handle_signals: bool = True) -> None:
+    """Run `services` until they all stop (the CLI's `farine start`)."""
+    await Runtime(services, handle_signals=handle_signals).run()
