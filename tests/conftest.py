@@ -1,0 +1,43 @@
+"""Shared fixtures: every async test runs on both anyio backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from farine import settings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Declared here: anyio's default would silently drop trio."""
+    return str(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts with no configuration file and no cached settings."""
+    monkeypatch.delenv(settings.ENV_VAR, raising=False)
+    monkeypatch.setattr(settings, "DEFAULT_PATH", Path("/nonexistent/farine.ini"))
+    settings.configure(None)
+    yield
+    settings.configure(None)
+
+
+@pytest.fixture
+def write_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Path]:
+    """Write an INI file, point FARINE_INI at it and return its path."""
+
+    def write(text: str) -> Path:
+        path = tmp_path / "farine.ini"
+        path.write_text(text, encoding="utf-8")
+        monkeypatch.setenv(settings.ENV_VAR, str(path))
+        settings.configure(None)
+        return path
+
+    return write
