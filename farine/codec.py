@@ -1,0 +1,115 @@
+"""Bodies on the wire: JSON through msgspec, decoded into the handler's annotations.
+
+A handler's annotation (`body: Order`, `data: list[int]`, `x: int | None`) picks the
+decoded type; no annotation means `Any` (a JSON object arrives as a `dict`, as in
+baguette-messaging). Decoders are built once per handler, when it is bound, and an
+annotation msgspec cannot decode is reported then, naming the handler.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from typing import Any, Final
+
+import msgspec
+
+from farine.exceptions import ConfigurationError, FarineError
+
+if typing.TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = (
+    "BadBody",
+    "BodyDecoder",
+    "annotation_of",
+    "encode",
+    "to_builtins",
+)
+
+#: Default largest body decoded, in bytes (the `max_body_size` setting overrides it).
+DEFAULT_MAX_BODY_SIZE: Final = 16 * 1024 * 1024
+
+_encoder = msgspec.json.Encoder()
+
+
+class BadBody(FarineError):
+    """A body that cannot be decoded: invalid JSON, wrong type, too large, too deep."""
+
+
+def encode(value: object) -> bytes:
+    """Encode `value` as JSON: builtins, Structs, dataclasses, datetimes, UUIDs, Decimals..."""
+    try:
+        return _encoder.encode(value)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise TypeError(f"cannot encode a {type(value).__name__} as JSON: {exc}") from None
+
+
+def to_builtins(value: object) -> Any:
+    """Convert Structs, dataclasses and friends into JSON-compatible builtins."""
+    return msgspec.to_builtins(value)
+
+
+def annotation_of(func: Callable[..., Any], parameter: str) -> Any:
+    """Return the resolved annotation of `parameter` of `func`, or `Any` when it has none.
+
+    Raises:
+        ConfigurationError: The annotation cannot be resolved (a name that does not exist).
+    """
+    target = inspect.unwrap(func)
+    try:
+        hints = typing.get_type_hints(target, include_extras=True)
+    except Exception as exc:  # NameError, TypeError... from a user's annotation
+        raise ConfigurationError(
+            f"cannot resolve the annotations of {_name(func)}: {exc}"
+        ) from None
+    return hints.get(parameter, Any)
+
+
+def _name(func: Callable[..., Any]) -> str:
+    return getattr(func, "__qualname__", None) or repr(func)
+
+
+class BodyDecoder:
+    """Decode JSON bodies into one type, with a size limit and clear errors.
+
+    Args:
+        type: The target type (a Struct, dataclass, TypedDict, builtins, generics, unions).
+        where: Names the handler in the start-up error when msgspec cannot decode `type`.
+        max_size: Bodies larger than this many bytes are rejected before decoding.
+    """
+
+    __slots__ = ("_decoder", "max_size", "type")
+
+    def __init__(
+        self, type: Any = Any, *, where: str = "", max_size: int = DEFAULT_MAX_BODY_SIZE
+    ) -> None:
+        try:
+            self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(type)
+        except TypeError as exc:
+            raise ConfigurationError(
+                f"{where or 'body'}: msgspec cannot decode the annotation {type!r}: {exc}"
+            ) from None
+        self.type = type
+        self.max_size = max_size
+
+    def decode(self, data: bytes | bytearray | memoryview | str) -> Any:
+        """Decode `data` into the target type.
+
+        Raises:
+            BadBody: With the reason (too large, invalid JSON, wrong type, too deep).
+        """
+        if len(data) > self.max_size:
+            raise BadBody(f"body of {len(data)} bytes exceeds max_body_size ({self.max_size})")
+        try:
+            return self._decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            raise BadBody(f"does not match {_type_name(self.type)}: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise BadBody(f"invalid JSON: {exc}") from None
+        except RecursionError:
+            raise BadBody("JSON nested too deeply") from None
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or repr(tp)
