@@ -692,7 +692,7 @@ class _AmqpConsumer(Consumer):
 
     async def aclose(self) -> None:
         # Requeue what was received but not started, before the channel closes.
-        self.deliveries.close()
+        self.deliveries.dispose()
         if self.engine_consumer is not None:
             await self._host.run(self.engine_consumer.close())
 

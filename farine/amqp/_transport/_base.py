@@ -272,6 +272,11 @@ class DeliveryQueue:
             _requeue_quietly(self._overflow.popleft())
         self._send.close()
 
+    def dispose(self) -> None:
+        """Close for good, once nobody receives any more (the consumer is closing)."""
+        self.close()
+        self._receive.close()
+
 
 def _requeue_quietly(message: Message) -> None:
     if message.settled or not message._alive():  # pyright: ignore[reportPrivateUsage]

@@ -453,7 +453,7 @@ class _MemoryConsumer(Consumer):
 
     async def aclose(self) -> None:
         self._broker.cancel(self.state)
-        self.deliveries.close()
+        self.deliveries.dispose()
         self._broker.close(self.state)
         await anyio.lowlevel.checkpoint()
 
