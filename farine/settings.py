@@ -179,7 +179,7 @@ KEYS: Final[tuple[Key, ...]] = (
         "Body encoding; JSON (msgspec) is the wire format."),
     Key("amqp_uri", _parse_amqp_uri, "memory://", "str",
         "Broker URI: `amqp://user:password@host:port/vhost`, `amqps://...`, or `memory://` "
-        "for the in-process broker.", secret=True),
+        "for the in-process broker. Its password is masked in logs."),
     Key("enabled", _parse_bool, True, "bool",
         "`false` skips this service at start-up."),
     Key("endpoint", _parse_optional_str, None, "str",
