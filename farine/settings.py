@@ -40,6 +40,7 @@ __all__ = (
     "current",
     "get",
     "load",
+    "reference_table",
 )
 
 DEFAULT_PATH: Final = Path("/etc/farine.ini")
@@ -458,3 +459,20 @@ def __getattr__(name: str) -> dict[str, Any]:
     if name.startswith("__"):
         raise AttributeError(name)
     return dict(get(name))
+
+
+def reference_table() -> str:
+    """Render every key as a Markdown table (the configuration reference's source)."""
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for key in KEYS:
+        default = "*(unset)*" if key.default is None else f"`{_render_default(key.default)}`"
+        rows.append(f"| `{key.name}` | {key.type} | {default} | {key.doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def _render_default(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
