@@ -146,10 +146,17 @@ def describe(settings: Mapping[str, Any]) -> str:
     return f"PostgreSQL {settings.get('db_user')}@{host}/{settings.get('db_name')}"
 
 
-def check_connection(db: peewee.Database, settings: Mapping[str, Any]) -> None:
+def check_connection(
+    db: peewee.Database, settings: Mapping[str, Any], *, service: str | None = None
+) -> None:
     """Open and close one connection, so bad credentials fail at start-up.
 
     Blocking: call it from a worker thread.
+
+    Args:
+        db: The database, as built by `setup()`.
+        settings: The settings it was built from (named in the error).
+        service: The service starting, named in the error.
 
     Raises:
         ConfigurationError: The database refused the connection; the message says why
@@ -160,8 +167,7 @@ def check_connection(db: peewee.Database, settings: Mapping[str, Any]) -> None:
             db.execute_sql("SELECT 1")  # pyright: ignore[reportUnknownMemberType]
     except (peewee.PeeweeException, MaxConnectionsExceeded) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        name = _service_name(settings)
-        who = f"service {name}: " if name else ""
+        who = f"service {service}: " if service else ""
         raise ConfigurationError(
             redact(f"{who}cannot connect to {describe(settings)}: {reason}")
         ) from None

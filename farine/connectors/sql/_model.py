@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 import peewee
@@ -18,6 +18,23 @@ class Model(peewee.Model):
     Declare models in `<module>/models.py`; every `Model` subclass defined there is
     bound to the service's database at start-up and created by `farine migrate MODULE`.
     """
+
+    if TYPE_CHECKING:
+        # peewee's stubs leave these parameters untyped, which pyright's strict mode
+        # reports at every use in a user's service; typing them `Any` here keeps the
+        # common calls clean. Type checkers only: nothing changes at run time.
+        def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+        # Same type as peewee's; pyright binds `Self` of the base differently.
+        @classmethod
+        def select(cls, *fields: Any) -> peewee.ModelSelect[Self]: ...  # pyright: ignore[reportIncompatibleMethodOverride]
+        @classmethod
+        def create(cls, **query: Any) -> Self: ...
+        @classmethod
+        def get(cls, *query: Any, **filters: Any) -> Self: ...
+        @classmethod
+        def get_or_none(cls, *query: Any, **filters: Any) -> Self | None: ...
+        @classmethod
+        def get_by_id(cls, pk: Any) -> Self: ...
 
     def to_json(self, extras: dict[str, Any] | None = None) -> str:
         """Return the row as a JSON object (text).

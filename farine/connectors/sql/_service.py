@@ -214,7 +214,9 @@ async def attach_database(ctx: ServiceContext) -> None:
             return
         entry = _Shared(db=db, key=key, owner=ctx.name)
         try:
-            await anyio.to_thread.run_sync(check_connection, db, settings)
+            await anyio.to_thread.run_sync(
+                functools.partial(check_connection, db, settings, service=ctx.name)
+            )
             entry.models = init(ctx.module, db)
         except BaseException:
             close(db)
