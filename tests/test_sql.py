@@ -455,3 +455,34 @@ def test_public_api_is_peewee_plus_farine() -> None:
     exec("from farine.connectors.sql import *", namespace)  # the seed's models.py line
     assert namespace["Model"] is sql.Model
     assert namespace["CharField"] is peewee.CharField
+
+
+# -- the example --------------------------------------------------------------------
+
+
+async def test_users_example_migrates_and_serves(
+    tmp_path: Path, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    examples = REPO / "examples"
+    shipped = (examples / "users" / "farine.ini").read_text(encoding="utf-8")
+    text = shipped.replace("users.sqlite", str(tmp_path / "users.sqlite"))
+    text += "shutdown_timeout = 0\n"  # cancel the sleeping `register` at once on stop
+    config = write_config(text)
+    with anyio.fail_after(60):
+        migrated = await anyio.run_process(
+            [sys.executable, "-m", "farine", "migrate", "users", "--config", str(config)],
+            cwd=examples,
+            check=False,
+        )
+    assert migrated.returncode == 0, migrated.stderr.decode()
+
+    monkeypatch.setattr(sys, "path", [str(examples), *sys.path])
+    runtime = Runtime(discover("users"))
+    async with anyio.create_task_group() as tg:
+        await tg.start(runtime.run)
+        ctx = runtime.services["client"]
+        client: Any = ctx.instance
+        user = await ctx.call(client.create_user, "ada")
+        found = await ctx.call(client.select, user.id)
+        assert json.loads(found.to_json()) == {"id": user.id, "name": "ada"}
+        runtime.stop()
