@@ -260,9 +260,11 @@ def _flatten(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-async def _start_failure(write_config: Callable[[str], Path], text: str) -> BaseException:
+async def _start_failure(
+    write_config: Callable[[str], Path], text: str, *services: str
+) -> BaseException:
     with pytest.raises(BaseException) as caught:  # noqa: PT011  # unwrapped below
-        async with running(write_config, text, "store"):
+        async with running(write_config, text, *(services or ("store",))):
             pass
     (error,) = _flatten(caught.value)
     return error
@@ -293,6 +295,18 @@ async def test_missing_required_key_is_named(
     assert isinstance(error, SettingsError)
     assert "requires db_host" in str(error)
     assert "[DEFAULT]" in str(error)
+
+
+async def test_services_of_one_module_must_share_their_database(
+    tmp_path: Path, write_config: Callable[[str], Path]
+) -> None:
+    text = (
+        f"[store]\ndb_connector = sqlite\ndb_name = {tmp_path / 'a.sqlite'}\n"
+        f"[recorder]\ndb_connector = sqlite\ndb_name = {tmp_path / 'b.sqlite'}\n"
+    )
+    error = await _start_failure(write_config, text, "store", "recorder")
+    assert isinstance(error, ConfigurationError)
+    assert "configure different databases" in str(error)
 
 
 def test_unknown_connector_is_a_settings_error() -> None:
