@@ -35,9 +35,13 @@ def _service_name(settings: Mapping[str, Any]) -> str | None:
     return str(name) if name and name != "DEFAULT" else None
 
 
-def _where(settings: Mapping[str, Any]) -> str:
+def _where(settings: Mapping[str, Any]) -> tuple[str, str]:
+    """`(prefix, sections)` for errors: "file: service x: " and where to set a key."""
     source = settings.source if isinstance(settings, ServiceSettings) else "<settings>"
-    return f"{source} [{_service_name(settings) or 'DEFAULT'}]"
+    name = _service_name(settings)
+    if name is None:
+        return f"{source}: ", "[DEFAULT]"
+    return f"{source}: service {name}: ", f"[DEFAULT] or [{name}]"
 
 
 def _connector(settings: Mapping[str, Any]) -> str | None:
@@ -45,15 +49,15 @@ def _connector(settings: Mapping[str, Any]) -> str | None:
     if raw is None or raw == "":
         return None
     connector = str(raw).strip().lower()
+    prefix, sections = _where(settings)
     if connector not in CONNECTORS:
         raise SettingsError(
-            f"{_where(settings)} db_connector = {raw!r}: expected one of " + ", ".join(CONNECTORS)
+            f"{prefix}db_connector = {raw!r}: expected one of " + ", ".join(CONNECTORS)
         )
     for key in CONNECTORS[connector]:
         if settings.get(key) in (None, ""):
             raise SettingsError(
-                f"{_where(settings)}: db_connector = {connector} requires {key} "
-                "(set it in [DEFAULT] or in the service's section)"
+                f"{prefix}db_connector = {connector} requires {key} (set it in {sections})"
             )
     return connector
 
