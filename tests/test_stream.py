@@ -236,7 +236,9 @@ async def test_event_types_filter_and_the_whole_event_as_second_parameter() -> N
 
     class Prices:
         @farine.stream.http(event_types=["price"])
-        async def on_price(self, data: dict[str, int], event: Event) -> None:
+        async def on_price(
+            self, data: Any, event: Event
+        ) -> None:  # any data: only the type filters
             inbox.put((data, event))
 
     body = (
@@ -525,12 +527,18 @@ def free_port() -> int:
 async def test_sigterm_stops_an_idle_stream_promptly(tmp_path: Path, anyio_backend: str) -> None:
     async with (
         serve_sse([Reply()]) as server,
-        farine_start(tmp_path, server.url(), anyio_backend) as (process, log),
+        farine_start(tmp_path, server.url("/events?token=s3cr3t"), anyio_backend) as (
+            process,
+            log,
+        ),
     ):
         with anyio.fail_after(30):
-            await server.wait_requests(1)
+            requests = await server.wait_requests(1)
         assert await sigterm(process) == 0
-        assert "stopped listening" in log()
+        text = log()
+    assert requests[0].target == "/events?token=s3cr3t"
+    assert "stopped listening to http://127.0.0.1" in text
+    assert "s3cr3t" not in text  # neither farine nor httpx logs the query string
 
 
 async def test_farine_start_survives_the_server_restarting(

@@ -191,6 +191,8 @@ def _inspect_handler(handler: Callable[..., Any]) -> tuple[str, bool]:
         return "data", False
     params = signature.parameters.values()
     positional = [p for p in params if p.kind in _POSITIONAL]
+    if not positional and any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return "data", False  # `def h(self, *args)`: gets the data only
     if not positional:
         raise ConfigurationError("an SSE handler takes the event data: `def h(self, data)`")
     required = [p for p in positional[2:] if p.default is inspect.Parameter.empty]
@@ -425,7 +427,7 @@ class _HttpStream(Entrypoint):
                 except StopAsyncIteration:
                     return False
                 reading = False
-                if sse.retry is not None:
+                if sse.retry is not None and sse.retry >= 0:  # the spec allows digits only
                     self._retry = sse.retry / 1000
                     logger.debug("%s: server asks for retry %dms", self.qualname, sse.retry)
                 if sse.id != connection_id:
