@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import os
 import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import msgspec
@@ -33,12 +34,14 @@ from tests._sse_server import Ending, Reply, SSEServer, serve_sse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Callable, Iterator
+    from types import ModuleType
 
     from anyio.abc import Process
 
 pytestmark = pytest.mark.anyio
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DOCS = EXAMPLES.parent / "docs"
 
 
 class Point(msgspec.Struct):
@@ -164,7 +167,7 @@ async def test_unannotated_data_is_json_or_the_raw_string_in_a_def_handler() -> 
 
     class Client:  # the seed README's example, plus a way to see what it got
         @farine.stream.http()
-        def listen_event(self, data):  # type: ignore[no-untyped-def]  # pyright: ignore[reportMissingParameterType]
+        def listen_event(self, data):  # pyright: ignore[reportMissingParameterType, reportUnknownParameterType]
             anyio.from_thread.run_sync(inbox.put, data)  # pyright: ignore[reportUnknownArgumentType]
             return True
 
@@ -481,7 +484,7 @@ def test_invalid_decorator_arguments_are_rejected() -> None:
 def test_public_names() -> None:
     assert farine.stream.__all__ == ("Event", "HttpStreamSpec", "http")
     with pytest.raises(dataclasses.FrozenInstanceError):
-        Event(type="message", data="x").id = "1"  # type: ignore[misc]  # pyright: ignore[reportAttributeAccessIssue]
+        Event(type="message", data="x").id = "1"  # pyright: ignore[reportAttributeAccessIssue]
 
 
 # -- the real CLI ------------------------------------------------------------------------
@@ -563,3 +566,41 @@ async def test_farine_start_survives_the_server_restarting(
         text = log()
     assert "received {'n': 1}" in text
     assert "received {'n': 2}" in text
+
+
+# -- the docs ----------------------------------------------------------------------------
+
+
+def load_docs_example() -> tuple[ModuleType, str, str]:
+    """Import docs/examples/stream_typed.py; return it, its code and the docs page."""
+    path = DOCS / "examples" / "stream_typed.py"
+    module_spec = importlib.util.spec_from_file_location("stream_typed", path)
+    assert module_spec is not None
+    assert module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules["stream_typed"] = module  # get_type_hints resolves names through it
+    module_spec.loader.exec_module(module)
+    return module, path.read_text(), (DOCS / "stream.md").read_text()
+
+
+async def test_the_docs_example_runs_and_is_the_one_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "stream_typed", None)  # restored after the test
+    module, code, page = load_docs_example()
+    assert code.split('"""\n', 1)[1].strip() in page  # the page shows the file, docstring aside
+    watch = LogWatch()
+    logging.getLogger("stream_typed").addHandler(watch)
+    logging.getLogger("stream_typed").setLevel(logging.INFO)
+    body = sse('{"symbol": "EUR", "amount": 1.5}', event="trade") + sse(
+        '{"symbol": "EUR", "amount": 1.1}', event="price", id="9"
+    )
+    try:
+        async with serve_sse([Reply(body)]) as server, running(ini(server), module.Prices) as rt:
+            with anyio.fail_after(10):
+                line = await watch.wait_for("EUR is now")
+            last = cast(dict[str, float], vars(rt.services["prices"].instance)["last"])
+    finally:
+        logging.getLogger("stream_typed").removeHandler(watch)
+    assert line == "EUR is now 1.1 (event 9)"  # the "trade" event was filtered out
+    assert last == {"EUR": 1.1}
