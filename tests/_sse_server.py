@@ -40,6 +40,7 @@ class Reply:
     status: int = 200
     end: Ending = "hold"
     content_type: str = "text/event-stream"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class SSEServer:
             self._notify()
             try:
                 await self._answer(connection, reply)
-                if reply.end == "hold":
+                if reply.end == "hold" and reply.status == 200:
                     await connection.drop.wait()
                 self.closed_at[number] = anyio.current_time()
                 await _finish(stream, connection.mode)
@@ -115,10 +116,11 @@ class SSEServer:
     async def _answer(self, connection: _Connection, reply: Reply) -> None:
         reason = _REASONS.get(reply.status, "Status")
         head = f"HTTP/1.1 {reply.status} {reason}\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
         if reply.status != 200:
             head += "Content-Length: 0\r\nConnection: close\r\n\r\n"
             await connection.stream.send(head.encode())
-            connection.mode = "close"
+            connection.mode = "eof"  # the answer is complete: just close the socket
             return
         head += (
             f"Content-Type: {reply.content_type}\r\n"

@@ -352,11 +352,12 @@ async def test_server_errors_back_off_and_honour_retry_after(logs: LogWatch) -> 
         async def on_event(self, data: int) -> None:
             inbox.put(data)
 
-    replies = [Reply(status=503), Reply(sse("1"))]
-    async with serve_sse(replies) as server, running(ini(server, sse_retry=0.05), Listener):
+    replies = [Reply(status=503, headers=(("Retry-After", "0.4"),)), Reply(sse("1"))]
+    async with serve_sse(replies) as server, running(ini(server, sse_retry=0.01), Listener):
         with anyio.fail_after(10):
             await inbox.wait(1)
     assert len(server.requests) == 2
+    assert server.requests[1].at - server.closed_at[0] >= 0.39  # not sse_retry's 0.01 s
     assert any("503" in m for m in logs.messages(logging.WARNING))
 
 
