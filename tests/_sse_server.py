@@ -50,6 +50,8 @@ class Request:
     target: str
     headers: dict[str, str]
     at: float
+    #: Every header line as sent, names lower-cased (`headers` keeps the last of each).
+    lines: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(eq=False)
@@ -156,12 +158,12 @@ async def _read_request(stream: SocketStream) -> Request | None:
             return None
     head = buffer.split(b"\r\n\r\n", 1)[0].decode("latin-1")
     request_line, *lines = head.split("\r\n")
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+    pairs = tuple(
+        (name.strip().lower(), value.strip())
+        for name, _, value in (line.partition(":") for line in lines)
+    )
     target = request_line.split(" ")[1]
-    return Request(target=target, headers=headers, at=anyio.current_time())
+    return Request(target=target, headers=dict(pairs), at=anyio.current_time(), lines=pairs)
 
 
 @contextlib.asynccontextmanager

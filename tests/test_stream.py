@@ -270,12 +270,13 @@ async def test_settings_headers_are_sent_and_never_logged(logs: LogWatch) -> Non
             inbox.put(data)
 
     async with serve_sse([Reply(sse("1"))]) as server:
-        config = ini(server, headers='{"Authorization": "Bearer s3cr3t-token"}')
+        config = ini(server, headers='{"authorization": "Bearer s3cr3t-token"}')
         async with running(config, Secret):
             with anyio.fail_after(10):
                 await inbox.wait(1)
     headers = server.requests[0].headers
     assert headers["authorization"] == "Bearer s3cr3t-token"  # settings win over the code
+    assert [n for n, _ in server.requests[0].lines].count("authorization") == 1
     assert headers["x-client"] == "farine-tests"
     assert headers["accept"] == "text/event-stream"
     assert "last-event-id" not in headers

@@ -75,8 +75,9 @@ class HttpStreamSpec(EntrypointSpec):
         url = _check_url(endpoint)
         # Settings come last so that an operator can override the code's headers
         # (credentials usually live in the configuration file, not in the code).
-        headers = dict(self.headers)
-        headers.update((str(k), str(v)) for k, v in settings.headers.items())
+        headers = httpx.Headers(dict(self.headers))
+        for key, value in settings.headers.items():
+            headers[str(key)] = str(value)  # header names are case-insensitive here too
         data_name, wants_event = _inspect_handler(handler)
         decode = _Decode(
             annotation_of(handler, data_name),
@@ -256,7 +257,7 @@ class _HttpStream(Entrypoint):
         *,
         spec: HttpStreamSpec,
         url: httpx.URL,
-        headers: dict[str, str],
+        headers: httpx.Headers,
         decode: _Decode,
         wants_event: bool,
     ) -> None:
@@ -343,7 +344,7 @@ class _HttpStream(Entrypoint):
 
     async def _connect_once(self, client: httpx.AsyncClient) -> _Outcome:
         self._opened = False
-        headers = dict(self._headers)  # aconnect_sse adds to the dict it is given
+        headers = self._headers.copy()  # aconnect_sse adds to the headers it is given
         if self._last_event_id:
             headers["Last-Event-ID"] = self._last_event_id
             logger.info(
