@@ -10,6 +10,7 @@ import pytest
 MODULES = [
     "farine",
     "farine.execute",
+    "farine.stream",
     "farine.exceptions",
     "farine.settings",
     "farine.entrypoints",
