@@ -11,6 +11,7 @@ MODULES = [
     "farine",
     "farine.execute",
     "farine.stream",
+    "farine.testing",
     "farine.exceptions",
     "farine.settings",
     "farine.entrypoints",
