@@ -22,3 +22,8 @@ def setup_logging(level: str | int = "INFO") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # httpx logs every request, full URL included, at INFO: one line per SSE reconnection
+    # that repeats farine's own, and a token in a query string would land in the log.
+    logging.getLogger("httpx").setLevel(
+        logging.DEBUG if root.getEffectiveLevel() <= logging.DEBUG else logging.WARNING
+    )

@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from typing import Final, Literal, cast
 
@@ -16,6 +15,7 @@ import farine
 from farine import settings
 from farine._logging import setup_logging
 from farine._redact import add_secret, redact
+from farine.entrypoints import running_sync_calls
 from farine.exceptions import FarineError, ServiceNotFound
 
 __all__ = ("main",)
@@ -193,11 +193,11 @@ def legacy_migrate(argv: Sequence[str] | None = None) -> int:
 def run_main() -> None:  # pragma: no cover - exercised through subprocess tests
     """Console-script wrapper: exit with `main()`'s code, not waiting on stuck threads."""
     code = main()
-    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    stuck = running_sync_calls()
     if stuck:
         # A `def` handler still running after the shutdown grace period cannot be
         # interrupted; do not let it keep the process alive.
-        logger.warning("%d worker thread(s) still running at exit; abandoning them", len(stuck))
+        logger.warning("%d handler call(s) still running in worker threads; abandoning them", stuck)
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

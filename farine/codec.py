@@ -13,6 +13,7 @@ import typing
 from typing import Any, Final
 
 import msgspec
+import msgspec.inspect
 
 from farine.exceptions import ConfigurationError, FarineError
 
@@ -23,6 +24,7 @@ __all__ = (
     "BadBody",
     "BodyDecoder",
     "annotation_of",
+    "check_decodable",
     "encode",
     "to_builtins",
 )
@@ -31,6 +33,42 @@ __all__ = (
 DEFAULT_MAX_BODY_SIZE: Final = 16 * 1024 * 1024
 
 _encoder = msgspec.json.Encoder()
+
+
+def check_decodable(tp: Any) -> None:
+    """Raise `TypeError` if JSON cannot be decoded into `tp`.
+
+    msgspec accepts any class when a decoder is built (it would defer to a `dec_hook` at
+    decode time); farine has no hook, so such a type could never decode: catch it at start-up.
+    """
+    _walk(msgspec.inspect.type_info(tp), set())
+
+
+def _walk(info: msgspec.inspect.Type, seen: set[int]) -> None:
+    if id(info) in seen:  # recursive Structs
+        return
+    seen.add(id(info))
+    if isinstance(info, msgspec.inspect.CustomType):
+        raise TypeError(f"{info.cls.__name__} is not a type msgspec can decode JSON into")
+    children: list[msgspec.inspect.Type] = []
+    if isinstance(info, msgspec.inspect.UnionType):
+        children.extend(info.types)
+    elif isinstance(info, msgspec.inspect.CollectionType):
+        children.append(info.item_type)
+    elif isinstance(info, msgspec.inspect.DictType):
+        children.extend((info.key_type, info.value_type))
+    elif isinstance(info, msgspec.inspect.TupleType):
+        children.extend(info.item_types)
+    elif isinstance(
+        info,
+        msgspec.inspect.StructType
+        | msgspec.inspect.DataclassType
+        | msgspec.inspect.TypedDictType
+        | msgspec.inspect.NamedTupleType,
+    ):
+        children.extend(field.type for field in info.fields)
+    for child in children:
+        _walk(child, seen)
 
 
 class BadBody(FarineError):
@@ -85,6 +123,7 @@ class BodyDecoder:
         self, type: Any = Any, *, where: str = "", max_size: int = DEFAULT_MAX_BODY_SIZE
     ) -> None:
         try:
+            check_decodable(type)
             self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(type)
         except TypeError as exc:
             raise ConfigurationError(

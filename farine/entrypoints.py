@@ -18,6 +18,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ __all__ = (
     "entrypoint_specs",
     "is_async_callable",
     "record_spec",
+    "running_sync_calls",
 )
 
 P = ParamSpec("P")
@@ -52,6 +54,30 @@ SyncHook = Callable[[], contextlib.AbstractContextManager[Any]]
 AsyncHook = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
 
 _current_service: ContextVar[ServiceContext] = ContextVar("farine_current_service")
+
+
+class _Counter:
+    """Thread-safe count of `def` handler calls running in worker threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.value += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self.value -= 1
+
+
+_sync_calls = _Counter()
+
+
+def running_sync_calls() -> int:
+    """Number of `def` handler calls still running in worker threads (any service)."""
+    return _sync_calls.value
 
 
 class EntrypointSpec(abc.ABC):
@@ -192,7 +218,7 @@ class ServiceContext:
         """Run a blocking `func` in one of the service's worker threads, hooks entered."""
 
         def in_thread() -> R:
-            with self.activate(), contextlib.ExitStack() as stack:
+            with _sync_calls, self.activate(), contextlib.ExitStack() as stack:
                 for hook in self.call_hooks:
                     stack.enter_context(hook())
                 return func(*args, **kwargs)

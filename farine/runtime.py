@@ -175,6 +175,11 @@ class Runtime:
         self._scopes.append((scope, settings.shutdown_timeout))
         with scope:
             async with self._announce_stop(ctx), ctx.exit_stack, anyio.create_task_group() as tg:
+                if settings.db_connector:
+                    # Imported here: a service without a database never loads peewee.
+                    from farine.connectors.sql._service import attach_database
+
+                    await attach_database(ctx)
                 for attr, spec in definition.entrypoints:
                     handler = getattr(ctx.instance, attr)
                     try:

@@ -40,6 +40,7 @@ __all__ = (
     "current",
     "get",
     "load",
+    "reference_table",
 )
 
 DEFAULT_PATH: Final = Path("/etc/farine.ini")
@@ -179,7 +180,7 @@ KEYS: Final[tuple[Key, ...]] = (
         "Body encoding; JSON (msgspec) is the wire format."),
     Key("amqp_uri", _parse_amqp_uri, "memory://", "str",
         "Broker URI: `amqp://user:password@host:port/vhost`, `amqps://...`, or `memory://` "
-        "for the in-process broker.", secret=True),
+        "for the in-process broker. Its password is masked in logs."),
     Key("enabled", _parse_bool, True, "bool",
         "`false` skips this service at start-up."),
     Key("endpoint", _parse_optional_str, None, "str",
@@ -458,3 +459,20 @@ def __getattr__(name: str) -> dict[str, Any]:
     if name.startswith("__"):
         raise AttributeError(name)
     return dict(get(name))
+
+
+def reference_table() -> str:
+    """Render every key as a Markdown table (the configuration reference's source)."""
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for key in KEYS:
+        default = "*(unset)*" if key.default is None else f"`{_render_default(key.default)}`"
+        rows.append(f"| `{key.name}` | {key.type} | {default} | {key.doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def _render_default(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)

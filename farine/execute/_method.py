@@ -100,6 +100,9 @@ class _Execute(Entrypoint):
             try:
                 await self.service.call(self.handler)
             except Exception:
+                if not self.spec.restart:
+                    logger.exception("%s raised; not restarting (restart=False)", self.qualname)
+                    return
                 logger.exception(
                     "%s raised (run %d); restarting in %.1fs", self.qualname, runs, delay
                 )

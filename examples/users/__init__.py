@@ -1,0 +1,1 @@
+"""The seed README's Database example, on SQLite (see `service.py`)."""

@@ -1,0 +1,5 @@
+"""Connectors to external resources used by services (`farine.connectors.sql`)."""
+
+from __future__ import annotations
+
+__all__ = ()

@@ -1,0 +1,249 @@
+"""The RPC wire format (baguette-messaging's, plus optional keys) and argument binding.
+
+Request, published to exchange `<service>` with routing key `<service>__<method>`,
+`reply_to` and `correlation_id` set::
+
+    {"args": [...], "kwargs": {...}}
+
+Replies, published to `reply_to` with the request's `correlation_id`::
+
+    {"body": <value>, "__end__": false}     one per item (one for a plain return value)
+    {"__end__": true}                        after the last item
+    {"__except__": "<traceback text>", "error": {"type": ..., "message": ..., "data": ...}}
+
+farine adds, never removes: the `error` envelope; and, for a caller that announces it
+wants a single value (header `x-farine-unary`), the value and the end marker in one
+message `{"body": <value>, "__end__": true}`, which halves the replies of plain calls.
+"""
+
+from __future__ import annotations
+
+import inspect
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from farine.codec import annotation_of, check_decodable
+from farine.exceptions import ConfigurationError, RPCError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = (
+    "END",
+    "HEADER_CONTROL",
+    "HEADER_DEADLINE",
+    "HEADER_UNARY",
+    "ArgumentBinder",
+    "BadArguments",
+    "Reply",
+    "encode_error",
+    "encode_item",
+    "encode_request",
+    "error_from_reply",
+    "routing_key",
+)
+
+#: Absolute deadline of a call (seconds since the epoch, as text).
+HEADER_DEADLINE: Final = "x-farine-deadline"
+#: Present when the caller wants one value: the server may fold the end marker into it.
+HEADER_UNARY: Final = "x-farine-unary"
+#: On a stream's first reply: the queue where the caller sends a cancel for this stream.
+HEADER_CONTROL: Final = "x-farine-control"
+
+END: Final = b'{"__end__":true}'
+
+_encoder = msgspec.json.Encoder()
+
+
+def routing_key(service: str, method: str) -> str:
+    """The routing key of `service.method` requests (the seed's `<service>__<method>`)."""
+    return f"{service}__{method}"
+
+
+class _Request(msgspec.Struct, omit_defaults=True):
+    args: list[msgspec.Raw] = msgspec.field(default_factory=list[msgspec.Raw])
+    kwargs: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict[str, msgspec.Raw])
+
+
+class _Item(msgspec.Struct):
+    body: Any
+    end: bool = msgspec.field(name="__end__")
+
+
+class ErrorInfo(msgspec.Struct, omit_defaults=True):
+    """The typed part of an error reply."""
+
+    type: str
+    message: str
+    data: Any = None
+
+
+class _ErrorReply(msgspec.Struct, omit_defaults=True):
+    except_: str = msgspec.field(name="__except__")
+    error: ErrorInfo | None = None
+
+
+class Reply(msgspec.Struct, omit_defaults=True):
+    """One reply message as the client reads it (any of the three shapes)."""
+
+    body: Any = None
+    end: bool = msgspec.field(name="__end__", default=False)
+    except_: str | None = msgspec.field(name="__except__", default=None)
+    error: ErrorInfo | None = None
+    has_body: bool = False
+
+
+_request_decoder = msgspec.json.Decoder(_Request)
+_reply_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_any_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
+_error_decoder = msgspec.json.Decoder(ErrorInfo | None)
+
+
+def encode_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """Encode a call's arguments in the seed's request format."""
+    try:
+        return _encoder.encode({"args": args, "kwargs": kwargs})
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise TypeError(f"cannot encode the call's arguments as JSON: {exc}") from None
+
+
+def encode_item(value: Any, *, end: bool = False) -> bytes:
+    """Encode one result item (`end=True` folds the end marker in, for unary callers)."""
+    return _encoder.encode(_Item(value, end))
+
+
+def encode_error(exc: BaseException, *, send_traceback: bool, data: Any = None) -> bytes:
+    """Encode an error reply: the seed's `__except__` text plus the typed envelope."""
+    name = type(exc).__name__
+    message = str(exc)
+    if send_traceback:
+        text = "".join(traceback.format_exception(exc))
+    else:
+        text = f"{name}: {message}" if message else name
+    reply = _ErrorReply(text, ErrorInfo(name, message, data))
+    try:
+        return _encoder.encode(reply)
+    except (TypeError, msgspec.EncodeError):
+        reply.error = ErrorInfo(name, message)  # undecodable `data`: drop it, keep the error
+        return _encoder.encode(reply)
+
+
+def decode_reply(data: bytes) -> Reply:
+    """Decode one reply message.
+
+    Raises:
+        RPCError: The reply is not one of the three shapes.
+    """
+    try:
+        fields = _reply_decoder.decode(data)
+        reply = Reply()
+        if "body" in fields:
+            reply.body = _any_decoder.decode(fields["body"])
+            reply.has_body = True
+        if "__end__" in fields:
+            reply.end = bool(_any_decoder.decode(fields["__end__"]))
+        if "__except__" in fields:
+            text = _any_decoder.decode(fields["__except__"])
+            reply.except_ = str(text) if text is not None else None
+        if "error" in fields:
+            reply.error = _error_decoder.decode(fields["error"])
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise RPCError(f"malformed RPC reply: {exc}") from None
+    return reply
+
+
+def error_from_reply(reply: Reply, where: str) -> RPCError:
+    """Build the `RPCError` a client raises for an error reply."""
+    text = reply.except_ or ""
+    if reply.error is not None:
+        remote_type, remote_message = reply.error.type, reply.error.message
+    else:
+        # A seed server sends only the traceback text; its last line is "Type: message".
+        last = text.strip().splitlines()[-1] if text.strip() else ""
+        remote_type, _, remote_message = last.partition(": ")
+    has_traceback = text.startswith("Traceback")
+    summary = f"{remote_type}: {remote_message}" if remote_message else remote_type
+    return RPCError(
+        f"{where} failed: {summary or 'remote error'}",
+        remote_type=remote_type or None,
+        remote_message=remote_message,
+        remote_traceback=text if has_traceback else None,
+    )
+
+
+class BadArguments(RPCError):
+    """The call's arguments do not fit the method's signature or annotations."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Param:
+    name: str
+    kind: inspect._ParameterKind  # pyright: ignore[reportPrivateUsage]
+    decoder: msgspec.json.Decoder[Any]
+
+
+class ArgumentBinder:
+    """Decode a request's arguments into a method's parameter annotations.
+
+    Built once per RPC method, when it is bound: one msgspec decoder per parameter.
+    Unannotated parameters take the JSON value as sent.
+    """
+
+    def __init__(self, method: Callable[..., Any], where: str) -> None:
+        self.where = where
+        try:
+            self.signature = inspect.signature(method)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"cannot read the signature of {where}: {exc}") from None
+        self._params: dict[str, _Param] = {}
+        for name, parameter in self.signature.parameters.items():
+            annotation = annotation_of(method, name)
+            try:
+                check_decodable(annotation)
+                decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(annotation)
+            except TypeError as exc:
+                raise ConfigurationError(
+                    f"parameter {name!r}: msgspec cannot decode {annotation!r}: {exc}"
+                ) from None
+            self._params[name] = _Param(name, parameter.kind, decoder)
+
+    def bind(self, data: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Return `(args, kwargs)` decoded from request `data`.
+
+        Raises:
+            BadArguments: Invalid JSON, arguments that do not fit the signature, or an
+                argument that does not decode into its parameter's annotation.
+        """
+        try:
+            request = _request_decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise BadArguments(f"{self.where}: malformed request: {exc}") from None
+        except RecursionError:
+            raise BadArguments(f"{self.where}: malformed request: nested too deeply") from None
+        try:
+            bound = self.signature.bind(*request.args, **request.kwargs)
+        except TypeError as exc:
+            raise BadArguments(f"{self.where}: {exc}") from None
+        for name, raw in bound.arguments.items():
+            param = self._params[name]
+            if param.kind is inspect.Parameter.VAR_POSITIONAL:
+                bound.arguments[name] = tuple(self._decode(param, item) for item in raw)
+            elif param.kind is inspect.Parameter.VAR_KEYWORD:
+                bound.arguments[name] = {k: self._decode(param, v, k) for k, v in raw.items()}
+            else:
+                bound.arguments[name] = self._decode(param, raw)
+        return bound.args, bound.kwargs
+
+    def _decode(self, param: _Param, raw: msgspec.Raw, key: str | None = None) -> Any:
+        try:
+            return param.decoder.decode(raw)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            shown = f"{param.name}[{key!r}]" if key is not None else param.name
+            raise BadArguments(f"{self.where}: argument {shown!r}: {exc}") from None
+        except RecursionError:
+            raise BadArguments(
+                f"{self.where}: argument {param.name!r}: nested too deeply"
+            ) from None

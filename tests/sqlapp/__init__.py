@@ -1,0 +1,1 @@
+"""A user's package for the database tests: `models.py` and `service.py`."""

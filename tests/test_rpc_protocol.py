@@ -1,0 +1,176 @@
+"""The RPC wire format: seed compatibility and argument decoding into annotations."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import uuid
+from typing import Any
+
+import msgspec
+import pytest
+
+from farine.exceptions import ConfigurationError
+from farine.rpc._protocol import (
+    END,
+    ArgumentBinder,
+    BadArguments,
+    decode_reply,
+    encode_error,
+    encode_item,
+    encode_request,
+    error_from_reply,
+    routing_key,
+)
+
+
+class Point(msgspec.Struct):
+    x: int
+    y: int
+
+
+@dataclasses.dataclass
+class Box:
+    label: str
+    points: list[Point]
+
+
+class Opaque:
+    """A plain class: msgspec cannot decode into it."""
+
+
+class Service:
+    # Deliberately unannotated: such parameters take the JSON value as sent.
+    def plain(self, a, b=2):  # pyright: ignore[reportMissingParameterType, reportUnknownParameterType]
+        return a  # pyright: ignore[reportUnknownVariableType]
+
+    def typed(self, p: Point, box: Box, when: datetime.datetime, *tags: str, **extra: int) -> int:
+        return 0
+
+    def optional(self, value: int | None = None) -> None: ...
+
+
+def test_seed_request_format_and_routing_key() -> None:
+    assert routing_key("billing", "charge") == "billing__charge"
+    assert msgspec.json.decode(encode_request((1, "a"), {"k": [1]})) == {
+        "args": [1, "a"],
+        "kwargs": {"k": [1]},
+    }
+
+
+def test_unannotated_parameters_take_values_as_sent() -> None:
+    binder = ArgumentBinder(Service().plain, "svc.plain")  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
+    assert binder.bind(b'{"args": [{"a": 1}], "kwargs": {"b": [1, 2]}}') == (
+        ({"a": 1}, [1, 2]),
+        {},
+    )
+    # The seed sent both keys; a request may also omit them.
+    assert binder.bind(b'{"kwargs": {"a": 5}}') == ((5,), {})
+
+
+def test_annotated_parameters_are_decoded_into_their_types() -> None:
+    binder = ArgumentBinder(Service().typed, "svc.typed")
+    args, kwargs = binder.bind(
+        b'{"args": [{"x": 1, "y": 2}, {"label": "b", "points": [{"x": 0, "y": 0}]},'
+        b' "2026-01-02T03:04:05Z", "t1", "t2"], "kwargs": {"n": 3}}'
+    )
+    assert args[0] == Point(1, 2)
+    assert args[1] == Box("b", [Point(0, 0)])
+    assert args[2] == datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    assert args[3:] == ("t1", "t2")
+    assert kwargs == {"n": 3}
+
+
+@pytest.mark.parametrize(
+    ("request_body", "message"),
+    [
+        (
+            b'{"args": [{"x": "one", "y": 2}, {"label":"b","points":[]}, "2026-01-01T00:00:00Z"]}',
+            "argument 'p': Expected `int`, got `str` - at `$.x`",
+        ),
+        (b'{"args": []}', "missing a required argument: 'p'"),
+        (b'{"kwargs": {"nope": 1}}', "missing a required argument: 'p'"),
+        (
+            b'{"args": [{"x":1,"y":2}, {"label":"b","points":[]}, "2026-01-01T00:00:00Z", 5]}',
+            "argument 'tags': Expected `str`, got `int`",
+        ),
+        (
+            b'{"args": [{"x":1,"y":2}, {"label":"b","points":[]}, "2026-01-01T00:00:00Z"],'
+            b' "kwargs": {"n": "x"}}',
+            "argument \"extra['n']\": Expected `int`, got `str`",
+        ),
+        (b"not json", "malformed request"),
+        (b"[" * 100_000 + b"]" * 100_000, "malformed request"),
+    ],
+)
+def test_arguments_that_do_not_fit_name_the_parameter(request_body: bytes, message: str) -> None:
+    binder = ArgumentBinder(Service().typed, "svc.typed")
+    with pytest.raises(BadArguments) as info:
+        binder.bind(request_body)
+    assert str(info.value).startswith("svc.typed: ")
+    assert message in str(info.value)
+
+
+def test_optional_parameter_accepts_null_and_default() -> None:
+    binder = ArgumentBinder(Service().optional, "svc.optional")
+    assert binder.bind(b'{"args": [null]}') == ((None,), {})
+    assert binder.bind(b'{"args": []}') == ((), {})
+
+
+def test_undecodable_annotation_is_a_configuration_error() -> None:
+    class Svc:
+        def m(self, handle: Opaque) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="parameter 'handle'"):
+        ArgumentBinder(Svc().m, "svc.m")
+
+
+def test_items_and_end_marker_are_the_seeds() -> None:
+    assert msgspec.json.decode(encode_item({"a": uuid.UUID(int=1)})) == {
+        "body": {"a": "00000000-0000-0000-0000-000000000001"},
+        "__end__": False,
+    }
+    assert msgspec.json.decode(END) == {"__end__": True}
+    folded = decode_reply(encode_item(Point(1, 2), end=True))
+    assert folded.has_body
+    assert folded.end
+    assert folded.body == {"x": 1, "y": 2}
+
+
+def test_error_reply_keeps_the_seed_traceback_and_adds_a_typed_envelope() -> None:
+    try:
+        raise KeyError("missing")
+    except KeyError as exc:
+        payload = msgspec.json.decode(encode_error(exc, send_traceback=True, data={"k": 1}))
+    assert payload["__except__"].startswith("Traceback (most recent call last):")
+    assert payload["error"] == {"type": "KeyError", "message": "'missing'", "data": {"k": 1}}
+    error = error_from_reply(decode_reply(msgspec.json.encode(payload)), "svc.m")
+    assert error.remote_type == "KeyError"
+    assert error.remote_message == "'missing'"
+    assert error.remote_traceback is not None
+    assert "KeyError" in error.remote_traceback
+    assert str(error) == "svc.m failed: KeyError: 'missing'"
+
+
+def test_error_reply_without_traceback_still_has_a_truthy_except() -> None:
+    payload: dict[str, Any] = msgspec.json.decode(
+        encode_error(ValueError("bad"), send_traceback=False)
+    )
+    assert payload["__except__"] == "ValueError: bad"
+    error = error_from_reply(decode_reply(msgspec.json.encode(payload)), "svc.m")
+    assert error.remote_traceback is None
+    assert error.remote_type == "ValueError"
+
+
+def test_seed_error_reply_is_understood() -> None:
+    seed = b'{"__except__": "Traceback (most recent call last):\\n  File x\\nValueError: nope\\n"}'
+    error = error_from_reply(decode_reply(seed), "svc.m")
+    assert (error.remote_type, error.remote_message) == ("ValueError", "nope")
+    assert error.remote_traceback is not None
+
+
+def test_unencodable_error_data_is_dropped_not_fatal() -> None:
+    payload = msgspec.json.decode(
+        encode_error(ValueError("x"), send_traceback=False, data=object())
+    )
+    assert payload["error"] == {"type": "ValueError", "message": "x"}
