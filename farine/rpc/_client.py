@@ -1,0 +1,579 @@
+"""The RPC client: `Client` (blocking, or `async with`), `AsyncClient`, and `@client`.
+
+Every call of a process to one broker shares one reply queue (exclusive to the
+connection) and one task reading it, which hands each reply to its call by correlation
+id: any number of calls are in flight at once. Each call has a deadline (the
+`rpc_timeout` setting, per client or per call); the request carries it (AMQP
+`expiration` and a deadline header), so a server drops a request already expired and
+cancels a handler still running when it passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from typing import TYPE_CHECKING, Any, Concatenate, Final, ParamSpec, TypeVar, cast
+
+import anyio
+import anyio.from_thread
+import msgspec
+
+from farine import settings as farine_settings
+from farine.amqp._connection import get_connection
+from farine.amqp._errors import PublishError, UnroutableError
+from farine.amqp._message import Message, Properties
+from farine.amqp._transport import ExchangeSpec, QueueSpec, Topology
+from farine.entrypoints import current_service, is_async_callable
+from farine.exceptions import RPCError
+from farine.rpc._protocol import (
+    HEADER_CONTROL,
+    HEADER_DEADLINE,
+    HEADER_UNARY,
+    decode_reply,
+    encode_request,
+    error_from_reply,
+    routing_key,
+)
+from farine.runtime import current_runtime
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+    from farine.amqp._transport import Connection
+    from farine.settings import ServiceSettings
+
+__all__ = ("AsyncClient", "Client", "client")
+
+logger = logging.getLogger("farine.rpc")
+
+S = TypeVar("S")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+CONTENT_TYPE: Final = "application/json"
+#: Replies a stream may buffer before its reader falls too far behind.
+STREAM_BUFFER: Final = 256
+#: Unacked replies the reply queue's consumer may hold (they are acked on arrival).
+REPLY_PREFETCH: Final = 1024
+
+
+class _Call:
+    """One call in flight: where its replies go, and the stream's control queue."""
+
+    __slots__ = ("control", "correlation_id", "overflowed", "receive", "send")
+
+    def __init__(self, correlation_id: str, buffer: int) -> None:
+        self.correlation_id = correlation_id
+        self.send: MemoryObjectSendStream[Message]
+        self.receive: MemoryObjectReceiveStream[Message]
+        self.send, self.receive = anyio.create_memory_object_stream[Message](buffer)
+        self.control: str | None = None
+        self.overflowed = False
+
+    def deliver(self, message: Message) -> None:
+        try:
+            self.send.send_nowait(message)
+        except anyio.WouldBlock:
+            # The reader is too slow: end the stream (it raises) rather than block the
+            # replies of every other call behind it.
+            self.overflowed = True
+            self.send.close()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the caller already left
+
+
+class _Router:
+    """The reply queue of one connection, and the calls waiting on it."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.queue = f"farine.rpc.reply.{uuid.uuid4().hex}"
+        self.calls: dict[str, _Call] = {}
+        self._declared: set[str] = set()
+
+    async def run(self, *, task_status: TaskStatus[_Router]) -> None:
+        topology = Topology(
+            queues=(QueueSpec(self.queue, durable=False, auto_delete=True, exclusive=True),)
+        )
+        consumer = await self.connection.consume(
+            self.queue, prefetch=REPLY_PREFETCH, topology=topology
+        )
+        try:
+            task_status.started(self)
+            async for message in consumer:
+                message.ack()
+                call = self.calls.get(message.correlation_id or "")
+                if call is None:
+                    logger.debug("dropping a reply to a finished call %s", message.correlation_id)
+                    continue
+                if call.control is None:
+                    control = message.headers.get(HEADER_CONTROL)
+                    if isinstance(control, str | bytes):
+                        call.control = control.decode() if isinstance(control, bytes) else control
+                call.deliver(message)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await consumer.aclose()
+
+    # -- one call -----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def open_call(
+        self,
+        settings: ServiceSettings,
+        service: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        limit: float,
+        stream: bool,
+    ) -> AsyncGenerator[_Call]:
+        """Publish the request and yield the call whose replies arrive on `call.receive`."""
+        correlation_id = uuid.uuid4().hex
+        body = encode_request(args, kwargs)
+        headers: dict[str, Any] = {HEADER_DEADLINE: f"{time.time() + limit:.6f}"}
+        if not stream:
+            headers[HEADER_UNARY] = 1
+        properties = Properties(
+            content_type=CONTENT_TYPE,
+            correlation_id=correlation_id,
+            reply_to=self.queue,
+            expiration=str(max(1, math.ceil(limit * 1000))),
+            headers=headers,
+            delivery_mode=settings.delivery_mode,
+            message_id=correlation_id,
+        )
+        call = _Call(correlation_id, STREAM_BUFFER if stream else 2)
+        self.calls[correlation_id] = call
+        where = f"{service}.{method}"
+        try:
+            try:
+                await self.connection.publish(
+                    service,
+                    routing_key(service, method),
+                    body,
+                    properties,
+                    mandatory=True,
+                    timeout=limit,
+                    declare=self._exchange(service, settings),
+                )
+            except UnroutableError:
+                raise RPCError(
+                    f"{where}: no server (no queue is bound to exchange {service!r} with "
+                    f"routing key {routing_key(service, method)!r})"
+                ) from None
+            except PublishError as exc:
+                raise RPCError(f"{where}: the request could not be sent: {exc}") from None
+            yield call
+        finally:
+            del self.calls[correlation_id]
+            call.send.close()
+            call.receive.close()
+
+    def _exchange(self, service: str, settings: ServiceSettings) -> ExchangeSpec | None:
+        if not settings.auto_declare or service in self._declared:
+            return None
+        self._declared.add(service)
+        # Declared by the caller too, so a call to a service that never started fails as
+        # unroutable (fast) instead of closing the channel on a missing exchange.
+        return ExchangeSpec(service, "direct", durable=settings.durable)
+
+    async def cancel(self, call: _Call) -> None:
+        """Ask the server streaming to `call` to stop (best effort)."""
+        if call.control is None:
+            return
+        correlation_id = call.correlation_id
+        body = msgspec.json.encode({"cancel": correlation_id})
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            try:
+                await self.connection.publish(
+                    "", call.control, body, Properties(content_type=CONTENT_TYPE),
+                    mandatory=False,
+                )  # fmt: skip
+            except PublishError:
+                logger.debug("could not send the cancel of %s", correlation_id, exc_info=True)
+
+
+@contextlib.asynccontextmanager
+async def _open_router(connection: Connection) -> AsyncGenerator[_Router]:
+    async with anyio.create_task_group() as tg:
+        router = await tg.start(_Router(connection).run)
+        try:
+            yield router
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def _settings_for(service: str) -> ServiceSettings:
+    """The caller's settings when called from a service, else the target's section."""
+    ctx = current_service()
+    return ctx.settings if ctx is not None else farine_settings.get(service)
+
+
+async def _router_in_runtime(settings: ServiceSettings) -> _Router | None:
+    runtime = current_runtime()
+    if runtime is None:
+        return None
+    connection = await get_connection(settings)
+    return await runtime.resource(
+        "rpc-router:" + settings.amqp_uri, lambda: _open_router(connection)
+    )
+
+
+class AsyncClient:
+    """Call the methods of `service` from async code: `await rpc.method(*args, **kwargs)`.
+
+    `rpc.method(..., __stream__=True)` returns an async iterator of the items the method
+    streams. `__timeout__=seconds` overrides the deadline of one call.
+
+    Inside a service, `@farine.rpc.client` injects one into `async def` methods. From
+    other async code use `async with farine.rpc.Client(service) as rpc:`.
+
+    Args:
+        service: The service to call.
+        timeout: Deadline of each call in seconds (default: the `rpc_timeout` setting).
+    """
+
+    def __init__(
+        self,
+        service: str,
+        timeout: float | None = None,
+        *,
+        router: _Router | None = None,
+        settings: ServiceSettings | None = None,
+    ) -> None:
+        self.service = service
+        self.settings = settings if settings is not None else _settings_for(service)
+        self.timeout = timeout if timeout is not None else self.settings.rpc_timeout
+        self._router = router
+
+    def __repr__(self) -> str:
+        return f"<AsyncClient service={self.service!r} timeout={self.timeout}>"
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("__"):
+            raise AttributeError(method)
+        return functools.partial(self.call, method)
+
+    async def _get_router(self) -> _Router:
+        if self._router is None:
+            self._router = await _router_in_runtime(self.settings)
+        if self._router is None:
+            raise RPCError(
+                "outside a running farine service, use `async with farine.rpc.Client(...)` "
+                "(or the blocking client)"
+            )
+        return self._router
+
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Call `method`; awaitable, or an async iterator with `__stream__=True`."""
+        stream = bool(kwargs.pop("__stream__", False))
+        timeout = kwargs.pop("__timeout__", None)
+        limit = self.timeout if timeout is None else float(timeout)
+        if stream:
+            return self._stream(method, args, kwargs, limit)
+        return self._call(method, args, kwargs, limit)
+
+    async def _call(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
+    ) -> Any:
+        router = await self._get_router()
+        where = f"{self.service}.{method}"
+        with anyio.move_on_after(limit):
+            async with router.open_call(
+                self.settings, self.service, method, args, kwargs, limit=limit, stream=False
+            ) as call:
+                message = await _receive(call, where)
+                reply = decode_reply(message.body)
+                if reply.except_:
+                    raise error_from_reply(reply, where)
+                return reply.body
+        # Only the deadline leaves the block without a return or an exception.
+        raise RPCError(f"{where}: timeout: no reply within {limit:g}s")
+
+    async def _stream(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
+    ) -> AsyncGenerator[Any]:
+        router = await self._get_router()
+        where = f"{self.service}.{method}"
+        deadline = anyio.current_time() + limit
+        ended = False
+        async with router.open_call(
+            self.settings, self.service, method, args, kwargs, limit=limit, stream=True
+        ) as call:
+            try:
+                while True:
+                    message: Message | None = None
+                    with anyio.move_on_after(deadline - anyio.current_time()):
+                        message = await _receive(call, where)
+                    if message is None:
+                        raise RPCError(f"{where}: timeout: stream not finished within {limit:g}s")
+                    reply = decode_reply(message.body)
+                    if reply.except_:
+                        ended = True
+                        raise error_from_reply(reply, where)
+                    if reply.has_body:
+                        yield reply.body
+                    if reply.end:
+                        ended = True
+                        return
+            finally:
+                if not ended:
+                    await router.cancel(call)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+async def _receive(call: _Call, where: str) -> Message:
+    try:
+        return await call.receive.receive()
+    except anyio.EndOfStream:
+        if call.overflowed:
+            raise RPCError(
+                f"{where}: stream reader too slow: more than {STREAM_BUFFER} items buffered"
+            ) from None
+        raise RPCError(f"{where}: the reply stream ended unexpectedly") from None
+
+
+# -- blocking use -------------------------------------------------------------------------
+
+
+class _ScriptLoop:
+    """An event loop in a thread, for blocking calls made outside any runtime (scripts)."""
+
+    _lock = threading.Lock()
+    _instance: _ScriptLoop | None = None
+
+    def __init__(self) -> None:
+        self._cm = anyio.from_thread.start_blocking_portal(name="farine-rpc")
+        self.portal = self._cm.__enter__()
+        self.routers: dict[str, _Router] = {}
+        self._router_lock = threading.Lock()
+        self._exits: list[Any] = []
+
+    @classmethod
+    def get(cls) -> _ScriptLoop:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def router(self, settings: ServiceSettings) -> _Router:
+        with self._router_lock:
+            router = self.routers.get(settings.amqp_uri)
+            if router is None:
+                router = self.portal.call(self._open, settings)
+                self.routers[settings.amqp_uri] = router
+            return router
+
+    async def _open(self, settings: ServiceSettings) -> _Router:
+        connection = await get_connection(settings)
+        cm = _open_router(connection)
+        self._exits.append(cm)
+        return await cm.__aenter__()
+
+    @classmethod
+    def close(cls) -> None:
+        """Close the script loop and its reply queues (tests; interpreter exit)."""
+        with cls._lock:
+            instance, cls._instance = cls._instance, None
+        if instance is not None:
+
+            async def close_routers() -> None:
+                for cm in reversed(instance._exits):
+                    await cm.__aexit__(None, None, None)
+
+            with contextlib.suppress(Exception):
+                instance.portal.call(close_routers)
+            instance._cm.__exit__(None, None, None)
+
+
+def _run_blocking(settings: ServiceSettings, fn: Callable[[_Router], Awaitable[R]]) -> R:
+    """Run `fn(router)` on the right event loop from blocking code and return its result."""
+    if current_runtime() is not None:
+        try:
+
+            async def in_runtime() -> R:
+                router = await _router_in_runtime(settings)
+                assert router is not None
+                return await fn(router)
+
+            return anyio.from_thread.run(in_runtime)
+        except anyio.NoEventLoopError:
+            pass  # a thread the runtime did not start: use the script loop
+    loop = _ScriptLoop.get()
+    router = loop.router(settings)
+    return loop.portal.call(fn, router)
+
+
+class Client:
+    """Call the methods of `service`: blocking, or `async with Client(...) as rpc`.
+
+    Blocking (in `def` methods, where `@farine.rpc.client` injects one, and in plain
+    scripts)::
+
+        result = farine.rpc.Client("calc").add(1, 2)
+        for item in farine.rpc.Client("calc").count(3, __stream__=True):
+            ...
+
+    Async (outside a service; inside one, `@farine.rpc.client` injects an `AsyncClient`)::
+
+        async with farine.rpc.Client("calc") as rpc:
+            result = await rpc.add(1, 2)
+
+    Args:
+        service: The service to call.
+        timeout: Deadline of each call in seconds (default: the `rpc_timeout` setting).
+            `__timeout__=seconds` overrides it for one call.
+
+    Raises:
+        RPCError: From a call: the remote method raised (`remote_type`,
+            `remote_message`, `remote_traceback`), no server serves the method, or the
+            deadline passed (the message then contains "timeout").
+    """
+
+    def __init__(self, service: str, timeout: float | None = None) -> None:
+        self.service = service
+        self.settings = _settings_for(service)
+        self.timeout = timeout if timeout is not None else self.settings.rpc_timeout
+        self._exit: contextlib.AsyncExitStack | None = None
+
+    def __repr__(self) -> str:
+        return f"<Client service={self.service!r} timeout={self.timeout}>"
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("__"):
+            raise AttributeError(method)
+        return functools.partial(self.call, method)
+
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Call `method` and block for its result; a generator with `__stream__=True`."""
+        stream = bool(kwargs.pop("__stream__", False))
+        timeout = kwargs.pop("__timeout__", None)
+        limit = self.timeout if timeout is None else float(timeout)
+        if stream:
+            return self._stream(method, args, kwargs, limit)
+
+        async def run(router: _Router) -> Any:
+            rpc = AsyncClient(self.service, limit, router=router, settings=self.settings)
+            return await rpc.call(method, *args, **kwargs)
+
+        return _run_blocking(self.settings, run)
+
+    def _stream(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float
+    ) -> Generator[Any]:
+        items: list[AsyncGenerator[Any]] = []
+
+        async def start(router: _Router) -> None:
+            rpc = AsyncClient(self.service, timeout, router=router, settings=self.settings)
+            items.append(rpc.call(method, *args, __stream__=True, __timeout__=timeout, **kwargs))
+
+        async def step(_: _Router) -> tuple[bool, Any]:
+            try:
+                return True, await items[0].__anext__()
+            except StopAsyncIteration:
+                return False, None
+
+        async def close(_: _Router) -> None:
+            await items[0].aclose()
+
+        _run_blocking(self.settings, start)
+        finished = False
+        try:
+            while True:
+                more, item = _run_blocking(self.settings, step)
+                if not more:
+                    finished = True
+                    return
+                yield item
+        finally:
+            if not finished:
+                # Left early (break, exception): the server stops iterating too.
+                _run_blocking(self.settings, close)
+
+    async def __aenter__(self) -> AsyncClient:
+        router = await _router_in_runtime(self.settings)
+        if router is None:
+            self._exit = contextlib.AsyncExitStack()
+            connection = await get_connection(self.settings)
+            router = await self._exit.enter_async_context(_open_router(connection))
+        return AsyncClient(self.service, self.timeout, router=router, settings=self.settings)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._exit is not None:
+            exit_stack, self._exit = self._exit, None
+            await exit_stack.aclose()
+
+
+def client(
+    service: str, timeout: float | None = None
+) -> Callable[[Callable[Concatenate[S, Any, P], R]], Callable[Concatenate[S, P], R]]:
+    """Inject an RPC client of `service` as the first argument after `self`.
+
+    In a `def` method it is a blocking `Client` (`rpc.method(...)` returns the result,
+    `for item in rpc.method(..., __stream__=True)` iterates a stream); in an `async def`
+    method an `AsyncClient` (`await rpc.method(...)`, `async for item in
+    rpc.method(..., __stream__=True)`). The method keeps its other parameters.
+
+    Args:
+        service: The service to call.
+        timeout: Deadline of each call in seconds (default: the `rpc_timeout` setting).
+
+    Example:
+        ```python
+        import farine.rpc
+
+        class Client:
+            @farine.rpc.client("myotherservice")
+            def dummy(self, rpc):
+                result = rpc.dummy()
+        ```
+    """
+
+    def decorate(method: Callable[Concatenate[S, Any, P], R]) -> Callable[Concatenate[S, P], R]:
+        if is_async_callable(method) or inspect.isasyncgenfunction(method):
+            async_method = cast(Callable[..., Any], method)
+            if inspect.isasyncgenfunction(method):
+
+                @functools.wraps(method)
+                async def async_gen_wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Any:
+                    rpc = AsyncClient(service, timeout)
+                    async for item in async_method(self, rpc, *args, **kwargs):
+                        yield item
+
+                wrapper: Callable[..., Any] = async_gen_wrapper
+            else:
+
+                @functools.wraps(method)
+                async def async_wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Any:
+                    return await async_method(self, AsyncClient(service, timeout), *args, **kwargs)
+
+                wrapper = async_wrapper
+        else:
+
+            @functools.wraps(method)
+            def sync_wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+                return method(self, Client(service, timeout), *args, **kwargs)
+
+            wrapper = sync_wrapper
+        signature = inspect.signature(method)
+        parameters = list(signature.parameters.values())
+        # Hide the injected parameter from introspection (other decorators, help()).
+        wrapper.__signature__ = signature.replace(parameters=parameters[:1] + parameters[2:])  # type: ignore[attr-defined]
+        return cast(Callable[Concatenate[S, P], R], wrapper)
+
+    return decorate

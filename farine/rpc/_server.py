@@ -1,0 +1,378 @@
+"""The RPC server: `@farine.rpc.method()` and the entrypoint that answers calls.
+
+Each method consumes its own queue `<service>__<method>`, bound to the direct exchange
+`<service>` with the routing key `<service>__<method>` (so seed clients reach it). For
+each request it decodes the arguments into the method's annotations, calls the method,
+publishes the reply (or the items of a generator, then the end marker) to `reply_to`,
+and only then acks the request: a server that dies mid-call leaves the request in the
+queue for another instance.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import msgspec
+
+from farine.amqp._connection import get_connection
+from farine.amqp._errors import PublishError, UnroutableError
+from farine.amqp._message import Properties
+from farine.amqp._transport import Binding, ExchangeSpec, QueueSpec, Topology
+from farine.entrypoints import Entrypoint, EntrypointSpec, ServiceContext, record_spec
+from farine.exceptions import ConfigurationError
+from farine.rpc._protocol import (
+    END,
+    HEADER_CONTROL,
+    HEADER_DEADLINE,
+    HEADER_UNARY,
+    ArgumentBinder,
+    BadArguments,
+    encode_error,
+    encode_item,
+    routing_key,
+)
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+
+    from farine.amqp._message import Message
+    from farine.amqp._transport import Connection, Consumer
+
+__all__ = ("MethodSpec", "method")
+
+logger = logging.getLogger("farine.rpc")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONTENT_TYPE = "application/json"
+
+_STOP = object()
+
+
+class _Cancel(msgspec.Struct):
+    cancel: str
+
+
+_cancel_decoder = msgspec.json.Decoder(_Cancel)
+
+
+@dataclass(frozen=True, slots=True)
+class MethodSpec(EntrypointSpec):
+    """Spec of `farine.rpc.method()`."""
+
+    prefetch: int | None = None
+    expected: tuple[type[BaseException], ...] = ()
+    kind = "rpc"
+
+    def bind(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> Entrypoint:
+        return _RpcMethod(service, handler, name, self)
+
+
+def method(
+    *, prefetch: int | None = None, expected: tuple[type[BaseException], ...] = ()
+) -> Callable[[F], F]:
+    """Serve the decorated method over RPC, as `<service>.<method>`.
+
+    The method takes the call's arguments (`(self, *args, **kwargs)` in the seed's
+    style, or named, annotated parameters: each argument is decoded into its parameter's
+    annotation with msgspec). It may be `def` (run in a worker thread) or `async def`,
+    and may return a value, or be a generator or an async generator to stream items.
+    Return values and items are encoded with msgspec (Structs, dataclasses, datetimes,
+    UUIDs...).
+
+    An exception raised by the method is sent to the caller, who gets an `RPCError`
+    with its type, message and (unless `rpc_send_traceback` is off) traceback. It is
+    logged as an error, unless its type is listed in `expected` (logged at INFO).
+
+    The request is acknowledged only after the reply is published, so a call being
+    handled by a server that dies is redelivered to another one.
+
+    Args:
+        prefetch: Calls handled at once by this method (default: the `prefetch` setting).
+        expected: Exception types that are part of the method's contract.
+
+    Example:
+        ```python
+        import farine.rpc
+
+        class Server:
+            @farine.rpc.method()
+            def dummy(self, *args, **kwargs):
+                return True
+        ```
+    """
+    if prefetch is not None and prefetch < 1:
+        raise ConfigurationError("prefetch must be >= 1")
+    spec = MethodSpec(prefetch=prefetch, expected=tuple(expected))
+
+    def decorate(func: F) -> F:
+        return record_spec(func, spec)
+
+    return decorate
+
+
+def _remaining(message: Message) -> float | None:
+    """Seconds left before the caller's deadline (None: no deadline)."""
+    raw = message.headers.get(HEADER_DEADLINE)
+    if raw is None:
+        return None
+    try:
+        return float(raw) - time.time()
+    except (TypeError, ValueError):
+        return None
+
+
+class _RpcMethod(Entrypoint):
+    def __init__(
+        self, service: ServiceContext, handler: Callable[..., Any], name: str, spec: MethodSpec
+    ) -> None:
+        super().__init__(service, handler, name)
+        settings = service.settings
+        self.spec = spec
+        self.binder = ArgumentBinder(handler, f"{service.name}.{name}")
+        self.routing_key = routing_key(service.name, name)
+        self.queue = self.routing_key
+        self.prefetch = spec.prefetch or settings.prefetch
+        self.is_async_gen = inspect.isasyncgenfunction(handler)
+        self.is_gen = inspect.isgeneratorfunction(handler)
+        # Cancels of streams this instance serves arrive on a queue of its own.
+        self.control_queue = f"{self.queue}.control.{uuid.uuid4().hex[:12]}"
+        self._streams: dict[str, anyio.CancelScope] = {}
+        exchange = ExchangeSpec(
+            service.name, "direct", durable=settings.durable, auto_delete=settings.auto_delete
+        )
+        self.topology = (
+            Topology(
+                exchanges=(exchange,),
+                queues=(QueueSpec(self.queue, durable=settings.durable, auto_delete=False),),
+                bindings=(Binding(self.queue, service.name, self.routing_key),),
+            )
+            if settings.auto_declare
+            else Topology()
+        )
+        self.control_topology = Topology(
+            queues=(QueueSpec(self.control_queue, durable=False, auto_delete=True, exclusive=True),)
+        )
+
+    def describe(self) -> str:
+        kind = "stream" if self.is_gen or self.is_async_gen else "call"
+        return (
+            f"{self.qualname} (rpc {kind}: queue {self.queue!r} <- exchange "
+            f"{self.service.name!r}, prefetch {self.prefetch})"
+        )
+
+    async def serve(self, *, task_status: TaskStatus[None]) -> None:
+        connection = await get_connection(self.service.settings)
+        consumer = await connection.consume(
+            self.queue, prefetch=self.prefetch, topology=self.topology
+        )
+        control = await connection.consume(
+            self.control_queue, prefetch=64, topology=self.control_topology
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._cancel_on_stop, consumer)
+                tg.start_soon(self._read_cancels, control)
+                task_status.started()
+                async with anyio.create_task_group() as calls:
+                    async for message in consumer:
+                        calls.start_soon(self._handle, message, connection)
+                tg.cancel_scope.cancel()  # calls are done: stop reading cancels
+        finally:
+            # Shielded: closing returns unacked requests to the queue, even when the
+            # service is being cancelled after its shutdown timeout.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(15):
+                await consumer.aclose()
+                await control.aclose()
+
+    async def _cancel_on_stop(self, consumer: Consumer) -> None:
+        await self.service.stopping.wait()
+        logger.info("%s: no longer taking calls", self.qualname)
+        await consumer.cancel()
+
+    async def _read_cancels(self, control: Consumer) -> None:
+        async for message in control:
+            message.ack()
+            try:
+                correlation_id = _cancel_decoder.decode(message.body).cancel
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                logger.warning("%s: ignoring a malformed cancel message", self.qualname)
+                continue
+            scope = self._streams.get(correlation_id)
+            if scope is not None:
+                logger.info("%s: caller stopped stream %s", self.qualname, correlation_id)
+                scope.cancel()
+
+    # -- one call ---------------------------------------------------------------------
+
+    async def _handle(self, message: Message, connection: Connection) -> None:
+        if self.service.stopping.is_set():
+            message.nack(requeue=True)  # delivered while stopping: let another instance answer
+            return
+        remaining = _remaining(message)
+        if remaining is not None and remaining <= 0:
+            logger.info(
+                "%s: dropping call %s: its deadline passed %.3fs ago",
+                self.qualname, message.correlation_id, -remaining,
+            )  # fmt: skip
+            message.ack()
+            return
+        reply = _Replier(self, message, connection)
+        try:
+            args, kwargs = self.binder.bind(message.body)
+        except BadArguments as exc:
+            logger.info("%s: rejected call %s: %s", self.qualname, message.correlation_id, exc)
+            await reply.error(exc)
+            message.ack()
+            return
+        scope = anyio.CancelScope()
+        if remaining is not None:
+            scope.deadline = anyio.current_time() + remaining
+        correlation_id = message.correlation_id
+        if correlation_id is not None:
+            self._streams[correlation_id] = scope
+        try:
+            with scope:
+                await self._run(reply, args, kwargs)
+        except Exception as exc:
+            if isinstance(exc, self.spec.expected):
+                logger.info("%s raised %s: %s", self.qualname, type(exc).__name__, exc)
+            else:
+                logger.exception("%s raised", self.qualname)
+            await reply.error(exc)
+        finally:
+            if correlation_id is not None:
+                self._streams.pop(correlation_id, None)
+        if scope.cancelled_caught:
+            reason = "its deadline passed" if _past(scope) else "its caller stopped it"
+            logger.info("%s: call %s cancelled: %s", self.qualname, correlation_id, reason)
+        if not message.settled:
+            message.ack()
+
+    async def _run(self, reply: _Replier, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        service = self.service
+        if self.is_async_gen:
+            with service.activate():
+                await reply.stream_async(self.handler(*args, **kwargs))
+            return
+        result = await service.call(self.handler, *args, **kwargs)
+        if inspect.isgenerator(result):
+            await reply.stream_sync(result)
+        elif inspect.isasyncgen(result):
+            with service.activate():
+                await reply.stream_async(result)
+        else:
+            await reply.value(result)
+
+
+def _past(scope: anyio.CancelScope) -> bool:
+    return scope.deadline <= anyio.current_time()
+
+
+class _Replier:
+    """Publishes the replies of one call to its `reply_to`."""
+
+    def __init__(self, method: _RpcMethod, message: Message, connection: Connection) -> None:
+        self.method = method
+        self.reply_to = message.reply_to
+        self.correlation_id = message.correlation_id
+        self.unary = HEADER_UNARY in message.headers
+        self.connection = connection
+        self.gone = False
+        self._first = True
+
+    async def _send(self, body: bytes) -> None:
+        if self.reply_to is None or self.gone:
+            return  # a call with nowhere to reply (fire-and-forget), or a caller gone
+        headers: dict[str, Any] | None = None
+        if self._first:
+            self._first = False
+            headers = {HEADER_CONTROL: self.method.control_queue}
+        properties = Properties(
+            content_type=CONTENT_TYPE,
+            correlation_id=self.correlation_id,
+            delivery_mode=1,  # a reply is worthless once its caller is gone
+            headers=headers,
+        )
+        try:
+            # Shielded: a reply being published is finished even if the call is being
+            # cancelled, so the caller never sees half of a message sequence.
+            with anyio.CancelScope(shield=True):
+                await self.connection.publish("", self.reply_to, body, properties, mandatory=True)
+        except UnroutableError:
+            # The caller's reply queue is gone: it will not read what follows either.
+            self.gone = True
+            logger.info(
+                "%s: caller of %s is gone; stopping", self.method.qualname, self.correlation_id
+            )
+            raise _CallerGone from None
+
+    async def value(self, result: Any) -> None:
+        try:
+            if self.unary:
+                await self._send(encode_item(result, end=True))
+            else:
+                await self._send(encode_item(result))
+                await self._send(END)
+        except _CallerGone:
+            pass
+
+    async def error(self, exc: BaseException) -> None:
+        settings = self.method.service.settings
+        data = getattr(exc, "rpc_data", None)
+        try:
+            await self._send(
+                encode_error(exc, send_traceback=settings.rpc_send_traceback, data=data)
+            )
+        except (_CallerGone, PublishError):
+            logger.warning(
+                "%s: could not send the error of call %s",
+                self.method.qualname, self.correlation_id, exc_info=True,
+            )  # fmt: skip
+
+    async def stream_async(self, items: AsyncIterator[Any]) -> None:
+        try:
+            async for item in items:
+                await self._send(encode_item(item))
+            await self._send(END)
+        except _CallerGone:
+            pass
+        finally:
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+
+    async def stream_sync(self, items: Iterator[Any]) -> None:
+        service = self.method.service
+        try:
+            while True:
+                item = await service.run_sync(next, items, _STOP)
+                if item is _STOP:
+                    break
+                await self._send(encode_item(item))
+            await self._send(END)
+        except _CallerGone:
+            pass
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                # Runs the generator's `finally` blocks in a worker thread, as its body ran.
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await service.run_sync(close)
+                    except ValueError:
+                        # "generator already executing": a `next()` abandoned at the
+                        # deadline still runs in its thread; the generator ends with it.
+                        logger.debug("%s: generator still running", self.method.qualname)
+
+
+class _CallerGone(Exception):
+    """The caller's reply queue no longer exists."""
