@@ -9,6 +9,7 @@ annotation msgspec cannot decode is reported then, naming the handler.
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from typing import Any, Final
 
@@ -91,15 +92,38 @@ def to_builtins(value: object) -> Any:
 def annotation_of(func: Callable[..., Any], parameter: str) -> Any:
     """Return the resolved annotation of `parameter` of `func`, or `Any` when it has none.
 
+    Only that parameter's annotation is evaluated: a return type or another parameter
+    annotated with a name imported under `TYPE_CHECKING` does not get in the way.
+    Names are looked up in the function's module, then in its closure.
+
     Raises:
         ConfigurationError: The annotation cannot be resolved (a name that does not exist).
     """
     target = inspect.unwrap(func)
+    target = getattr(target, "__func__", target)  # bound methods
+    annotations: dict[str, Any] = getattr(target, "__annotations__", None) or {}
+    if parameter not in annotations:
+        return Any
+    code = getattr(target, "__code__", None)
+    closure = getattr(target, "__closure__", None) or ()
+    local_names: dict[str, Any] = {}
+    if code is not None:
+        for name, cell in zip(code.co_freevars, closure, strict=False):
+            try:
+                local_names[name] = cell.cell_contents
+            except ValueError:  # an empty cell: the name is not bound yet
+                continue
+    holder = types.SimpleNamespace(__annotations__={parameter: annotations[parameter]})
     try:
-        hints = typing.get_type_hints(target, include_extras=True)
+        hints = typing.get_type_hints(
+            holder,
+            globalns=getattr(target, "__globals__", {}),
+            localns=local_names,
+            include_extras=True,
+        )
     except Exception as exc:  # NameError, TypeError... from a user's annotation
         raise ConfigurationError(
-            f"cannot resolve the annotations of {_name(func)}: {exc}"
+            f"cannot resolve the annotation of {parameter!r} of {_name(func)}: {exc}"
         ) from None
     return hints.get(parameter, Any)
 

@@ -41,6 +41,7 @@ __all__ = (
     "get",
     "load",
     "reference_table",
+    "use",
 )
 
 DEFAULT_PATH: Final = Path("/etc/farine.ini")
@@ -436,6 +437,13 @@ def configure(path: str | os.PathLike[str] | None) -> None:
     with _lock:
         _explicit_path = Path(path) if path is not None else None
         _current = None
+
+
+def use(config: Config) -> None:
+    """Make `config` the current configuration (tests, or settings built in code)."""
+    global _current
+    with _lock:
+        _current = config
 
 
 def current() -> Config:

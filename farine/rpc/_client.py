@@ -44,6 +44,8 @@ from farine.rpc._protocol import (
 from farine.runtime import current_runtime
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from anyio.abc import TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -361,8 +363,8 @@ class _ScriptLoop:
         self._cm = anyio.from_thread.start_blocking_portal(name="farine-rpc")
         self.portal = self._cm.__enter__()
         self.routers: dict[str, _Router] = {}
+        self._tasks: list[Future[None]] = []
         self._router_lock = threading.Lock()
-        self._exits: list[Any] = []
 
     @classmethod
     def get(cls) -> _ScriptLoop:
@@ -375,29 +377,21 @@ class _ScriptLoop:
         with self._router_lock:
             router = self.routers.get(settings.amqp_uri)
             if router is None:
-                router = self.portal.call(self._open, settings)
+                connection = self.portal.call(get_connection, settings)
+                # A task of its own in the loop's thread: it reads the replies until closed.
+                task, router = self.portal.start_task(_Router(connection).run)
+                self._tasks.append(task)
                 self.routers[settings.amqp_uri] = router
             return router
 
-    async def _open(self, settings: ServiceSettings) -> _Router:
-        connection = await get_connection(settings)
-        cm = _open_router(connection)
-        self._exits.append(cm)
-        return await cm.__aenter__()
-
     @classmethod
     def close(cls) -> None:
-        """Close the script loop and its reply queues (tests; interpreter exit)."""
+        """Stop the script loop and its reply queues (tests; interpreter exit)."""
         with cls._lock:
             instance, cls._instance = cls._instance, None
         if instance is not None:
-
-            async def close_routers() -> None:
-                for cm in reversed(instance._exits):
-                    await cm.__aexit__(None, None, None)
-
-            with contextlib.suppress(Exception):
-                instance.portal.call(close_routers)
+            for task in instance._tasks:
+                task.cancel()
             instance._cm.__exit__(None, None, None)
 
 
