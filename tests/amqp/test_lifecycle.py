@@ -304,10 +304,8 @@ async def test_start_fails_clearly_when_the_broker_stays_down(rabbitmq: Broker) 
 
 
 def _single(error: BaseException) -> BaseException:
-    found: BaseException = error
-    while isinstance(found, BaseExceptionGroup):
-        inner = cast("tuple[BaseException, ...]", found.exceptions)  # pyright: ignore[reportUnknownMemberType]
-        if len(inner) != 1:
-            break
-        found = inner[0]
-    return found
+    if isinstance(error, BaseExceptionGroup):
+        inner = cast("tuple[BaseException, ...]", error.exceptions)  # pyright: ignore[reportUnknownMemberType]
+        if len(inner) == 1:
+            return _single(inner[0])
+    return cast("BaseException", error)
