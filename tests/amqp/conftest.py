@@ -131,12 +131,11 @@ class Recorder:
             if len(self.items) >= count:
                 event.set()
 
-    async def wait_for_unique(self, count: int, seconds: float = 30) -> set[Any]:
-        """Wait until `count` distinct items were recorded and return them."""
+    async def wait_for_unique(self, count: int, seconds: float = 30) -> None:
+        """Wait until `count` distinct items were recorded (duplicates do not count)."""
         with anyio.fail_after(seconds):
-            while len(set(self.items)) < count:
+            while len({repr(item) for item in self.items}) < count:
                 await self.wait_for(len(self.items) + 1, seconds)
-        return set(self.items)
 
     async def wait_for(self, count: int, seconds: float = 15) -> list[Any]:
         """Wait until `count` items were recorded and return them all."""

@@ -214,7 +214,8 @@ async def test_reconnects_after_the_broker_closes_the_connection_and_loses_nothi
                 total += 1
         await reconnected.wait()
         await resumed.wait()
-        assert await seen.wait_for_unique(total) == set(range(total))
+        await seen.wait_for_unique(total)
+        assert set(seen.items) == set(range(total))
         assert connection.generation >= 2
     assert await rabbitmq.ready(queue) == 0
 
@@ -264,13 +265,13 @@ async def test_start_waits_for_the_broker_and_publish_times_out_while_it_is_down
         tg.start_soon(runtime.run)
         await refused.wait()  # the broker is unreachable: start-up keeps retrying
         assert not ready.event.is_set()
+        lost = watch_log("lost (")
         async with anyio.create_task_group() as proxy_group:
             await proxy_group.start(proxy.serve)
             await ready.wait()
             await publish({"n": 1})
             assert await seen.wait_for(1) == [{"n": 1}]
             proxy_group.cancel_scope.cancel()  # the broker goes away again
-        lost = watch_log("lost")
         await lost.wait()
         with pytest.raises(PublishTimeout, match="not confirmed within"):
             await publish({"n": 2}, timeout=0.5)
@@ -279,7 +280,10 @@ async def test_start_waits_for_the_broker_and_publish_times_out_while_it_is_down
             await proxy_group.start(proxy.serve)
             await resumed.wait()
             await publish({"n": 3})
-            assert await seen.wait_for(2) == [{"n": 1}, {"n": 3}]
+            await seen.wait_for_unique(2)
+            # At least once: {"n": 1} may come twice if its ack was cut off with the
+            # connection; the publish that timed out was never sent.
+            assert {item["n"] for item in seen.items} == {1, 3}
             runtime.stop()
             await anyio.wait_all_tasks_blocked()
             proxy_group.cancel_scope.cancel()
