@@ -74,7 +74,7 @@ async def raw_aiormq(uri: str, count: int) -> float:
             if received == count:
                 done.set()
 
-        await consumer.basic_consume(name, on_message)
+        ok = await consumer.basic_consume(name, on_message)
         properties = spec.Basic.Properties(content_type="application/json", delivery_mode=2)
         bodies = [make_body(i) for i in range(count)]
         start = time.perf_counter()
@@ -84,6 +84,7 @@ async def raw_aiormq(uri: str, count: int) -> float:
             )
         await done.wait()
         elapsed = time.perf_counter() - start
+        await consumer.basic_cancel(ok.consumer_tag or "")
         await publisher.queue_delete(name)
         await publisher.exchange_delete(name)
         return count / elapsed
