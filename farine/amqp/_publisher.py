@@ -1,0 +1,273 @@
+"""Publishing: `Publisher` (blocking), `AsyncPublisher` (awaited) and `@publish`."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import inspect
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
+
+from farine import settings as farine_settings
+from farine.amqp._connection import get_connection, get_connection_blocking
+from farine.amqp._message import Properties
+from farine.amqp._transport import ExchangeSpec
+from farine.codec import encode
+from farine.entrypoints import current_service, is_async_callable
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from farine.settings import ServiceSettings
+
+__all__ = ("AsyncPublisher", "Publisher", "publish")
+
+logger = logging.getLogger("farine.amqp")
+
+S = TypeVar("S")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+CONTENT_TYPE = "application/json"
+
+
+def _settings_for(name: str) -> ServiceSettings:
+    service = current_service()
+    if service is not None and service.name == name:
+        return service.settings
+    return farine_settings.get(name)
+
+
+class _BasePublisher:
+    """What both publishers share: where to publish, and how a message is built."""
+
+    def __init__(
+        self,
+        exchange: str | None = None,
+        routing_key: str | Sequence[str] | None = None,
+        service: str | None = None,
+        *,
+        exchange_type: str | None = None,
+        settings: ServiceSettings | None = None,
+    ) -> None:
+        name = service or exchange or ""
+        self.settings = settings if settings is not None else _settings_for(name)
+        self.exchange = exchange if exchange is not None else name
+        self.routing_key: str | Sequence[str] = routing_key if routing_key is not None else name
+        self.exchange_type = exchange_type or self.settings.type
+        self._declare = (
+            ExchangeSpec(
+                self.exchange,
+                self.exchange_type,
+                durable=self.settings.durable,
+                auto_delete=self.settings.auto_delete,
+            )
+            if self.settings.auto_declare and self.exchange
+            else None
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} exchange={self.exchange!r} "
+            f"routing_key={self.routing_key!r} broker={self.settings.amqp_uri.split(':')[0]}>"
+        )
+
+    def _build(
+        self,
+        body: object,
+        routing_key: str | Sequence[str] | None,
+        headers: Mapping[str, Any] | None,
+        correlation_id: str | None,
+        reply_to: str | None,
+        message_id: str | None,
+        expiration: float | str | None,
+        delivery_mode: int | None,
+    ) -> tuple[list[str], bytes, Properties]:
+        keys = self.routing_key if routing_key is None else routing_key
+        routing_keys = [keys] if isinstance(keys, str) else list(keys)
+        if isinstance(expiration, int | float):
+            expiration = str(max(0, int(expiration * 1000)))
+        properties = Properties(
+            content_type=CONTENT_TYPE,
+            content_encoding="utf-8",
+            headers=dict(headers) if headers else None,
+            delivery_mode=delivery_mode or self.settings.delivery_mode,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            message_id=message_id or uuid.uuid4().hex,
+            expiration=expiration,
+            timestamp=datetime.datetime.now(datetime.UTC).replace(microsecond=0),
+        )
+        return routing_keys, encode(body), properties
+
+
+class Publisher(_BasePublisher):
+    """Publish to one exchange, blocking until the broker confirms each message.
+
+    Use it in `def` handlers (where `@publish` injects one) and in plain scripts with no
+    runtime; in `async def` code use `AsyncPublisher`, which is awaited.
+
+    Args:
+        exchange: The exchange to publish to (default: the service name).
+        routing_key: The default routing key, or several (default: the service name).
+        service: Whose settings to use (default: `exchange`), as in the seed.
+        exchange_type: The exchange type to declare (default: the `type` setting).
+        settings: Explicit settings, instead of reading them for `service`.
+
+    Example:
+        ```python
+        from farine.amqp import Publisher
+
+        Publisher("orders", "created").send({"id": 1})
+        ```
+    """
+
+    def send(
+        self,
+        body: object,
+        *,
+        routing_key: str | Sequence[str] | None = None,
+        headers: Mapping[str, Any] | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+        message_id: str | None = None,
+        expiration: float | str | None = None,
+        delivery_mode: int | None = None,
+        mandatory: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """Publish `body` (a dict, Struct, dataclass...: encoded as JSON) and wait for the confirm.
+
+        Args:
+            body: The message body; encoded with msgspec.
+            routing_key: Overrides the routing key; a list publishes once per key.
+            headers: Application headers.
+            correlation_id: The `correlation_id` property.
+            reply_to: The `reply_to` property.
+            message_id: The `message_id` property (default: a random UUID).
+            expiration: Per-message TTL: seconds as a number, or milliseconds as a string.
+            delivery_mode: 1 (transient) or 2 (persistent); default from settings.
+            mandatory: Raise `UnroutableError` when no queue receives the message.
+            timeout: Seconds to wait for the connection and the confirm (default:
+                the `publish_timeout` setting).
+
+        Raises:
+            UnroutableError: No queue is bound to receive the message.
+            PublishTimeout: Not confirmed within the timeout (broker unreachable?).
+            PublishError: The broker refused it.
+        """
+        keys, data, properties = self._build(
+            body, routing_key, headers, correlation_id, reply_to, message_id, expiration,
+            delivery_mode,
+        )  # fmt: skip
+        connection = get_connection_blocking(self.settings)
+        limit = self.settings.publish_timeout if timeout is None else timeout
+        for key in keys:
+            connection.publish_blocking(
+                self.exchange, key, data, properties,
+                mandatory=mandatory, timeout=limit, declare=self._declare,
+            )  # fmt: skip
+
+    __call__ = send
+
+
+class AsyncPublisher(_BasePublisher):
+    """Publish to one exchange from async code: `await publisher(body)`.
+
+    Same arguments as `Publisher`; `@publish` injects one into `async def` methods.
+    """
+
+    async def send(
+        self,
+        body: object,
+        *,
+        routing_key: str | Sequence[str] | None = None,
+        headers: Mapping[str, Any] | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+        message_id: str | None = None,
+        expiration: float | str | None = None,
+        delivery_mode: int | None = None,
+        mandatory: bool = True,
+        timeout: float | None = None,  # noqa: ASYNC109  # also bounds the wait for a reconnection; raises PublishTimeout
+    ) -> None:
+        """Publish `body` and wait for the broker's confirm (see `Publisher.send`)."""
+        keys, data, properties = self._build(
+            body, routing_key, headers, correlation_id, reply_to, message_id, expiration,
+            delivery_mode,
+        )  # fmt: skip
+        connection = await get_connection(self.settings)
+        limit = self.settings.publish_timeout if timeout is None else timeout
+        for key in keys:
+            await connection.publish(
+                self.exchange, key, data, properties,
+                mandatory=mandatory, timeout=limit, declare=self._declare,
+            )  # fmt: skip
+
+    __call__ = send
+
+
+def publish(
+    exchange: str | None = None,
+    routing_key: str | Sequence[str] | None = None,
+    *,
+    exchange_type: str | None = None,
+) -> Callable[[Callable[Concatenate[S, Any, P], R]], Callable[Concatenate[S, P], R]]:
+    """Inject a publisher as the first argument after `self`.
+
+    In a `def` method the publisher is a `Publisher`: `publish(body)` blocks until the
+    broker confirms. In an `async def` method it is an `AsyncPublisher`: use
+    `await publish(body)`. The method may be called by an entrypoint (stacked under
+    `@farine.execute.method()`, say), by another method, or directly from a script.
+    The decorated method keeps its other parameters for type checkers.
+
+    Args:
+        exchange: The exchange to publish to (default: the service name).
+        routing_key: The default routing key (default: the service name).
+        exchange_type: The exchange type to declare (default: the `type` setting).
+
+    Example:
+        ```python
+        import farine.amqp
+
+        class Publish:
+            @farine.amqp.publish(exchange="consume", routing_key="routing_key")
+            def publish_dummy(self, publish):
+                publish({"result": 0})
+        ```
+    """
+
+    def decorate(method: Callable[Concatenate[S, Any, P], R]) -> Callable[Concatenate[S, P], R]:
+        def make(self: object, cls: type[_BasePublisher]) -> Any:
+            name = type(self).__name__.lower()
+            return cls(
+                exchange if exchange is not None else name,
+                routing_key if routing_key is not None else name,
+                service=name,
+                exchange_type=exchange_type,
+            )
+
+        if is_async_callable(method):
+            async_method = cast(Callable[..., Any], method)
+
+            @functools.wraps(method)
+            async def async_wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Any:
+                return await async_method(self, make(self, AsyncPublisher), *args, **kwargs)
+
+            wrapper: Callable[..., Any] = async_wrapper
+        else:
+
+            @functools.wraps(method)
+            def sync_wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+                return method(self, make(self, Publisher), *args, **kwargs)
+
+            wrapper = sync_wrapper
+        signature = inspect.signature(method)
+        parameters = list(signature.parameters.values())
+        # Hide the injected parameter from introspection (other decorators, help()).
+        wrapper.__signature__ = signature.replace(parameters=parameters[:1] + parameters[2:])  # type: ignore[attr-defined]
+        return cast(Callable[Concatenate[S, P], R], wrapper)
+
+    return decorate

@@ -1,0 +1,114 @@
+"""The broker behind `farine.amqp`: the only package that imports asyncio, trio or aiormq.
+
+`open_connection()` opens the connection a runtime shares between its services
+(`Runtime.resource`); `shared_connection()` gives code with no runtime (a plain script,
+a thread of its own) one process-wide connection per URI, closed at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from farine.amqp._transport._aiormq import (
+    AmqpConnection,
+    connection_name,
+    open_amqp,
+    open_amqp_blocking,
+)
+from farine.amqp._transport._base import (
+    Binding,
+    Connection,
+    ConnectionOptions,
+    Consumer,
+    ExchangeSpec,
+    QueueSpec,
+    Topology,
+)
+from farine.amqp._transport._memory import MemoryBroker, MemoryConnection, get_broker
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
+
+logger = logging.getLogger("farine.amqp")
+
+__all__ = (
+    "AmqpConnection",
+    "Binding",
+    "Connection",
+    "ConnectionOptions",
+    "Consumer",
+    "ExchangeSpec",
+    "MemoryBroker",
+    "MemoryConnection",
+    "QueueSpec",
+    "Topology",
+    "close_shared_connections",
+    "connection_name",
+    "get_broker",
+    "is_memory",
+    "open_connection",
+    "shared_connection",
+)
+
+
+def is_memory(uri: str) -> bool:
+    """True for the in-process broker's URIs (`memory://...`)."""
+    return uri.startswith("memory:")
+
+
+@contextlib.asynccontextmanager
+async def open_connection(uri: str, options: ConnectionOptions) -> AsyncGenerator[Connection]:
+    """Open a connection to `uri` for the running event loop, closed on exit."""
+    if is_memory(uri):
+        connection = MemoryConnection(uri, options)
+        logger.info("AMQP broker: %s (in-process memory broker)", uri)
+        try:
+            yield connection
+        finally:
+            await connection.aclose()
+        return
+    async with open_amqp(uri, options) as amqp:
+        yield amqp
+
+
+_shared: dict[str, Connection] = {}
+_shared_lock = threading.Lock()
+_atexit_registered = False
+
+
+def shared_connection(uri: str, options: ConnectionOptions) -> Connection:
+    """Return this process's connection to `uri` for code without a runtime (blocking).
+
+    AMQP connections opened here run on a thread of their own, so they serve any thread
+    and any event loop; they are closed when the interpreter exits.
+    """
+    global _atexit_registered
+    with _shared_lock:
+        connection = _shared.get(uri)
+        if connection is not None and not connection.closed:
+            return connection
+        if is_memory(uri):
+            connection = MemoryConnection(uri, options)
+        else:
+            connection = open_amqp_blocking(uri, options)
+        _shared[uri] = connection
+        if not _atexit_registered:
+            atexit.register(close_shared_connections)
+            _atexit_registered = True
+        return connection
+
+
+def close_shared_connections() -> None:
+    """Close the connections `shared_connection()` opened (runs at exit)."""
+    with _shared_lock:
+        connections = list(_shared.values())
+        _shared.clear()
+    for connection in connections:
+        if isinstance(connection, AmqpConnection):
+            connection.close_blocking()
+        else:
+            connection.closed = True

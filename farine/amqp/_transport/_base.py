@@ -1,0 +1,287 @@
+"""The transport interface: what the consumer and publisher code asks of a broker.
+
+Two implementations live beside this module: `_memory` (the in-process broker) and
+`_aiormq` (RabbitMQ through aiormq). Everything here is backend-neutral anyio code.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import anyio
+
+from farine.amqp._message import Message
+
+if TYPE_CHECKING:
+    from farine.amqp._message import Properties
+
+__all__ = (
+    "Binding",
+    "Connection",
+    "ConnectionOptions",
+    "Consumer",
+    "DeliveryQueue",
+    "ExchangeSpec",
+    "ExchangeType",
+    "QueueSpec",
+    "Topology",
+)
+
+logger = logging.getLogger("farine.amqp")
+
+ExchangeType = Literal["direct", "topic", "fanout", "headers"]
+
+#: Reconnection backoff: first wait, growth factor, cap (seconds).
+BACKOFF: Final = (0.1, 2.0, 10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeSpec:
+    """An exchange to declare."""
+
+    name: str
+    type: str = "direct"
+    durable: bool = True
+    auto_delete: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A queue to declare. `arguments` holds x-arguments (dead-letter exchange, TTL...)."""
+
+    name: str
+    durable: bool = True
+    auto_delete: bool = False
+    exclusive: bool = False
+    arguments: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A binding of `queue` to `exchange` with `routing_key`."""
+
+    queue: str
+    exchange: str
+    routing_key: str
+    arguments: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Exchanges, queues and bindings a consumer needs; redeclared after a reconnection."""
+
+    exchanges: tuple[ExchangeSpec, ...] = ()
+    queues: tuple[QueueSpec, ...] = ()
+    bindings: tuple[Binding, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionOptions:
+    """How to connect and how long to wait (from the service settings).
+
+    Attributes:
+        heartbeat: AMQP heartbeat interval in seconds.
+        connect_timeout: Seconds one connection attempt may take.
+        connect_retry_timeout: Seconds to keep retrying the first connection.
+        publish_timeout: Default seconds a publish may wait (connection + confirm).
+        retry: Republish after a connection loss, within the publish timeout.
+        max_retries: How many times a publish is retried at most.
+        name: Connection name shown by the broker (`rabbitmqctl list_connections name`).
+    """
+
+    heartbeat: int = 60
+    connect_timeout: float = 10.0
+    connect_retry_timeout: float = 60.0
+    publish_timeout: float = 30.0
+    retry: bool = True
+    max_retries: int = 5
+    name: str = "farine"
+    client_properties: dict[str, Any] = field(default_factory=dict[str, Any])
+
+
+class Consumer(abc.ABC):
+    """Deliveries of one queue on one channel, received on the consumer's event loop."""
+
+    def __init__(self, queue: str, prefetch: int) -> None:
+        self.queue_name = queue
+        self.deliveries = DeliveryQueue(prefetch)
+
+    def __aiter__(self) -> Consumer:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self.deliveries.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    @abc.abstractmethod
+    async def cancel(self) -> None:
+        """Stop deliveries at the broker; messages received but not started are requeued."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Cancel and close the channel: messages still unacked go back to the queue."""
+
+
+class Connection(abc.ABC):
+    """One broker connection (memory or AMQP), shared by the services of a process."""
+
+    #: `"memory"` or `"amqp"`.
+    kind: str = ""
+
+    def __init__(self, uri: str, options: ConnectionOptions) -> None:
+        self.uri = uri
+        self.options = options
+        self.closed = False
+
+    @property
+    def name(self) -> str:
+        """The connection name the broker shows."""
+        return self.options.name
+
+    @abc.abstractmethod
+    async def declare(self, topology: Topology) -> None:
+        """Declare exchanges, queues and bindings now."""
+
+    @abc.abstractmethod
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Properties,
+        *,
+        mandatory: bool = True,
+        timeout: float | None = None,  # noqa: ASYNC109  # also bounds the wait for a reconnection; raises PublishTimeout
+        declare: ExchangeSpec | None = None,
+    ) -> None:
+        """Publish and wait for the broker's confirm.
+
+        Args:
+            exchange: Exchange name (`""` is the default exchange).
+            routing_key: Routing key.
+            body: Encoded body.
+            properties: AMQP properties.
+            mandatory: Report a message no queue receives (`UnroutableError`).
+            timeout: Seconds to wait for the connection and the confirm (default:
+                `publish_timeout`).
+            declare: Declare this exchange first (once per connection).
+
+        Raises:
+            UnroutableError: `mandatory` and no queue is bound to receive it.
+            PublishTimeout: Not confirmed in time.
+            PublishError: The broker refused it.
+        """
+
+    @abc.abstractmethod
+    def publish_blocking(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Properties,
+        *,
+        mandatory: bool = True,
+        timeout: float | None = None,
+        declare: ExchangeSpec | None = None,
+    ) -> None:
+        """`publish()` from a thread that runs no event loop (a worker thread, a script)."""
+
+    @abc.abstractmethod
+    async def consume(self, queue: str, *, prefetch: int, topology: Topology) -> Consumer:
+        """Declare `topology`, start consuming `queue` and return once deliveries flow."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Close the connection and everything opened on it."""
+
+
+class DeliveryQueue:
+    """Messages delivered to one consumer, waiting for its loop to take them.
+
+    A bounded anyio memory object stream sized to the prefetch count: the broker never
+    has more than `prefetch` messages in flight on the channel, so the stream only
+    overflows (into a small deque, never losing a message) when messages of a channel
+    lost to a reconnection still sit in it. Those stale messages are skipped: the
+    broker redelivers them on the new channel.
+
+    `put()` and `close()` run on the consumer's loop thread (transports hand messages
+    over with a `Handoff`).
+    """
+
+    __slots__ = ("_closed", "_overflow", "_receive", "_send")
+
+    def __init__(self, size: int) -> None:
+        self._send, self._receive = anyio.create_memory_object_stream[Message](max(1, size))
+        self._overflow: deque[Message] = deque()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once `close()` was called."""
+        return self._closed
+
+    def put(self, messages: list[Message]) -> None:
+        """Queue `messages` (on the consumer's loop thread)."""
+        if self._closed:
+            for message in messages:
+                _requeue_quietly(message)
+            return
+        for message in messages:
+            if self._overflow:
+                self._overflow.append(message)
+                continue
+            try:
+                self._send.send_nowait(message)
+            except anyio.WouldBlock:
+                self._overflow.append(message)
+
+    async def receive(self) -> Message:
+        """Return the next live message.
+
+        Raises:
+            anyio.EndOfStream: The queue was closed.
+        """
+        while True:
+            message = await self._receive.receive()
+            while self._overflow:
+                try:
+                    self._send.send_nowait(self._overflow[0])
+                except (anyio.WouldBlock, anyio.ClosedResourceError):
+                    break
+                self._overflow.popleft()
+            if message._alive():  # pyright: ignore[reportPrivateUsage]
+                return message
+
+    def close(self) -> None:
+        """End `receive()`, and requeue the messages nobody started."""
+        if self._closed:
+            return
+        self._closed = True
+        while True:
+            try:
+                _requeue_quietly(self._receive.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        while self._overflow:
+            _requeue_quietly(self._overflow.popleft())
+        self._send.close()
+
+    def dispose(self) -> None:
+        """Close for good, once nobody receives any more (the consumer is closing)."""
+        self.close()
+        self._receive.close()
+
+
+def _requeue_quietly(message: Message) -> None:
+    if message.settled or not message._alive():  # pyright: ignore[reportPrivateUsage]
+        return
+    try:
+        message.nack(requeue=True)
+    except Exception:  # a channel closing under us: the broker requeues it anyway
+        logger.debug("could not requeue %r", message, exc_info=True)

@@ -1,0 +1,536 @@
+"""`memory://`: an in-process broker with AMQP semantics.
+
+It is farine's default broker: `farine start` runs with nothing else installed, and
+users' tests run fast. It keeps AMQP's behaviour where services can observe it:
+direct, topic, fanout and headers exchanges; bindings; queues with durable,
+auto-delete and exclusive flags; per-consumer prefetch; ack, nack and reject with
+requeue and the `redelivered` flag; dead-lettering (`x-dead-letter-exchange`,
+`x-dead-letter-routing-key`) and per-message `expiration`; `mandatory` publishing
+reports unroutable messages. Nothing is persisted: the broker lives as long as the
+process.
+
+The broker is a plain thread-safe object (one re-entrant lock), so it can be used from
+event loops of either backend, from worker threads and from plain scripts. Deliveries
+reach each consumer's loop through a `Handoff`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from farine.amqp._errors import PublishError, UnroutableError
+from farine.amqp._message import Message, Outcome, Properties
+from farine.amqp._transport._base import (
+    Binding,
+    Connection,
+    ConnectionOptions,
+    Consumer,
+    ExchangeSpec,
+    QueueSpec,
+    Topology,
+)
+from farine.amqp._transport._loop import Handoff, LoopHandle
+from farine.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+__all__ = ("MemoryBroker", "MemoryConnection", "get_broker", "topic_matches")
+
+logger = logging.getLogger("farine.amqp.memory")
+
+
+@functools.lru_cache(maxsize=4096)
+def topic_matches(pattern: str, routing_key: str) -> bool:
+    """AMQP topic matching: words split on `.`, `*` is one word, `#` zero or more."""
+    return _match(tuple(pattern.split(".")), tuple(routing_key.split(".")))
+
+
+def _match(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
+    if not words:
+        return False
+    return (head in {"*", words[0]}) and _match(rest, words[1:])
+
+
+def _headers_match(arguments: Mapping[str, Any], headers: Mapping[str, Any]) -> bool:
+    wanted = {k: v for k, v in arguments.items() if not k.startswith("x-")}
+    mode = str(arguments.get("x-match", "all"))
+    hits = [
+        key in headers and (value is None or headers[key] == value) for key, value in wanted.items()
+    ]
+    return any(hits) if mode.startswith("any") else all(hits)
+
+
+class _Stored:
+    __slots__ = ("body", "exchange", "expires_at", "properties", "redelivered", "routing_key")
+
+    def __init__(
+        self, body: bytes, exchange: str, routing_key: str, properties: Properties
+    ) -> None:
+        self.body = body
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.properties = properties
+        self.redelivered = False
+        self.expires_at: float | None = None
+        if properties.expiration:
+            with contextlib.suppress(ValueError):
+                self.expires_at = time.monotonic() + int(properties.expiration) / 1000
+
+
+class _Exchange:
+    __slots__ = ("bindings", "spec")
+
+    def __init__(self, spec: ExchangeSpec) -> None:
+        self.spec = spec
+        self.bindings: dict[tuple[str, str, tuple[tuple[str, Any], ...]], Binding] = {}
+
+
+class _Queue:
+    __slots__ = ("consumers", "messages", "owner", "rr", "spec")
+
+    def __init__(self, spec: QueueSpec, owner: object | None) -> None:
+        self.spec = spec
+        self.messages: deque[_Stored] = deque()
+        self.consumers: list[_ConsumerState] = []
+        self.owner = owner
+        self.rr = 0
+
+    def argument(self, name: str) -> Any:
+        return dict(self.spec.arguments).get(name)
+
+
+class _ConsumerState:
+    """The broker's side of one consumer; it is the settler of the messages it receives."""
+
+    __slots__ = (
+        "active",
+        "broker",
+        "closed",
+        "handoff",
+        "next_tag",
+        "prefetch",
+        "queue",
+        "tag",
+        "unacked",
+    )
+
+    def __init__(
+        self,
+        broker: MemoryBroker,
+        queue: _Queue,
+        prefetch: int,
+        handoff: Handoff[Message],
+        tag: str,
+    ) -> None:
+        self.broker = broker
+        self.queue = queue
+        self.prefetch = prefetch
+        self.handoff = handoff
+        self.tag = tag
+        self.unacked: dict[int, _Stored] = {}
+        self.next_tag = 1
+        self.active = True
+        self.closed = False
+
+    @property
+    def alive(self) -> bool:
+        return not self.closed
+
+    def settle(self, delivery_tag: int, outcome: Outcome, requeue: bool) -> None:
+        self.broker._settle(self, delivery_tag, outcome, requeue)  # pyright: ignore[reportPrivateUsage]
+
+
+class MemoryBroker:
+    """An in-process AMQP-like broker (one per `memory://` URI, per process)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.RLock()
+        self._exchanges: dict[str, _Exchange] = {}
+        self._queues: dict[str, _Queue] = {}
+        self._consumer_count = 0
+
+    # -- declarations ---------------------------------------------------------------------
+
+    def declare_exchange(self, spec: ExchangeSpec) -> None:
+        """Declare an exchange; redeclaring with another type is an error, as in AMQP."""
+        if not spec.name:
+            return
+        with self._lock:
+            existing = self._exchanges.get(spec.name)
+            if existing is None:
+                self._exchanges[spec.name] = _Exchange(spec)
+            elif existing.spec.type != spec.type:
+                raise ConfigurationError(
+                    f"exchange {spec.name!r} exists with type {existing.spec.type!r}, "
+                    f"cannot redeclare it as {spec.type!r}"
+                )
+
+    def declare_queue(self, spec: QueueSpec, owner: object | None = None) -> None:
+        """Declare a queue (exclusive ones belong to `owner`, a connection)."""
+        with self._lock:
+            existing = self._queues.get(spec.name)
+            if existing is None:
+                self._queues[spec.name] = _Queue(spec, owner if spec.exclusive else None)
+            elif existing.owner is not None and existing.owner is not owner:
+                raise ConfigurationError(f"queue {spec.name!r} is exclusive to another connection")
+
+    def bind(self, binding: Binding) -> None:
+        """Bind a queue to an exchange; both must exist."""
+        with self._lock:
+            exchange = self._exchange(binding.exchange)
+            if binding.queue not in self._queues:
+                raise ConfigurationError(f"cannot bind: no queue {binding.queue!r}")
+            key = (binding.queue, binding.routing_key, binding.arguments)
+            exchange.bindings[key] = binding
+
+    def declare(self, topology: Topology, owner: object | None = None) -> None:
+        """Declare every exchange, queue and binding of `topology`."""
+        with self._lock:
+            for exchange in topology.exchanges:
+                self.declare_exchange(exchange)
+            for queue in topology.queues:
+                self.declare_queue(queue, owner)
+            for binding in topology.bindings:
+                self.bind(binding)
+
+    def delete_queue(self, name: str) -> None:
+        """Delete a queue, its messages and bindings (its consumers stop receiving)."""
+        with self._lock:
+            queue = self._queues.pop(name, None)
+            if queue is None:
+                return
+            for consumer in queue.consumers:
+                consumer.active = False
+            queue.consumers.clear()
+            for exchange in self._exchanges.values():
+                for key in [k for k in exchange.bindings if k[0] == name]:
+                    del exchange.bindings[key]
+
+    def _exchange(self, name: str) -> _Exchange:
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            raise ConfigurationError(f"no exchange {name!r} on broker {self.name}")
+        return exchange
+
+    # -- inspection (tests, debugging) ----------------------------------------------------
+
+    def message_count(self, queue: str) -> int:
+        """Messages ready in `queue` (not delivered, or requeued)."""
+        with self._lock:
+            found = self._queues.get(queue)
+            return len(found.messages) if found is not None else 0
+
+    def unacked_count(self, queue: str) -> int:
+        """Messages of `queue` delivered to consumers and not settled yet."""
+        with self._lock:
+            found = self._queues.get(queue)
+            if found is None:
+                return 0
+            return sum(len(c.unacked) for c in found.consumers)
+
+    def has_queue(self, queue: str) -> bool:
+        """True when `queue` exists."""
+        with self._lock:
+            return queue in self._queues
+
+    def has_exchange(self, exchange: str) -> bool:
+        """True when `exchange` exists."""
+        with self._lock:
+            return exchange in self._exchanges
+
+    # -- publishing -----------------------------------------------------------------------
+
+    def publish(self, exchange: str, routing_key: str, body: bytes, properties: Properties) -> bool:
+        """Route a message; return False when no queue received it.
+
+        Raises:
+            PublishError: The exchange does not exist.
+        """
+        with self._lock:
+            if not exchange:
+                queue = self._queues.get(routing_key)
+                targets = [queue] if queue is not None else []
+            else:
+                found = self._exchanges.get(exchange)
+                if found is None:
+                    raise PublishError(
+                        f"no exchange {exchange!r} on broker {self.name} (declare it first: "
+                        "a consumer does, and so does a publisher while auto_declare is on)"
+                    )
+                targets = [
+                    self._queues[name] for name in self._route(found, routing_key, properties)
+                ]
+            for queue in targets:
+                queue.messages.append(_Stored(body, exchange, routing_key, properties))
+                self._dispatch(queue)
+            return bool(targets)
+
+    def _route(self, exchange: _Exchange, routing_key: str, properties: Properties) -> list[str]:
+        kind = exchange.spec.type
+        names: dict[str, None] = {}
+        for binding in exchange.bindings.values():
+            if kind == "fanout":
+                hit = True
+            elif kind == "topic":
+                hit = topic_matches(binding.routing_key, routing_key)
+            elif kind == "headers":
+                hit = _headers_match(dict(binding.arguments), properties.headers or {})
+            else:
+                hit = binding.routing_key == routing_key
+            if hit and binding.queue in self._queues:
+                names[binding.queue] = None
+        return list(names)
+
+    # -- consuming ------------------------------------------------------------------------
+
+    def add_consumer(self, queue: str, prefetch: int, handoff: Handoff[Message]) -> _ConsumerState:
+        """Start consuming `queue`; deliveries are pushed to `handoff`."""
+        with self._lock:
+            found = self._queues.get(queue)
+            if found is None:
+                raise ConfigurationError(
+                    f"cannot consume: no queue {queue!r} on broker {self.name}"
+                )
+            self._consumer_count += 1
+            state = _ConsumerState(
+                self, found, max(1, prefetch), handoff, f"mem.{self._consumer_count}"
+            )
+            found.consumers.append(state)
+            self._dispatch(found)
+            return state
+
+    def cancel(self, state: _ConsumerState) -> None:
+        """Stop delivering to `state` (its unacked messages stay unacked)."""
+        with self._lock:
+            if not state.active:
+                return
+            state.active = False
+            queue = state.queue
+            if state in queue.consumers:
+                queue.consumers.remove(state)
+            if queue.spec.auto_delete and not queue.consumers and not state.unacked:
+                self.delete_queue(queue.spec.name)
+
+    def close(self, state: _ConsumerState) -> None:
+        """Cancel `state` and requeue its unacked messages, as closing a channel does."""
+        with self._lock:
+            self.cancel(state)
+            if state.closed:
+                return
+            state.closed = True
+            queue = state.queue
+            for tag in sorted(state.unacked, reverse=True):
+                stored = state.unacked.pop(tag)
+                stored.redelivered = True
+                queue.messages.appendleft(stored)
+            if queue.spec.auto_delete and not queue.consumers:
+                self.delete_queue(queue.spec.name)
+            elif self._queues.get(queue.spec.name) is queue:
+                self._dispatch(queue)
+
+    def drop_owner(self, owner: object) -> None:
+        """Delete the exclusive queues of a closing connection."""
+        with self._lock:
+            for name in [n for n, q in self._queues.items() if q.owner is owner]:
+                self.delete_queue(name)
+
+    def _settle(self, state: _ConsumerState, tag: int, outcome: Outcome, requeue: bool) -> None:
+        with self._lock:
+            stored = state.unacked.pop(tag, None)
+            if stored is None:  # its channel closed: it was requeued already
+                return
+            queue = state.queue
+            if outcome != "ack":
+                if requeue:
+                    stored.redelivered = True
+                    queue.messages.appendleft(stored)
+                else:
+                    self._dead_letter(queue, stored, "rejected")
+            if self._queues.get(queue.spec.name) is queue:
+                self._dispatch(queue)
+
+    def _dead_letter(self, queue: _Queue, stored: _Stored, reason: str) -> None:
+        exchange = queue.argument("x-dead-letter-exchange")
+        if exchange is None:
+            return
+        routing_key = queue.argument("x-dead-letter-routing-key") or stored.routing_key
+        headers = dict(stored.properties.headers or {})
+        death: dict[str, Any] = {
+            "queue": queue.spec.name,
+            "reason": reason,
+            "exchange": stored.exchange,
+            "routing-keys": [stored.routing_key],
+            "count": 1,
+        }
+        headers["x-death"] = [death, *list(headers.get("x-death") or [])]
+        props = Properties(**{
+            name: getattr(stored.properties, name) for name in Properties.__slots__  # pyright: ignore[reportAttributeAccessIssue]
+        })  # fmt: skip
+        props.headers = headers
+        props.expiration = None
+        try:
+            self.publish(str(exchange), str(routing_key), stored.body, props)
+        except PublishError:
+            logger.warning(
+                "dead-letter exchange %r of queue %r does not exist", exchange, queue.spec.name
+            )
+
+    def _dispatch(self, queue: _Queue) -> None:
+        """Deliver ready messages to consumers with room in their prefetch window."""
+        consumers = queue.consumers
+        while queue.messages and consumers:
+            count = len(consumers)
+            chosen: _ConsumerState | None = None
+            for i in range(count):
+                candidate = consumers[(queue.rr + i) % count]
+                if candidate.active and len(candidate.unacked) < candidate.prefetch:
+                    chosen = candidate
+                    queue.rr = (queue.rr + i + 1) % count
+                    break
+            if chosen is None:
+                return
+            stored = queue.messages.popleft()
+            if stored.expires_at is not None and stored.expires_at <= time.monotonic():
+                self._dead_letter(queue, stored, "expired")
+                continue
+            tag = chosen.next_tag
+            chosen.next_tag += 1
+            chosen.unacked[tag] = stored
+            chosen.handoff.push(
+                Message(
+                    stored.body,
+                    delivery_tag=tag,
+                    exchange=stored.exchange,
+                    routing_key=stored.routing_key,
+                    redelivered=stored.redelivered,
+                    properties=stored.properties,
+                    settler=chosen,
+                    consumer_tag=chosen.tag,
+                )
+            )
+
+
+_brokers: dict[str, MemoryBroker] = {}
+_brokers_lock = threading.Lock()
+
+
+def get_broker(uri: str = "memory://") -> MemoryBroker:
+    """Return the process's broker for `uri` (`memory://`, or `memory://name` for another)."""
+    name = uri.rstrip("/") or "memory:"
+    with _brokers_lock:
+        broker = _brokers.get(name)
+        if broker is None:
+            broker = _brokers[name] = MemoryBroker(uri)
+        return broker
+
+
+class _MemoryConsumer(Consumer):
+    def __init__(self, broker: MemoryBroker, queue: str, prefetch: int) -> None:
+        super().__init__(queue, prefetch)
+        self._broker = broker
+        self._handoff = Handoff[Message](LoopHandle.current(), self.deliveries.put)
+        self.state = broker.add_consumer(queue, prefetch, self._handoff)
+
+    async def cancel(self) -> None:
+        self._broker.cancel(self.state)
+        self.deliveries.close()
+        await anyio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        self._broker.cancel(self.state)
+        self.deliveries.dispose()
+        self._broker.close(self.state)
+        await anyio.lowlevel.checkpoint()
+
+
+class MemoryConnection(Connection):
+    """A connection to the in-process broker of its URI."""
+
+    kind = "memory"
+
+    def __init__(self, uri: str, options: ConnectionOptions) -> None:
+        super().__init__(uri, options)
+        self.broker = get_broker(uri)
+        self._consumers: list[_MemoryConsumer] = []
+
+    async def declare(self, topology: Topology) -> None:
+        self.broker.declare(topology, owner=self)
+        await anyio.lowlevel.checkpoint()
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Properties,
+        *,
+        mandatory: bool = True,
+        timeout: float | None = None,  # noqa: ASYNC109  # also bounds the wait for a reconnection; raises PublishTimeout
+        declare: ExchangeSpec | None = None,
+    ) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.publish_blocking(
+            exchange, routing_key, body, properties, mandatory=mandatory, declare=declare
+        )
+
+    def publish_blocking(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Properties,
+        *,
+        mandatory: bool = True,
+        timeout: float | None = None,
+        declare: ExchangeSpec | None = None,
+    ) -> None:
+        if self.closed:
+            raise PublishError("the connection is closed")
+        if declare is not None:
+            self.broker.declare_exchange(declare)
+        routed = self.broker.publish(exchange, routing_key, body, properties)
+        if not routed and mandatory:
+            raise UnroutableError(_unroutable(exchange, routing_key))
+
+    async def consume(self, queue: str, *, prefetch: int, topology: Topology) -> Consumer:
+        self.broker.declare(topology, owner=self)
+        consumer = _MemoryConsumer(self.broker, queue, prefetch)
+        self._consumers.append(consumer)
+        await anyio.lowlevel.checkpoint()
+        return consumer
+
+    async def aclose(self) -> None:
+        self.closed = True
+        for consumer in self._consumers:
+            self.broker.close(consumer.state)
+        self._consumers.clear()
+        self.broker.drop_owner(self)
+        await anyio.lowlevel.checkpoint()
+
+
+def _unroutable(exchange: str, routing_key: str) -> str:
+    return (
+        f"unroutable message: no queue is bound to exchange {exchange!r} "
+        f"with routing key {routing_key!r}"
+    )
+
+
+def iter_brokers() -> Iterable[MemoryBroker]:
+    """The brokers of this process (for tests and debugging)."""
+    with _brokers_lock:
+        return list(_brokers.values())

@@ -1,0 +1,354 @@
+"""Behaviour of consume/publish, on memory:// and RabbitMQ, on asyncio and trio."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import TYPE_CHECKING, Any, TypedDict
+
+import anyio
+import msgspec
+import pytest
+
+import farine.amqp
+from farine.amqp import AsyncPublisher, Message, MessageStateError, Properties, UnroutableError
+from farine.amqp._connection import get_connection
+from tests.amqp.conftest import Broker, Recorder, running
+
+if TYPE_CHECKING:
+    from farine.runtime import Runtime
+
+pytestmark = pytest.mark.anyio
+
+
+class Order(msgspec.Struct):
+    id: int
+    item: str
+    note: Any = None
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+
+class Pair(TypedDict):
+    a: int
+    b: str
+
+
+def publisher(runtime: Runtime, exchange: str, routing_key: str = "rk") -> AsyncPublisher:
+    return AsyncPublisher(
+        exchange, routing_key, settings=runtime.config.service("tests") if runtime.config else None
+    )  # type: ignore[union-attr]
+
+
+async def publish_raw(runtime: Runtime, exchange: str, routing_key: str, body: bytes) -> None:
+    assert runtime.config is not None
+    connection = await get_connection(runtime.config.service("tests"))
+    await connection.publish(
+        exchange, routing_key, body, Properties(content_type="application/json")
+    )
+
+
+def describe(message: Message) -> tuple[Any, ...]:
+    return (
+        message.routing_key,
+        message.exchange,
+        dict(message.headers),
+        message.correlation_id,
+        message.reply_to,
+        message.message_id,
+        message.content_type,
+        message.redelivered,
+        threading.current_thread().name,
+    )
+
+
+async def test_round_trip_with_def_and_async_handlers(broker: Broker) -> None:
+    exchange = broker.exchange()
+    q_sync, q_async = broker.queue("sync"), broker.queue("async")
+    seen = Recorder()
+
+    class Service:
+        @farine.amqp.consume(exchange=exchange, routing_key="rk", queue=q_sync)
+        def on_sync(self, body: Any, message: Message) -> None:
+            seen.add(("def", body, *describe(message)))
+
+        @farine.amqp.consume(exchange=exchange, routing_key="rk", queue=q_async)
+        async def on_async(self, body: Any, message: Message) -> None:
+            seen.add(("async", body, *describe(message)))
+
+        @farine.amqp.publish(exchange=exchange, routing_key="rk")
+        def send_sync(self, publish: farine.amqp.Publisher, body: Any) -> None:
+            publish(
+                body, headers={"h": "v"}, correlation_id="c-1", reply_to="r-q", message_id="m-1"
+            )
+
+        @farine.amqp.publish(exchange=exchange, routing_key="rk")
+        async def send_async(self, publish: AsyncPublisher, body: Any) -> None:
+            await publish(body, headers={"h": "w"}, correlation_id="c-2", message_id="m-2")
+
+    async with running(Service, config=broker.config()) as runtime:
+        service = runtime.services["service"]
+        await service.run_sync(service.instance.send_sync, {"n": 1})  # type: ignore[attr-defined]
+        with service.activate():
+            await service.instance.send_async({"n": 2})  # type: ignore[attr-defined]
+        items = await seen.wait_for(4)
+    by_kind = sorted((i[0], i[1]["n"]) for i in items)
+    assert by_kind == [("async", 1), ("async", 2), ("def", 1), ("def", 2)]
+    first = next(i for i in items if i[0] == "async" and i[1]["n"] == 1)
+    assert first[2:10] == (
+        "rk",
+        exchange,
+        {"h": "v"},
+        "c-1",
+        "r-q",
+        "m-1",
+        "application/json",
+        False,
+    )
+    second = next(i for i in items if i[0] == "def" and i[1]["n"] == 2)
+    assert second[4:8] == ({"h": "w"}, "c-2", None, "m-2")
+    # `def` handlers run in worker threads, `async def` ones on the loop.
+    assert {i[10] for i in items if i[0] == "def"} != {threading.current_thread().name}
+    assert {i[10] for i in items if i[0] == "async"} == {threading.current_thread().name}
+    # Acked after returning: nothing left in the queues.
+    assert await broker.ready(q_sync) == 0
+    assert await broker.ready(q_async) == 0
+
+
+async def test_typed_bodies(broker: Broker) -> None:
+    exchange = broker.exchange()
+    seen = Recorder()
+
+    class Typed:
+        @farine.amqp.consume(exchange=exchange, routing_key="order", queue=broker.queue("o"))
+        async def order(self, body: Order, message: Message) -> None:
+            seen.add(body)
+
+        @farine.amqp.consume(exchange=exchange, routing_key="point", queue=broker.queue("p"))
+        def point(self, body: Point, message: Message) -> None:
+            seen.add(body)
+
+        @farine.amqp.consume(exchange=exchange, routing_key="pair", queue=broker.queue("t"))
+        async def pair(self, body: Pair, message: Message) -> None:
+            seen.add(body)
+
+        @farine.amqp.consume(exchange=exchange, routing_key="ints", queue=broker.queue("i"))
+        async def ints(self, body: list[int] | None, message: Message) -> None:
+            seen.add(body)
+
+    async with running(Typed, config=broker.config()) as runtime:
+        await publisher(runtime, exchange, "order")(Order(1, "bread"))
+        await publisher(runtime, exchange, "point")(Point(2, 3))
+        await publisher(runtime, exchange, "pair")({"a": 1, "b": "x"})
+        await publisher(runtime, exchange, "ints")([1, 2])
+        items = await seen.wait_for(4)
+    assert Order(1, "bread") in items
+    assert Point(2, 3) in items
+    assert {"a": 1, "b": "x"} in items
+    assert [1, 2] in items
+
+
+async def test_bad_bodies_are_rejected_and_the_consumer_goes_on(
+    broker: Broker, watch_log: Any
+) -> None:
+    exchange, dead_exchange = broker.exchange(), broker.exchange("dlx")
+    queue = broker.queue()
+    good, dead = Recorder(), Recorder()
+    log = watch_log("bad body")
+
+    class Strict:
+        @farine.amqp.consume(
+            exchange=exchange,
+            routing_key="rk",
+            queue=queue,
+            queue_arguments={"x-dead-letter-exchange": dead_exchange},
+        )
+        async def handle(self, body: Order, message: Message) -> None:
+            good.add(body)
+
+    class Dead:
+        @farine.amqp.consume(exchange=dead_exchange, routing_key="rk", queue=broker.queue("dead"))
+        async def dead_letters(self, body: Any, message: Message) -> None:
+            dead.add(body)
+
+    too_large = {"id": 1, "item": "x" * 5000}
+    bad = [
+        b"{not json",  # invalid JSON
+        b'{"id": "one", "item": "x"}',  # wrong type
+        b'{"id": 1, "item": "x", "note": ' + b"[" * 1200 + b"]" * 1200 + b"}",  # too deep
+        msgspec.json.encode(too_large),  # larger than max_body_size
+    ]
+    config = broker.config("[strict]\nmax_body_size = 4096\n")
+    async with running(Strict, Dead, config=config) as runtime:
+        for body in bad:
+            await publish_raw(runtime, exchange, "rk", body)
+        await publisher(runtime, exchange)(Order(7, "ok"))
+        assert await good.wait_for(1) == [Order(7, "ok")]
+        # Rejected without requeue, so dead-lettered once (the dead-letter consumer
+        # itself rejects the two that are not JSON it can decode).
+        dead_letters = await dead.wait_for(2)
+    assert sorted(map(str, dead_letters)) == sorted(
+        map(str, [{"id": "one", "item": "x"}, too_large])
+    )
+    mine = [r.getMessage() for r in log.records if "strict.handle" in r.getMessage()]
+    assert len(mine) == 4, mine
+    reasons = " | ".join(mine)
+    for reason in ("invalid JSON", "does not match", "nested too deeply", "exceeds max_body_size"):
+        assert reason in reasons
+    assert await broker.ready(queue) == 0
+
+
+async def test_handler_exception_requeues_once_then_rejects(broker: Broker) -> None:
+    exchange, dead_exchange = broker.exchange(), broker.exchange("dlx")
+    calls, dead = Recorder(), Recorder()
+
+    class Failing:
+        @farine.amqp.consume(
+            exchange=exchange,
+            routing_key="rk",
+            queue=broker.queue(),
+            queue_arguments={"x-dead-letter-exchange": dead_exchange},
+        )
+        def handle(self, body: Any, message: Message) -> None:
+            calls.add(message.redelivered)
+            raise RuntimeError("boom")
+
+        @farine.amqp.consume(exchange=dead_exchange, routing_key="rk", queue=broker.queue("dead"))
+        async def dead_letters(self, body: Any, message: Message) -> None:
+            dead.add(body)
+
+    async with running(Failing, config=broker.config()) as runtime:
+        await publisher(runtime, exchange)({"n": 1})
+        assert await dead.wait_for(1) == [{"n": 1}]
+    # Tried once, requeued once, then rejected (dead-lettered): exactly two calls.
+    assert calls.items == [False, True]
+
+
+async def test_manual_ack_nack_and_reject(broker: Broker) -> None:
+    exchange, dead_exchange = broker.exchange(), broker.exchange("dlx")
+    queue = broker.queue()
+    seen, dead, errors = Recorder(), Recorder(), Recorder()
+
+    class Manual:
+        @farine.amqp.consume(
+            exchange=exchange,
+            routing_key="rk",
+            queue=queue,
+            queue_arguments={"x-dead-letter-exchange": dead_exchange},
+        )
+        async def handle(self, body: Any, message: Message) -> None:
+            seen.add((body["n"], message.redelivered))
+            if body["n"] == 1 and not message.redelivered:
+                message.nack()  # back to the queue
+            elif body["n"] == 2:
+                message.reject()  # dropped: dead-lettered
+            else:
+                message.ack()
+            try:
+                message.ack()
+            except MessageStateError as exc:
+                errors.add(str(exc))
+
+        @farine.amqp.consume(exchange=dead_exchange, routing_key="rk", queue=broker.queue("dead"))
+        async def dead_letters(self, body: Any, message: Message) -> None:
+            dead.add(body)
+
+    async with running(Manual, config=broker.config()) as runtime:
+        await publisher(runtime, exchange)({"n": 1})
+        await publisher(runtime, exchange)({"n": 2})
+        await seen.wait_for(3)
+        assert await dead.wait_for(1) == [{"n": 2}]
+    assert sorted(seen.items) == [(1, False), (1, True), (2, False)]
+    assert len(errors.items) == 3
+    assert "already settled" in errors.items[0]
+    assert await broker.ready(queue) == 0
+
+
+async def test_topic_routing(broker: Broker) -> None:
+    exchange = broker.exchange()
+    one_word, any_tail = Recorder(), Recorder()
+
+    class Topics:
+        @farine.amqp.consume(exchange=exchange, routing_key="order.*", exchange_type="topic",
+                             queue=broker.queue("star"))  # fmt: skip
+        async def star(self, body: Any, message: Message) -> None:
+            one_word.add(message.routing_key)
+
+        @farine.amqp.consume(exchange=exchange, routing_key=["#.paid", "stock.#"],
+                             exchange_type="topic", queue=broker.queue("hash"))  # fmt: skip
+        async def hash_(self, body: Any, message: Message) -> None:
+            any_tail.add(message.routing_key)
+
+    keys = ["order.created", "order.eu.paid", "stock", "stock.low.eu", "other", "order.paid"]
+    async with running(Topics, config=broker.config()) as runtime:
+        for key in keys:
+            await AsyncPublisher(
+                exchange,
+                key,
+                exchange_type="topic",
+                settings=runtime.config.service("t"),  # type: ignore[union-attr]
+            ).send({}, mandatory=False)
+        # "other" matches nothing; everything else is routed, some keys to both queues.
+        await one_word.wait_for(2)
+        await any_tail.wait_for(4)
+    assert sorted(one_word.items) == ["order.created", "order.paid"]
+    assert sorted(any_tail.items) == ["order.eu.paid", "order.paid", "stock", "stock.low.eu"]
+
+
+async def test_fanout_routing_and_unroutable(broker: Broker) -> None:
+    exchange = broker.exchange()
+    first, second = Recorder(), Recorder()
+
+    class Fanout:
+        @farine.amqp.consume(exchange=exchange, exchange_type="fanout", queue=broker.queue("a"))
+        async def a(self, body: Any, message: Message) -> None:
+            first.add(body)
+
+        @farine.amqp.consume(exchange=exchange, exchange_type="fanout", queue=broker.queue("b"))
+        def b(self, body: Any, message: Message) -> None:
+            second.add(body)
+
+    async with running(Fanout, config=broker.config()) as runtime:
+        settings = broker.settings(runtime)
+        await AsyncPublisher(exchange, "any-key", exchange_type="fanout", settings=settings)(
+            {"x": 1}
+        )
+        assert await first.wait_for(1) == [{"x": 1}]
+        assert await second.wait_for(1) == [{"x": 1}]
+        lonely = broker.exchange("lonely")
+        with pytest.raises(UnroutableError, match="unroutable"):
+            await AsyncPublisher(lonely, "nowhere", settings=settings)({"x": 2})
+
+
+async def test_prefetch_is_respected(broker: Broker) -> None:
+    exchange, queue = broker.exchange(), broker.queue()
+    started = Recorder()
+    release = anyio.Event()
+    running_now = 0
+    peak = 0
+
+    class Slow:
+        @farine.amqp.consume(exchange=exchange, routing_key="rk", queue=queue, prefetch=2)
+        async def handle(self, body: Any, message: Message) -> None:
+            nonlocal running_now, peak
+            running_now += 1
+            peak = max(peak, running_now)
+            started.add(body["n"])
+            await release.wait()
+            running_now -= 1
+
+    async with running(Slow, config=broker.config()) as runtime:
+        for n in range(5):
+            await publisher(runtime, exchange)({"n": n})
+        await started.wait_for(2)
+        # Two in flight, and the broker holds the other three back.
+        assert await broker.ready(queue) == 3
+        assert len(started.items) == 2
+        release.set()
+        await started.wait_for(5)
+    assert peak == 2
+    assert sorted(started.items) == [0, 1, 2, 3, 4]
