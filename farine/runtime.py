@@ -53,7 +53,12 @@ _runtime: Runtime | None = None
 
 
 def current_runtime() -> Runtime | None:
-    """Return the runtime running in this process, if any."""
+    """Return the runtime running in this process, if any.
+
+    Its resources (connections) belong to its event loop: async code must check
+    `Runtime.owns_current_loop()`, and threads reach the loop with
+    `anyio.from_thread.run(..., token=runtime.token)`.
+    """
     return _runtime
 
 
@@ -99,6 +104,7 @@ class Runtime:
         self._resource_locks: dict[str, anyio.Lock] = {}
         self._resource_tg: TaskGroup | None = None
         self._release = anyio.Event()
+        self.token: anyio.lowlevel.EventLoopToken | None = None
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -108,6 +114,7 @@ class Runtime:
         if _runtime is not None:
             raise ConfigurationError("a farine runtime is already running in this process")
         _runtime = self
+        self.token = anyio.lowlevel.current_token()
         try:
             async with anyio.create_task_group() as root:
                 if self.handle_signals:
@@ -120,6 +127,13 @@ class Runtime:
         finally:
             _runtime = None
             self._resource_tg = None
+
+    def owns_current_loop(self) -> bool:
+        """True when called on the runtime's event loop (its resources live there)."""
+        try:
+            return anyio.lowlevel.current_token() == self.token
+        except RuntimeError:  # no event loop in this thread
+            return False
 
     def stop(self) -> None:
         """Begin a graceful stop (idempotent). Call it from the event loop's thread."""

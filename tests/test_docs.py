@@ -30,8 +30,8 @@ def test_tutorial_example_runs_on_both_backends() -> None:
 
 def test_readme_commands_name_existing_things() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "farine start ticker" in readme
-    assert (ROOT / "examples" / "ticker" / "service.py").exists()
+    assert "farine start pingpong" in readme
+    assert (ROOT / "examples" / "pingpong" / "service.py").exists()
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     test_command = next(line.strip() for line in readme.splitlines() if "python -m pytest" in line)
     assert test_command in ci, "the CI test step must be the README's test command"

@@ -9,6 +9,7 @@ import pytest
 
 MODULES = [
     "farine",
+    "farine.amqp",
     "farine.execute",
     "farine.stream",
     "farine.testing",

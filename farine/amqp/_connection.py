@@ -60,7 +60,7 @@ async def get_connection(settings: ServiceSettings) -> Connection:
     """Return the connection to `settings.amqp_uri` for async code (opening it if needed)."""
     uri = settings.amqp_uri
     runtime = current_runtime()
-    if runtime is not None:
+    if runtime is not None and runtime.owns_current_loop():
         connection = await runtime.resource(
             "amqp:" + uri, lambda: open_connection(uri, options_for(settings))
         )
@@ -78,9 +78,9 @@ def get_connection_blocking(settings: ServiceSettings) -> Connection:
         known = _open.get(uri)
     if known is not None and not known.closed:
         return known
-    if current_runtime() is not None:
-        try:
-            return anyio.from_thread.run(get_connection, settings)
-        except anyio.NoEventLoopError:
-            pass  # a thread the runtime did not start: use a connection of its own
+    runtime = current_runtime()
+    # Blocking code running on the runtime's loop thread itself cannot wait for that loop
+    # (it would deadlock): it gets a connection of its own.
+    if runtime is not None and runtime.token is not None and not runtime.owns_current_loop():
+        return anyio.from_thread.run(get_connection, settings, token=runtime.token)
     return shared_connection(uri, options_for(settings))

@@ -43,6 +43,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 _EXCHANGE_TYPES = frozenset({"direct", "topic", "fanout", "headers"})
 _RAW = BodyDecoder()
 
+#: Returned by a `def` handler's gate when the service began stopping before a worker
+#: thread was free: the message was never started, so it goes back to the queue.
+_NOT_STARTED = object()
+
 # Default queue (the service name) -> (method, bindings) of the consumer using it, per
 # service: two consumers sharing it with different bindings would steal each other's
 # messages, so that is refused at start-up.
@@ -163,6 +167,7 @@ class _ConsumerEntrypoint(Entrypoint):
         except ValueError:  # no signature (a builtin): assume it fits
             pass
         self.spec = spec
+        self.call_target = handler if is_async_callable(handler) else self._gate(handler)
         self.exchange_type = spec.exchange_type or settings.type
         self.queue = spec.queue or service.name
         self.prefetch = spec.prefetch or settings.prefetch
@@ -200,6 +205,18 @@ class _ConsumerEntrypoint(Entrypoint):
                 )
             used[self.queue] = (name, self.topology)
 
+    def _gate(self, handler: Callable[..., Any]) -> Callable[..., Any]:
+        stopping = self.service.stopping
+
+        def gated(body: Any, message: Message) -> Any:
+            # Runs in the worker thread: a message that waited for a thread while the
+            # service began stopping is not started at all (Event.is_set is a plain read).
+            if stopping.is_set():
+                return _NOT_STARTED
+            return handler(body, message)
+
+        return gated
+
     def describe(self) -> str:
         keys = ", ".join(repr(k) for k in self.spec.routing_keys)
         return (
@@ -233,6 +250,10 @@ class _ConsumerEntrypoint(Entrypoint):
         await consumer.cancel()
 
     async def _handle(self, message: Message, connection: Connection) -> None:
+        if self.service.stopping.is_set():
+            # Delivered while stopping, before the broker saw the cancel: not started.
+            message.nack(requeue=True)
+            return
         try:
             body = self.decoder.decode(message.body)
         except BadBody as exc:
@@ -245,8 +266,9 @@ class _ConsumerEntrypoint(Entrypoint):
         try:
             if self.service.settings.debug and b"__debug__" in message.body:
                 await self._profiled(body, message, connection)
-            else:
-                await self.service.call(self.handler, body, message)
+            elif await self.service.call(self.call_target, body, message) is _NOT_STARTED:
+                message.nack(requeue=True)
+                return
         except Exception:
             if message.settled:
                 logger.exception(

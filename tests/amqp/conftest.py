@@ -59,8 +59,13 @@ class Broker:
         return name
 
     def config(self, text: str = "", **keys: object) -> Config:
-        lines = [f"amqp_uri = {self.uri}", "connect_retry_timeout = 10", "shutdown_timeout = 10"]
-        lines += [f"{key} = {value}" for key, value in keys.items()]
+        values: dict[str, object] = {
+            "amqp_uri": self.uri,
+            "connect_retry_timeout": 10,
+            "shutdown_timeout": 10,
+        }
+        values.update(keys)
+        lines = [f"{key} = {value}" for key, value in values.items()]
         return Config.from_string("[DEFAULT]\n" + "\n".join(lines) + "\n" + text)
 
     def settings(self, runtime: Runtime, service: str = "tests") -> ServiceSettings:
@@ -125,6 +130,12 @@ class Recorder:
         for count, event in self._waiters:
             if len(self.items) >= count:
                 event.set()
+
+    async def wait_for_unique(self, count: int, seconds: float = 30) -> None:
+        """Wait until `count` distinct items were recorded (duplicates do not count)."""
+        with anyio.fail_after(seconds):
+            while len({repr(item) for item in self.items}) < count:
+                await self.wait_for(len(self.items) + 1, seconds)
 
     async def wait_for(self, count: int, seconds: float = 15) -> list[Any]:
         """Wait until `count` items were recorded and return them all."""

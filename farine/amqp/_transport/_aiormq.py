@@ -139,11 +139,20 @@ async def _close_quietly(
         await asyncio.wait_for(closable.close(), 5)
 
 
+#: How often, at first, acks from other threads are flushed while messages are in flight;
+#: the interval doubles, up to the cap, while there is nothing to flush.
+ACK_FLUSH_INTERVAL: Final = (0.001, 0.01)
+
+
 class _ChannelSettler:
     """Acks, nacks and rejects of one consumer channel, sent in batches.
 
     `settle()` may be called from any thread (a `def` handler's worker thread, the trio
-    loop); it queues the outcome and schedules one flush on the engine loop per batch.
+    loop). Waking the engine loop from another thread costs a system call and a GIL
+    hand-off, about as much as the ack itself; so while messages are in flight a timer
+    on the engine loop flushes what other threads queued (every millisecond while there
+    is traffic, backing off when there is none), and only a settle arriving when nothing
+    is in flight wakes the loop. Settles made on the engine loop are flushed at once.
     """
 
     def __init__(
@@ -155,6 +164,9 @@ class _ChannelSettler:
         self._lock = threading.Lock()
         self._pending: list[tuple[int, Outcome, bool]] = []
         self._scheduled = False
+        self._polling = False
+        self._interval = ACK_FLUSH_INTERVAL[0]
+        self._outstanding = 0
         self._sending: set[asyncio.Task[None]] = set()
         self.lost = False
 
@@ -162,35 +174,58 @@ class _ChannelSettler:
     def alive(self) -> bool:
         return not self.lost and not self.channel.is_closed
 
+    def delivered(self) -> None:
+        """Count a delivery (on the engine loop) and make sure the flush timer runs."""
+        with self._lock:
+            self._outstanding += 1
+            if self._polling:
+                return
+            self._polling = True
+            self._interval = ACK_FLUSH_INTERVAL[0]
+        self._loop.call_later(self._interval, self._tick)
+
     def settle(self, delivery_tag: int, outcome: Outcome, requeue: bool) -> None:
+        on_loop = threading.get_ident() == self._loop_thread
         with self._lock:
             self._pending.append((delivery_tag, outcome, requeue))
-            if self._scheduled:
+            if self._scheduled or (self._polling and not on_loop):
                 return
             self._scheduled = True
         try:
-            if threading.get_ident() == self._loop_thread:
+            if on_loop:
                 self._loop.call_soon(self._flush)
             else:
                 self._loop.call_soon_threadsafe(self._flush)
         except RuntimeError:  # the engine loop is closed: the broker requeues on its own
             logger.debug("engine loop closed; %s of tag %d dropped", outcome, delivery_tag)
 
-    def _flush(self) -> None:
+    def _tick(self) -> None:
+        flushed = self._flush()
+        with self._lock:
+            if self._outstanding <= 0 or self.lost or self.channel.is_closed:
+                self._polling = False
+                return
+            low, high = ACK_FLUSH_INTERVAL
+            self._interval = low if flushed else min(self._interval * 2, high)
+        self._loop.call_later(self._interval, self._tick)
+
+    def _flush(self) -> int:
         with self._lock:
             batch, self._pending = self._pending, []
             self._scheduled = False
+            self._outstanding -= len(batch)
         if not batch:
-            return
+            return 0
         if self.channel.is_closed:
             logger.info(
                 "channel closed: %d ack(s)/nack(s) dropped; the broker redelivers those messages",
                 len(batch),
             )
-            return
+            return len(batch)
         task = self._loop.create_task(self._send(batch))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
+        return len(batch)
 
     async def _send(self, batch: list[tuple[int, Outcome, bool]]) -> None:
         channel = self.channel
@@ -265,6 +300,7 @@ class _EngineConsumer:
             async def on_message(delivered: aiormq.abc.DeliveredMessage) -> None:
                 delivery = delivered.delivery
                 assert isinstance(delivery, spec.Basic.Deliver)
+                settler.delivered()
                 self.push(
                     Message(
                         delivered.body,

@@ -1,0 +1,202 @@
+"""AMQP throughput: raw aiormq against farine, on asyncio and trio (a script, not a test).
+
+Workload, the same for every row: N persistent messages (100-byte JSON bodies decoded
+into a msgspec Struct), published one after the other to a durable direct exchange,
+each awaited until the broker confirms it, while a consumer with prefetch 256 acks each
+message. The clock runs from the first publish to the last ack.
+
+    python bench/amqp_throughput.py [--messages 20000] [--uri amqp://guest:guest@127.0.0.1:5672/]
+
+It prints a table, then one JSON line with the msgs/s of each row and its ratio to raw
+aiormq.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Literal
+
+import aiormq
+import anyio
+import anyio.from_thread
+import msgspec
+from pamqp import commands as spec
+
+import farine.amqp
+from farine.discovery import ServiceDefinition, find_entrypoints
+from farine.runtime import Runtime
+from farine.settings import Config
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+PREFETCH = 256
+
+
+class Reading(msgspec.Struct):
+    sensor: str
+    value: float
+    unit: str
+    seq: int
+
+
+def make_body(seq: int) -> bytes:
+    body = msgspec.json.encode(Reading("thermometer-kitchen-01", 21.5, "celsius", seq))
+    return body + b" " * max(0, 100 - len(body))  # 100 bytes, still valid JSON
+
+
+async def raw_aiormq(uri: str, count: int) -> float:
+    """Raw aiormq on asyncio: the baseline."""
+    name = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    decoder = msgspec.json.Decoder(Reading)
+    connection = await aiormq.connect(uri)
+    try:
+        publisher = await connection.channel()
+        consumer = await connection.channel(publisher_confirms=False)
+        await publisher.exchange_declare(name, exchange_type="direct", durable=True)
+        await publisher.queue_declare(name, durable=True)
+        await publisher.queue_bind(name, name, routing_key="rk")
+        await consumer.basic_qos(prefetch_count=PREFETCH)
+        done = asyncio.Event()
+        received = 0
+
+        async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+            nonlocal received
+            decoder.decode(message.body)
+            await consumer.basic_ack(message.delivery.delivery_tag)  # type: ignore[union-attr]
+            received += 1
+            if received == count:
+                done.set()
+
+        ok = await consumer.basic_consume(name, on_message)
+        properties = spec.Basic.Properties(content_type="application/json", delivery_mode=2)
+        bodies = [make_body(i) for i in range(count)]
+        start = time.perf_counter()
+        for body in bodies:
+            await publisher.basic_publish(
+                body, exchange=name, routing_key="rk", properties=properties, mandatory=True
+            )
+        await done.wait()
+        elapsed = time.perf_counter() - start
+        await consumer.basic_cancel(ok.consumer_tag or "")
+        await publisher.queue_delete(name)
+        await publisher.exchange_delete(name)
+        return count / elapsed
+    finally:
+        await connection.close()
+
+
+async def farine_run(uri: str, count: int, kind: Literal["def", "async"]) -> float:
+    """The same workload through farine: a consumer service and an AsyncPublisher."""
+    name = f"bench-farine-{uuid.uuid4().hex[:8]}"
+    done = anyio.Event()
+    token = anyio.lowlevel.current_token()
+    lock = threading.Lock()
+    received = 0
+
+    def count_one() -> None:
+        nonlocal received
+        with lock:
+            received += 1
+            last = received == count
+        if last:
+            anyio.from_thread.run_sync(done.set, token=token)
+
+    class SyncBench:
+        @farine.amqp.consume(exchange=name, routing_key="rk", queue=name, prefetch=PREFETCH)
+        def handle(self, body: Reading, message: farine.amqp.Message) -> None:
+            count_one()
+
+    class AsyncBench:
+        @farine.amqp.consume(exchange=name, routing_key="rk", queue=name, prefetch=PREFETCH)
+        async def handle(self, body: Reading, message: farine.amqp.Message) -> None:
+            nonlocal received
+            received += 1
+            if received == count:
+                done.set()
+
+    bench = SyncBench if kind == "def" else AsyncBench
+
+    config = Config.from_string(f"[DEFAULT]\namqp_uri = {uri}\n")
+    runtime = Runtime([ServiceDefinition(bench, "bench", find_entrypoints(bench))], config=config)
+    publish = farine.amqp.AsyncPublisher(name, "rk", settings=config.service("syncbench"))
+    bodies = [Reading("thermometer-kitchen-01", 21.5, "celsius", i) for i in range(count)]
+    elapsed = 0.0
+    async with anyio.create_task_group() as tg:
+        await tg.start(runtime.run)
+        start = time.perf_counter()
+        for body in bodies:
+            await publish(body)
+        await done.wait()
+        elapsed = time.perf_counter() - start
+        runtime.stop()
+    await _cleanup(uri, name)
+    return count / elapsed
+
+
+async def _cleanup(uri: str, name: str) -> None:
+    async def remove() -> None:
+        connection = await aiormq.connect(uri)
+        channel = await connection.channel()
+        await channel.queue_delete(name)
+        await channel.exchange_delete(name)
+        await connection.close()
+
+    await anyio.to_thread.run_sync(asyncio.run, remove())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--uri", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--only", default="", help="run the rows whose names contain this")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    count: int = args.messages
+    rows: dict[str, float] = {}
+    uri: str = args.uri
+
+    def farine(kind: Literal["def", "async"], backend: str) -> Callable[[], float]:
+        return lambda: anyio.run(farine_run, uri, count, kind, backend=backend)
+
+    runs: list[tuple[str, Callable[[], float]]] = [
+        ("raw aiormq (asyncio)", lambda: asyncio.run(raw_aiormq(uri, count))),
+        ("farine asyncio, async def", farine("async", "asyncio")),
+        ("farine asyncio, def", farine("def", "asyncio")),
+        ("farine trio, async def", farine("async", "trio")),
+        ("farine trio, def", farine("def", "trio")),
+    ]
+    only: str = args.only
+    for label, run in runs:
+        if only and only not in label:
+            continue
+        rows[label] = run()
+        print(f"  {label:<28} {rows[label]:>9.0f} msg/s", flush=True)
+    baseline = rows.get("raw aiormq (asyncio)")
+    print()
+    print(f"{'workload':<28} {'msg/s':>9} {'x raw':>7}")
+    for label, rate in rows.items():
+        ratio = f"{rate / baseline:.2f}" if baseline else "-"
+        print(f"{label:<28} {rate:>9.0f} {ratio:>7}")
+    print(
+        json.dumps(
+            {
+                "messages": count,
+                "prefetch": PREFETCH,
+                "msgs_per_s": {k: round(v) for k, v in rows.items()},
+                "ratio_to_raw_aiormq": {k: round(v / baseline, 3) for k, v in rows.items()}
+                if baseline
+                else {},
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

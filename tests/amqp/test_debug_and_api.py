@@ -1,0 +1,62 @@
+"""The seed's `__debug__` profiling, and the public surface of `farine.amqp`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import farine.amqp
+from farine.amqp import AsyncPublisher, Message
+from farine.amqp._transport import get_broker
+from tests.amqp.conftest import Broker, Recorder, running
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_debug_profiles_the_handler_only_when_the_setting_allows_it(broker: Broker) -> None:
+    exchange = broker.exchange()
+    handled, stats = Recorder(), Recorder()
+
+    class Profiled:
+        @farine.amqp.consume(exchange=exchange, routing_key="rk", queue=broker.queue())
+        def handle(self, body: Any, message: Message) -> None:
+            handled.add(body["n"])
+
+    class Collector:
+        @farine.amqp.consume(exchange=exchange, routing_key="debug", queue="debug")
+        async def collect(self, body: Any, message: Message) -> None:
+            stats.add(body)
+
+    config = broker.config("[profiled]\ndebug = true\n")
+    async with running(Profiled, Collector, config=config) as runtime:
+        publish = AsyncPublisher(exchange, "rk", settings=broker.settings(runtime))
+        await publish({"n": 1, "__debug__": True})
+        [report] = await stats.wait_for(1)
+    assert handled.items == [1]
+    assert report["n"] == 1
+    assert "function calls" in report["__debug__"]  # pstats output
+
+
+async def test_debug_key_is_ignored_when_the_setting_is_off() -> None:
+    broker = Broker("memory")
+    exchange = broker.exchange()
+    handled = Recorder()
+
+    class Plain:
+        @farine.amqp.consume(exchange=exchange, routing_key="rk", queue=broker.queue())
+        async def handle(self, body: Any, message: Message) -> None:
+            handled.add(body)
+
+    async with running(Plain, config=broker.config()) as runtime:
+        publish = AsyncPublisher(exchange, "rk", settings=broker.settings(runtime))
+        await publish({"n": 1, "__debug__": True})
+        assert await handled.wait_for(1) == [{"n": 1, "__debug__": True}]
+    assert not get_broker(broker.uri).has_queue("debug")
+
+
+def test_public_names_are_exactly_all() -> None:
+    public = {name for name in vars(farine.amqp) if not name.startswith("_")}
+    public -= {"annotations"}  # `from __future__ import annotations`
+    assert set(farine.amqp.__all__) == public
+    assert isinstance(farine.amqp.__all__, tuple)
