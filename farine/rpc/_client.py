@@ -223,7 +223,7 @@ def _settings_for(service: str) -> ServiceSettings:
 
 async def _router_in_runtime(settings: ServiceSettings) -> _Router | None:
     runtime = current_runtime()
-    if runtime is None:
+    if runtime is None or not runtime.owns_current_loop():
         return None
     connection = await get_connection(settings)
     return await runtime.resource(
@@ -397,17 +397,17 @@ class _ScriptLoop:
 
 def _run_blocking(settings: ServiceSettings, fn: Callable[[_Router], Awaitable[R]]) -> R:
     """Run `fn(router)` on the right event loop from blocking code and return its result."""
-    if current_runtime() is not None:
-        try:
+    runtime = current_runtime()
+    # Blocking code on the runtime's loop thread itself cannot wait for that loop (it
+    # would deadlock): like a script, it uses a loop of its own.
+    if runtime is not None and runtime.token is not None and not runtime.owns_current_loop():
 
-            async def in_runtime() -> R:
-                router = await _router_in_runtime(settings)
-                assert router is not None
-                return await fn(router)
+        async def in_runtime() -> R:
+            router = await _router_in_runtime(settings)
+            assert router is not None
+            return await fn(router)
 
-            return anyio.from_thread.run(in_runtime)
-        except anyio.NoEventLoopError:
-            pass  # a thread the runtime did not start: use the script loop
+        return anyio.from_thread.run(in_runtime, token=runtime.token)
     loop = _ScriptLoop.get()
     router = loop.router(settings)
     return loop.portal.call(fn, router)
