@@ -59,7 +59,7 @@ def _close_script_loop() -> Iterator[None]:
 @contextlib.asynccontextmanager
 async def serve(*classes: type, broker: Broker, **keys: object) -> AsyncGenerator[Runtime]:
     """Run `classes` on `broker`; the test's own clients use the same configuration."""
-    config = broker.config(**keys)
+    config = broker.config("", **keys)
     settings.use(config)
     async with running(*classes, config=config) as runtime:
         yield runtime
