@@ -1,22 +1,25 @@
-"""The `farine` command: `farine start MODULE ...` (and the seed's `farine --start=MODULE`)."""
+"""The `farine` command: `farine start MODULE ...` (and the seed's `farine --start=MODULE`),
+`farine migrate MODULE`, `farine call SERVICE.METHOD ...`."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Final, Literal, cast
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, Final, Literal, cast
 
 import anyio
+import msgspec
 
 import farine
 from farine import settings
 from farine._logging import setup_logging
 from farine._redact import add_secret, redact
 from farine.entrypoints import running_sync_calls
-from farine.exceptions import FarineError, ServiceNotFound
+from farine.exceptions import FarineError, RPCError, ServiceNotFound
 
 __all__ = ("main",)
 
@@ -71,7 +74,85 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="create the tables of MODULE.models")
     migrate.add_argument("module", metavar="MODULE")
     _common(migrate)
+
+    call = commands.add_parser(
+        "call",
+        help="call an RPC method and print its result as JSON",
+        description="Call SERVICE.METHOD over RPC and print the result as JSON on stdout "
+        "(a stream: one JSON document per line). A remote error or a timeout is printed "
+        "on stderr, with exit code 1. The SERVICE section of the configuration gives "
+        "amqp_uri and rpc_timeout.",
+    )
+    call.add_argument(
+        "target", type=_call_target, metavar="SERVICE.METHOD", help="the method to call"
+    )
+    call.add_argument(
+        "args_json", type=_json_array, nargs="?", default=[], metavar="ARGS_JSON",
+        help="positional arguments, as a JSON array (default: [])",
+    )  # fmt: skip
+    call.add_argument(
+        "--kwargs", type=_json_object, default={}, metavar="JSON",
+        help="keyword arguments, as a JSON object (default: {})",
+    )  # fmt: skip
+    call.add_argument(
+        "--stream", action="store_true", help="read a stream: print each item as it arrives"
+    )
+    call.add_argument(
+        "--timeout", type=_positive_float, metavar="S",
+        help="deadline of the call in seconds (default: the rpc_timeout setting of SERVICE)",
+    )  # fmt: skip
+    _common(call)
     return parser
+
+
+# -- `farine call` arguments (argparse reports their errors as usage errors, exit 2) ----
+
+
+def _call_target(text: str) -> tuple[str, str]:
+    service, dot, method = text.partition(".")
+    if not dot or not service or not method.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected SERVICE.METHOD, got {text!r}")
+    return service, method
+
+
+def _decode_json(text: str) -> Any:
+    try:
+        return msgspec.json.decode(text)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise argparse.ArgumentTypeError(f"invalid JSON: {exc}") from None
+
+
+def _json_array(text: str) -> list[Any]:
+    value = _decode_json(text)
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON array of positional arguments (e.g. '[1, 2]'), got {text!r}"
+        )
+    return cast(list[Any], value)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    value = _decode_json(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object of keyword arguments (e.g. '{{\"n\": 3}}'), got {text!r}"
+        )
+    kwargs = cast(dict[str, Any], value)
+    reserved = sorted(name for name in kwargs if name.startswith("__"))
+    if reserved:
+        # `__stream__` and `__timeout__` are the client's own flags: use the options.
+        raise argparse.ArgumentTypeError(f"reserved keyword argument(s): {', '.join(reserved)}")
+    return kwargs
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
 
 
 def _choose_backend(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Backend:
@@ -82,7 +163,7 @@ def _choose_backend(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     parser.error(f"FARINE_BACKEND: invalid choice {backend!r} (choose from asyncio, trio)")
 
 
-def _prepare(args: argparse.Namespace) -> None:
+def _prepare(args: argparse.Namespace, default_level: str = "INFO") -> None:
     """Configure settings and logging from the command line."""
     settings.configure(cast(str | None, args.config))
     config = settings.current()
@@ -90,7 +171,7 @@ def _prepare(args: argparse.Namespace) -> None:
     add_secret(defaults.db_password)
     for section in config.sections():
         add_secret(config.service(section).db_password)
-    setup_logging(cast(str | None, args.log_level) or defaults.log_level or "INFO")
+    setup_logging(cast(str | None, args.log_level) or defaults.log_level or default_level)
     if config.path is None:
         logger.info("no configuration file at %s: using defaults", settings.DEFAULT_PATH)
     else:
@@ -125,6 +206,43 @@ def _migrate(module: str) -> int:
     return 0
 
 
+def _print_json(value: Any) -> None:
+    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+    sys.stdout.flush()  # a stream's items show as they arrive, also through a pipe
+
+
+def _call(args: argparse.Namespace, backend: Backend) -> int:
+    from farine.rpc import Client
+    from farine.rpc._client import use_script_backend
+
+    service, method = cast(tuple[str, str], args.target)
+    positional = cast(list[Any], args.args_json)
+    keywords = cast(dict[str, Any], args.kwargs)
+    use_script_backend(backend)
+    rpc = Client(service, cast(float | None, args.timeout))
+    try:
+        if not args.stream:
+            _print_json(rpc.call(method, *positional, **keywords))
+            return 0
+        stream = cast(Generator[Any], rpc.call(method, *positional, __stream__=True, **keywords))
+        # Closed on every way out (an error, a closed pipe): the server stops streaming.
+        with contextlib.closing(stream) as items:
+            for item in items:
+                _print_json(item)
+    except RPCError as exc:
+        if exc.remote_traceback:
+            print(exc.remote_traceback.rstrip(), file=sys.stderr)
+        print(f"farine: error: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BrokenPipeError:
+        # The reader left (`farine call ... --stream | head -1`): flushing at exit would
+        # fail again, so point stdout at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
+    return 0
+
+
 def _only_interrupts(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         group = cast(BaseExceptionGroup[BaseException], exc)
@@ -153,9 +271,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--start cannot be combined with a command")
     backend = _choose_backend(args, parser)
     try:
-        _prepare(args)
+        # `farine call` prints results on stdout: keep its stderr for warnings and errors.
+        _prepare(args, "WARNING" if command == "call" else "INFO")
         if command == "migrate":
             code = _migrate(cast(str, args.module))
+        elif command == "call":
+            code = _call(args, backend)
         else:
             code = _start(legacy or cast(list[str], args.modules), backend)
     except ServiceNotFound as exc:

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from farine.amqp._transport import Connection
     from farine.settings import ServiceSettings
 
-__all__ = ("AsyncClient", "Client", "client")
+__all__ = ("AsyncClient", "Client", "client", "use_script_backend")
 
 logger = logging.getLogger("farine.rpc")
 
@@ -358,9 +358,11 @@ class _ScriptLoop:
 
     _lock = threading.Lock()
     _instance: _ScriptLoop | None = None
+    #: The anyio backend of its loop ("asyncio" or "trio"): `use_script_backend()`.
+    backend = "asyncio"
 
     def __init__(self) -> None:
-        self._cm = anyio.from_thread.start_blocking_portal(name="farine-rpc")
+        self._cm = anyio.from_thread.start_blocking_portal(self.backend, name="farine-rpc")
         self.portal = self._cm.__enter__()
         self.routers: dict[str, _Router] = {}
         self._tasks: list[Future[None]] = []
@@ -393,6 +395,15 @@ class _ScriptLoop:
             for task in instance._tasks:
                 task.cancel()
             instance._cm.__exit__(None, None, None)
+
+
+def use_script_backend(backend: str) -> None:
+    """Run blocking calls made outside any runtime (scripts) on `backend`'s event loop.
+
+    `backend` is "asyncio" (the default) or "trio". It applies to the loop that the next
+    blocking call starts, so call it before the first one (`farine call --backend`).
+    """
+    _ScriptLoop.backend = backend
 
 
 def _run_blocking(settings: ServiceSettings, fn: Callable[[_Router], Awaitable[R]]) -> R:

@@ -212,7 +212,8 @@ async def test_call_to_a_method_nobody_serves_fails_fast(broker: Broker) -> None
             with anyio.fail_after(5):  # far below the 30 s deadline
                 with pytest.raises(RPCError, match="no server"):
                     await rpc.not_a_method()
-        async with farine.rpc.Client(f"nobody{uuid.uuid4().hex[:8]}", timeout=30) as rpc:
+        nobody = broker.exchange("nobody")  # the caller declares it: cleaned up after
+        async with farine.rpc.Client(nobody, timeout=30) as rpc:
             with anyio.fail_after(5):
                 with pytest.raises(RPCError, match="no server"):
                     await rpc.anything()
