@@ -7,18 +7,33 @@ works from tests on either backend and does not go through farine's code under t
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import subprocess
-from typing import TYPE_CHECKING, Final, TypeVar
+import threading
+import uuid
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import aiormq
+import aiormq.abc
 import anyio
+from pamqp.commands import Basic
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 
-__all__ = ("RABBITMQ_URI", "close_connection", "delete", "queue_counts", "rabbitmq_available")
+__all__ = (
+    "RABBITMQ_URI",
+    "close_connection",
+    "delete",
+    "queue_counts",
+    "rabbitmq_available",
+    "seed_call",
+    "seed_server",
+)
 
 RABBITMQ_URI: Final = "amqp://guest:guest@127.0.0.1:5672/"
+REPLY_TIMEOUT: Final = 15.0
 
 T = TypeVar("T")
 
@@ -101,3 +116,124 @@ def _close_connection(name: str) -> bool:
 async def close_connection(name: str) -> bool:
     """Close the broker connection named `name` from the broker side (rabbitmqctl)."""
     return await anyio.to_thread.run_sync(_close_connection, name)
+
+
+# -- baguette-messaging's side of the RPC wire format, on raw aiormq -------------------------
+
+
+async def seed_call(service: str, method: str, body: bytes) -> list[dict[str, Any]]:
+    """Call `service.method` as a baguette-messaging client does; return the replies.
+
+    The request is `body` published to exchange `service` with routing key
+    `<service>__<method>`, `reply_to` a queue of its own and a correlation id, and no
+    farine header. Replies are read up to the end marker or an `__except__`, for at
+    most `REPLY_TIMEOUT` seconds (the call runs in a thread anyio cannot cancel).
+    """
+
+    async def call() -> list[dict[str, Any]]:
+        connection = await aiormq.connect(RABBITMQ_URI)
+        try:
+            channel = await connection.channel()
+            declared = await channel.queue_declare("", exclusive=True, auto_delete=True)
+            assert declared is not None
+            assert declared.queue is not None
+            arrived: asyncio.Queue[aiormq.abc.DeliveredMessage] = asyncio.Queue()
+            await channel.basic_consume(declared.queue, arrived.put, no_ack=True)
+            correlation_id = uuid.uuid4().hex
+            properties = Basic.Properties(
+                content_type="application/json",
+                reply_to=declared.queue,
+                correlation_id=correlation_id,
+            )
+            await channel.basic_publish(
+                body, exchange=service, routing_key=f"{service}__{method}", properties=properties
+            )
+            replies: list[dict[str, Any]] = []
+            async with asyncio.timeout(REPLY_TIMEOUT):
+                while True:
+                    message = await arrived.get()
+                    assert message.header.properties.correlation_id == correlation_id
+                    reply: dict[str, Any] = json.loads(message.body)
+                    replies.append(reply)
+                    if reply.get("__end__") or "__except__" in reply:
+                        return replies
+        finally:
+            await connection.close()
+
+    return await anyio.to_thread.run_sync(_run, call)
+
+
+@contextlib.asynccontextmanager
+async def seed_server(
+    service: str, methods: Mapping[str, Callable[[dict[str, Any]], list[dict[str, Any]]]]
+) -> AsyncGenerator[list[dict[str, Any]]]:
+    """Serve `service` as a baguette-messaging server does, until the block ends.
+
+    Each method maps a decoded request to the reply bodies sent back, in order. The
+    server runs on an asyncio loop in a thread of its own; the block receives the list
+    of requests as they arrive.
+    """
+    requests: list[dict[str, Any]] = []
+    ready = threading.Event()
+    failed: list[BaseException] = []
+    state: dict[str, Any] = {}
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        state["stop"] = lambda: loop.call_soon_threadsafe(stop.set)
+        connection = await aiormq.connect(RABBITMQ_URI)
+        try:
+            channel = await connection.channel()
+            await channel.exchange_declare(service, exchange_type="direct", durable=True)
+            for method, reply in methods.items():
+                queue = f"{service}__{method}"
+                await channel.queue_declare(queue, durable=True)
+                await channel.queue_bind(queue, service, routing_key=queue)
+
+                async def on_request(
+                    message: aiormq.abc.DeliveredMessage,
+                    reply: Callable[[dict[str, Any]], list[dict[str, Any]]] = reply,
+                ) -> None:
+                    request: dict[str, Any] = json.loads(message.body)
+                    requests.append(request)
+                    properties = message.header.properties
+                    for body in reply(request):
+                        await message.channel.basic_publish(
+                            json.dumps(body).encode(),
+                            routing_key=properties.reply_to or "",
+                            properties=Basic.Properties(
+                                content_type="application/json",
+                                correlation_id=properties.correlation_id,
+                            ),
+                        )
+                    await message.channel.basic_ack(message.delivery_tag or 0)
+
+                await channel.basic_consume(queue, on_request)
+            ready.set()
+            await stop.wait()
+        finally:
+            await connection.close()
+
+    def run() -> None:
+        try:
+            asyncio.run(serve())
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=run, name=f"seed-server-{service}", daemon=True)
+    thread.start()
+    try:
+        assert await anyio.to_thread.run_sync(ready.wait, 15), "the seed server did not start"
+        if failed:
+            raise failed[0]
+        yield requests
+    finally:
+        stop = state.get("stop")
+        if stop is not None:
+            with contextlib.suppress(RuntimeError):  # its loop already ended
+                stop()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(thread.join, 15)
