@@ -46,6 +46,30 @@ async def test_pingpong_example_runs_on_the_memory_broker(backend: str, tmp_path
     assert "ready: pong, ping" in output
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+async def test_rpcdemo_example_runs_on_the_memory_broker(backend: str, tmp_path: Path) -> None:
+    config = tmp_path / "farine.ini"
+    config.write_text("[DEFAULT]\nshutdown_timeout = 5\n")  # memory://: both in this process
+    command = [sys.executable, "-m", "farine", "start", "rpcdemo", "--backend", backend]
+    seen: list[str] = []
+    async with await anyio.open_process(
+        command, cwd=EXAMPLES, env={"FARINE_INI": str(config), "PYTHONPATH": str(EXAMPLES)}
+    ) as process:
+        assert process.stderr is not None
+        stream = TextReceiveStream(process.stderr)
+        with anyio.fail_after(30):
+            await _read_until(stream, "client: done", seen)
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            await _read_until(stream, "farine.runtime: stopped", seen)
+            code = await process.wait()
+    output = "".join(seen)
+    assert code == 0, output
+    assert "client: server.dummy() returned True" in output
+    assert "streamed 'a'" in output
+    assert output.index("streamed 'a'") < output.index("streamed 'b'")
+
+
 async def test_start_exits_non_zero_when_the_broker_is_unreachable(tmp_path: Path) -> None:
     from tests.amqp._proxy import free_port
 
