@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = (
     "ConfigurationError",
     "FarineError",
@@ -34,6 +36,8 @@ class RPCError(FarineError):
         remote_type: The name of the exception type raised by the remote method, if any.
         remote_message: Its message, if any.
         remote_traceback: The remote traceback text, when the server sends it.
+        remote_data: Structured data about the error (the remote exception's
+            `rpc_data` attribute, decoded from JSON), or None.
     """
 
     def __init__(
@@ -43,8 +47,10 @@ class RPCError(FarineError):
         remote_type: str | None = None,
         remote_message: str | None = None,
         remote_traceback: str | None = None,
+        remote_data: Any = None,
     ) -> None:
         super().__init__(message)
         self.remote_type = remote_type
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback
+        self.remote_data = remote_data

@@ -147,6 +147,7 @@ def test_error_reply_keeps_the_seed_traceback_and_adds_a_typed_envelope() -> Non
     error = error_from_reply(decode_reply(msgspec.json.encode(payload)), "svc.m")
     assert error.remote_type == "KeyError"
     assert error.remote_message == "'missing'"
+    assert error.remote_data == {"k": 1}
     assert error.remote_traceback is not None
     assert "KeyError" in error.remote_traceback
     assert str(error) == "svc.m failed: KeyError: 'missing'"
@@ -166,6 +167,7 @@ def test_seed_error_reply_is_understood() -> None:
     seed = b'{"__except__": "Traceback (most recent call last):\\n  File x\\nValueError: nope\\n"}'
     error = error_from_reply(decode_reply(seed), "svc.m")
     assert (error.remote_type, error.remote_message) == ("ValueError", "nope")
+    assert error.remote_data is None
     assert error.remote_traceback is not None
 
 

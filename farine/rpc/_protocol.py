@@ -158,8 +158,10 @@ def decode_reply(data: bytes) -> Reply:
 def error_from_reply(reply: Reply, where: str) -> RPCError:
     """Build the `RPCError` a client raises for an error reply."""
     text = reply.except_ or ""
+    data: Any = None
     if reply.error is not None:
         remote_type, remote_message = reply.error.type, reply.error.message
+        data = reply.error.data
     else:
         # A seed server sends only the traceback text; its last line is "Type: message".
         last = text.strip().splitlines()[-1] if text.strip() else ""
@@ -171,6 +173,7 @@ def error_from_reply(reply: Reply, where: str) -> RPCError:
         remote_type=remote_type or None,
         remote_message=remote_message,
         remote_traceback=text if has_traceback else None,
+        remote_data=data,
     )
 
 
