@@ -218,6 +218,16 @@ def _call(args: argparse.Namespace, backend: Backend) -> int:
     service, method = cast(tuple[str, str], args.target)
     positional = cast(list[Any], args.args_json)
     keywords = cast(dict[str, Any], args.kwargs)
+    from farine.amqp._transport import is_memory
+
+    uri = settings.get(service).amqp_uri
+    if is_memory(uri):
+        print(
+            f"farine: error: `farine call` needs a broker other processes share (RabbitMQ): "
+            f"amqp_uri of [{service}] is {uri}, an in-process broker (set amqp_uri)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     use_script_backend(backend)
     rpc = Client(service, cast(float | None, args.timeout))
     try:
