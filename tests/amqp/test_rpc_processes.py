@@ -252,9 +252,12 @@ def test_call_in_flight_on_a_killed_server_is_answered_by_the_next_one(
         delete_service(name)
 
 
-def test_call_refuses_the_in_process_memory_broker(capsys: pytest.CaptureFixture[str]) -> None:
+def test_call_refuses_the_in_process_memory_broker() -> None:
     # No configuration: amqp_uri is memory://, which no other process can reach.
-    assert cli.main(["call", "svc.add", "[1]"]) == 2
-    err = capsys.readouterr().err
-    assert "`farine call` needs a broker other processes share (RabbitMQ)" in err
-    assert "amqp_uri of [svc] is memory://" in err
+    done = subprocess.run(
+        [sys.executable, "-m", "farine", "call", "svc.add", "[1]"],
+        env=call_env(), capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "`farine call` needs a broker other processes share (RabbitMQ)" in done.stderr
+    assert "amqp_uri of [svc] is memory://" in done.stderr
