@@ -10,6 +10,7 @@ import pytest
 MODULES = [
     "farine",
     "farine.amqp",
+    "farine.rpc",
     "farine.execute",
     "farine.stream",
     "farine.testing",
