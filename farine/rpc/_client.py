@@ -10,6 +10,7 @@ cancels a handler still running when it passes.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import inspect
@@ -373,6 +374,10 @@ class _ScriptLoop:
         with cls._lock:
             if cls._instance is None:
                 cls._instance = cls()
+                # Stopped before the interpreter finalises: a portal left open until then
+                # is garbage-collected while its (daemon) thread can no longer run, and
+                # the process hangs at exit.
+                atexit.register(cls.close)
             return cls._instance
 
     def router(self, settings: ServiceSettings) -> _Router:

@@ -22,6 +22,7 @@ from farine import cli
 from farine.discovery import find_entrypoints
 from tests._proc import ROOT, FarineProcess
 from tests.amqp import _rabbit
+from tests.amqp._proxy import free_port
 from tests.apps.rpcapp.methods import Calc
 
 if TYPE_CHECKING:
@@ -261,3 +262,35 @@ def test_call_refuses_the_in_process_memory_broker() -> None:
     assert done.returncode == 2
     assert "`farine call` needs a broker other processes share (RabbitMQ)" in done.stderr
     assert "amqp_uri of [svc] is memory://" in done.stderr
+
+
+def test_call_to_an_unreachable_broker_gives_up_within_its_timeout(tmp_path: Path) -> None:
+    config = tmp_path / "farine.ini"
+    config.write_text(f"[DEFAULT]\namqp_uri = amqp://guest:guest@127.0.0.1:{free_port()}/\n")
+    began = time.monotonic()
+    done = subprocess.run(
+        call_command("svc.add", "[1]", "--timeout", "1", config=config),
+        env=call_env(), capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "farine: error: cannot connect to the AMQP broker" in done.stderr
+    assert time.monotonic() - began < 15  # not connect_retry_timeout's 60 s
+
+
+SCRIPT = """
+import farine.rpc, farine.settings
+farine.settings.use(farine.settings.Config.from_string(
+    "[DEFAULT]\\namqp_uri = amqp://guest:guest@127.0.0.1:{port}/\\nconnect_retry_timeout = 0.2\\n"
+))
+farine.rpc.Client("svc").method()
+"""
+
+
+def test_script_whose_call_failed_to_connect_still_exits() -> None:
+    # The blocking client's event loop thread must not keep the interpreter from exiting.
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT.format(port=free_port())],
+        env=call_env(), capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "BrokerUnavailable: cannot connect to the AMQP broker" in done.stderr
