@@ -385,6 +385,10 @@ class _ScriptLoop:
             router = self.routers.get(settings.amqp_uri)
             if router is None:
                 connection = self.portal.call(get_connection, settings)
+                # Exit handlers run last-registered first: stop the reply queues before
+                # the transport's handler closes the connection under them.
+                atexit.unregister(_ScriptLoop.close)
+                atexit.register(_ScriptLoop.close)
                 # A task of its own in the loop's thread: it reads the replies until closed.
                 task, router = self.portal.start_task(_Router(connection).run)
                 self._tasks.append(task)
