@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the `farine` command."""
     parser = argparse.ArgumentParser(
         prog="farine",
-        description="Run farine services.",
+        description="Run farine services, or call their RPC methods.",
         epilog="The seed's form `farine --start=MODULE` (or -s MODULE) still works.",
     )
     parser.add_argument("--version", action="version", version=f"farine {farine.__version__}")
