@@ -1,8 +1,10 @@
-"""The per-handler `transaction=` flag through real entrypoints, on both backends.
+"""The database through real entrypoints, on both backends.
 
-Each test runs services with a database (SQLite and PostgreSQL, from `db_settings`)
-and the in-process broker. The services are defined here but belong to the
-`tests.sqlapp` module, so its models (`Person`) are bound to their database.
+The seed's flow (an RPC `save` then `count`) through real RPC clients, and the
+per-handler `transaction=` flag on each kind of entrypoint. Each test runs services with
+a database (SQLite and PostgreSQL, from `db_settings`) and the in-process broker. The
+services are defined here but belong to the `tests.sqlapp` module, so its models
+(`Person`) are bound to their database.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from farine.amqp._transport import get_broker
 from farine.connectors.sql import WithDatabase
 from farine.discovery import ServiceDefinition, find_entrypoints
 from farine.exceptions import ConfigurationError, RPCError
+from farine.rpc._client import _ScriptLoop  # pyright: ignore[reportPrivateUsage]
 from farine.runtime import Runtime
 from farine.settings import Config
 from tests._sse_server import Reply, serve_sse
@@ -34,7 +37,7 @@ from tests.sqlapp.models import Person
 from tests.sqlapp.service import Boom
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator
+    from collections.abc import AsyncGenerator, Iterator
 
     from farine.amqp import Message
 
@@ -76,6 +79,57 @@ async def publish(runtime: Runtime, *bodies: dict[str, Any]) -> None:
 
 def count_people() -> int:
     return Person.select().count()
+
+
+@pytest.fixture(autouse=True)
+def _close_script_loop() -> Iterator[None]:
+    yield
+    _ScriptLoop.close()  # the loop behind blocking clients called from plain threads
+
+
+# -- the seed's flow: RPC save, then count -------------------------------------------
+
+
+class Users(WithDatabase):
+    """The seed's database service, served over RPC."""
+
+    @farine.rpc.method()
+    def save(self, name: str) -> bool:
+        Person.create(name=name)
+        return True
+
+    @farine.rpc.method()
+    async def count(self) -> int:
+        return await self.db_run(count_people)
+
+
+def seed_script(names: list[str]) -> int:
+    """What a plain script does with the blocking client, as the seed's tests did."""
+    rpc = farine.rpc.Client("users", timeout=10)
+    for name in names:
+        assert rpc.save(name) is True
+    return rpc.count()
+
+
+async def test_seed_flow_save_then_count_through_rpc(db_settings: str) -> None:
+    async with (
+        running(Users, config=config(db_settings)),
+        farine.rpc.Client("users", timeout=10) as rpc,
+    ):
+        assert await rpc.count() == 0
+        assert await rpc.save("ada") is True
+        assert await rpc.count() == 1
+        # Concurrent calls, each with its own connection from the pool.
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(rpc.save, f"user {i}")
+        assert await rpc.count() == 21
+        with anyio.fail_after(30):
+            seen = await anyio.to_thread.run_sync(seed_script, ["bob", "eve"])
+        assert seen == 23
+
+
+# -- the transaction= flag -----------------------------------------------------------
 
 
 class Ledger(WithDatabase):
