@@ -12,6 +12,7 @@ import datetime
 import decimal
 import functools
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -24,12 +25,14 @@ import anyio
 import peewee
 import pytest
 
+import farine.amqp
 import farine.connectors.sql as sql
 from farine.discovery import discover
 from farine.exceptions import ConfigurationError, SettingsError
 from farine.runtime import Runtime
 from farine.settings import Config
 from tests._db import postgres, rows
+from tests.amqp.conftest import LogWatcher
 from tests.sqlapp.models import Payment, Person
 from tests.sqlapp.service import Boom, Recorder, Store
 
@@ -419,12 +422,16 @@ def test_public_api_is_peewee_plus_farine() -> None:
 
 
 async def test_users_example_migrates_and_serves(
-    tmp_path: Path, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    write_config: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     examples = REPO / "examples"
     shipped = (examples / "users" / "farine.ini").read_text(encoding="utf-8")
     text = shipped.replace("users.sqlite", str(tmp_path / "users.sqlite"))
     text += "shutdown_timeout = 0\n"  # cancel the sleeping `register` at once on stop
+    text += f"amqp_uri = memory://users-{uuid.uuid4().hex[:10]}\n"
     config = write_config(text)
     with anyio.fail_after(60):
         migrated = await anyio.run_process(
@@ -435,12 +442,23 @@ async def test_users_example_migrates_and_serves(
     assert migrated.returncode == 0, migrated.stderr.decode()
 
     monkeypatch.setattr(sys, "path", [str(examples), *sys.path])
+    caplog.set_level(logging.INFO, logger="users.service")
+    selected = LogWatcher("selected ")
+    logging.getLogger("users.service").addHandler(selected)
     runtime = Runtime(discover("users"))
-    async with anyio.create_task_group() as tg:
-        await tg.start(runtime.run)
-        ctx = runtime.services["client"]
-        client: Any = ctx.instance
-        user = await ctx.call(client.create_user, "ada")
-        found = await ctx.call(client.select, user.id)
-        assert json.loads(found.to_json()) == {"id": user.id, "name": "ada"}
-        runtime.stop()
+    user_id = 0
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(runtime.run)
+            ctx = runtime.services["client"]
+            client: Any = ctx.instance
+            user_id = (await ctx.call(client.create_user, "ada")).id
+            # The seed's consumer: a message on `exchange` makes it select the user.
+            publish = farine.amqp.AsyncPublisher("exchange", "routing_key", settings=ctx.settings)
+            await publish({"id": user_id})
+            await selected.wait()
+            runtime.stop()
+    finally:
+        logging.getLogger("users.service").removeHandler(selected)
+    found = selected.records[0].getMessage()
+    assert json.loads(found.removeprefix("selected ")) == {"id": user_id, "name": "ada"}
