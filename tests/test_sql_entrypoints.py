@@ -202,6 +202,15 @@ class Accounts(WithDatabase):
     def in_transaction(self) -> bool:
         return self.db.in_transaction()
 
+    @farine.rpc.method(transaction=True)
+    def save_each(self, names: list[str]) -> Iterator[bool]:
+        # Each step (from one item to the next) runs in its own worker-thread call.
+        for name in names:
+            Person.create(name=name)
+            if name == "fail":
+                raise Boom(name)
+            yield self.db.in_transaction()
+
     @farine.rpc.method()
     def count(self) -> int:
         return count_people()
@@ -233,6 +242,21 @@ async def test_rpc_transaction_commits_before_the_reply(db_settings: str) -> Non
         assert await rpc.save("ada") is True
         assert await rpc.save_async("bob") is True  # each db_run in a transaction
         assert await rpc.count() == 2
+
+
+async def test_rpc_stream_transaction_covers_each_step(db_settings: str) -> None:
+    async with (
+        running(Accounts, config=config(db_settings)),
+        farine.rpc.Client("accounts", timeout=10) as rpc,
+    ):
+        steps = [step async for step in rpc.save_each(["ada", "bob"], __stream__=True)]
+        assert steps == [True, True]
+        assert await rpc.count() == 2
+        with pytest.raises(RPCError, match="Boom"):  # the stream, then its error
+            async for _ in rpc.save_each(["eve", "fail"], __stream__=True):
+                pass
+        # Steps committed before the failing one stay; the failing step rolled back.
+        assert await rpc.count() == 3
 
 
 async def test_transaction_false_overrides_the_setting(db_settings: str) -> None:
