@@ -37,8 +37,10 @@ __all__ = (
     "ServiceContext",
     "current_service",
     "entrypoint_specs",
+    "handler_transaction",
     "is_async_callable",
     "record_spec",
+    "requested_transaction",
     "running_sync_calls",
 )
 
@@ -54,6 +56,9 @@ SyncHook = Callable[[], contextlib.AbstractContextManager[Any]]
 AsyncHook = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
 
 _current_service: ContextVar[ServiceContext] = ContextVar("farine_current_service")
+# Here rather than in the database connector: entrypoints set it for every call, and a
+# service without a database must not import peewee.
+_transaction: ContextVar[bool | None] = ContextVar("farine_transaction", default=None)
 
 
 class _Counter:
@@ -80,6 +85,37 @@ def running_sync_calls() -> int:
     return _sync_calls.value
 
 
+@contextlib.contextmanager
+def handler_transaction(enabled: bool | None) -> Generator[None]:
+    """Choose, for the handler calls made in this block, whether they run in a transaction.
+
+    Entrypoints wrap their `ServiceContext.call()` in it to apply the decorator's
+    `transaction=` flag over the service's `transaction` setting. The choice is a context
+    variable, so it reaches the worker thread of each call (and each `db_run`) made inside
+    the block; the database connector reads it with `requested_transaction()`. Services
+    without a database ignore it.
+
+    Args:
+        enabled: True or False to decide; None to follow the `transaction` setting.
+
+    Example:
+        ```python
+        with handler_transaction(spec.transaction):
+            result = await service.call(handler, *args)
+        ```
+    """
+    token = _transaction.set(enabled)
+    try:
+        yield
+    finally:
+        _transaction.reset(token)
+
+
+def requested_transaction() -> bool | None:
+    """The choice of the innermost `handler_transaction()` block (None: the setting's)."""
+    return _transaction.get()
+
+
 class EntrypointSpec(abc.ABC):
     """The frozen description of an entrypoint, recorded on a method by its decorator.
 
@@ -88,6 +124,11 @@ class EntrypointSpec(abc.ABC):
 
     #: Short kind name used in log lines ("execute", "consume", "rpc", "sse").
     kind: str = "entrypoint"
+
+    #: Run each handler call in a database transaction: True or False, or None to follow
+    #: the service's `transaction` setting. Subclasses with a `transaction=` decorator
+    #: argument make it a field; True needs a database (checked at start-up).
+    transaction: bool | None = None
 
     @abc.abstractmethod
     def bind(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> Entrypoint:

@@ -195,6 +195,13 @@ class Runtime:
 
                     await attach_database(ctx)
                 for attr, spec in definition.entrypoints:
+                    if spec.transaction and not settings.db_connector:
+                        # A transaction the code asks for but cannot get is a bug to
+                        # report at once, not a silent no-op.
+                        raise ConfigurationError(
+                            f"{ctx.name}.{attr}: transaction=True needs a database, "
+                            f"but db_connector is not set for service {ctx.name}"
+                        )
                     handler = getattr(ctx.instance, attr)
                     try:
                         entrypoint = spec.bind(ctx, handler, attr)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from farine import settings
+from tests._db import db_settings as db_settings
+from tests._db import pg_database as pg_database
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

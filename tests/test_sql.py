@@ -12,6 +12,7 @@ import datetime
 import decimal
 import functools
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -24,12 +25,14 @@ import anyio
 import peewee
 import pytest
 
+import farine.amqp
 import farine.connectors.sql as sql
-from farine.connectors.sql._database import close as sql_close
 from farine.discovery import discover
 from farine.exceptions import ConfigurationError, SettingsError
 from farine.runtime import Runtime
 from farine.settings import Config
+from tests._db import postgres, rows
+from tests.amqp.conftest import LogWatcher
 from tests.sqlapp.models import Payment, Person
 from tests.sqlapp.service import Boom, Recorder, Store
 
@@ -43,64 +46,6 @@ pytestmark = pytest.mark.anyio
 APP = "tests.sqlapp"
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "Sup3r-Secret-pa55"
-
-
-# -- databases ----------------------------------------------------------------------
-
-
-def _postgres(dbname: str) -> peewee.PostgresqlDatabase:
-    """A plain connection for the tests' own statements (autocommit, as peewee runs)."""
-    return peewee.PostgresqlDatabase(
-        dbname, host="127.0.0.1", port=5432, user="postgres", connect_timeout=3
-    )
-
-
-def _rows(db: peewee.Database, statement: str) -> list[tuple[Any, ...]]:
-    # peewee's stubs leave the DB-API cursor untyped.
-    cursor = cast(Any, db.execute_sql(statement))  # pyright: ignore[reportUnknownMemberType]
-    rows = cast(list[tuple[Any, ...]], cursor.fetchall()) if cursor.description else []
-    return list(rows)
-
-
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A throwaway PostgreSQL database for this test session (others share the server)."""
-    admin = _postgres("test")
-    try:
-        admin.connect()
-    except peewee.OperationalError as exc:
-        pytest.skip(f"PostgreSQL unreachable at 127.0.0.1:5432: {' '.join(str(exc).split())}")
-    name = f"farine_sql_{uuid.uuid4().hex[:12]}"
-    _rows(admin, f'CREATE DATABASE "{name}"')
-    try:
-        yield name
-    finally:
-        _rows(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The `db_*` lines of an INI file, for a fresh database with the app's tables."""
-    if request.param == "sqlite":
-        lines = f"db_connector = sqlite\ndb_name = {tmp_path / 'app.sqlite'}\n"
-    else:
-        name = cast(str, request.getfixturevalue("pg_database"))
-        lines = (
-            "db_connector = postgres\n"
-            f"db_name = {name}\ndb_user = postgres\ndb_host = 127.0.0.1\ndb_port = 5432\n"
-        )
-    db = sql.setup(Config.from_string("[DEFAULT]\n" + lines).service("DEFAULT"))
-    assert db is not None
-    models = [Person, Payment]
-    with db.bind_ctx(models), db.connection_context():
-        db.create_tables(models)  # pyright: ignore[reportUnknownMemberType]
-    try:
-        yield lines
-    finally:
-        with db.bind_ctx(models), db.connection_context():
-            db.drop_tables(models)  # pyright: ignore[reportUnknownMemberType]
-        sql_close(db)
 
 
 @contextlib.asynccontextmanager
@@ -375,7 +320,7 @@ def empty_database(
         yield f"db_connector = sqlite\ndb_name = {path}\n", query_sqlite
         return
     name = cast(str, request.getfixturevalue("pg_database"))
-    conn = _postgres(name)
+    conn = postgres(name)
     conn.connect()
     try:
         yield (
@@ -383,10 +328,10 @@ def empty_database(
                 f"db_connector = postgres\ndb_name = {name}\ndb_user = postgres\n"
                 "db_host = 127.0.0.1\n"
             ),
-            functools.partial(_rows, conn),
+            functools.partial(rows, conn),
         )
     finally:
-        _rows(conn, "DROP TABLE IF EXISTS person, payment")
+        rows(conn, "DROP TABLE IF EXISTS person, payment")
         conn.close()
 
 
@@ -477,12 +422,16 @@ def test_public_api_is_peewee_plus_farine() -> None:
 
 
 async def test_users_example_migrates_and_serves(
-    tmp_path: Path, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    write_config: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     examples = REPO / "examples"
     shipped = (examples / "users" / "farine.ini").read_text(encoding="utf-8")
     text = shipped.replace("users.sqlite", str(tmp_path / "users.sqlite"))
     text += "shutdown_timeout = 0\n"  # cancel the sleeping `register` at once on stop
+    text += f"amqp_uri = memory://users-{uuid.uuid4().hex[:10]}\n"
     config = write_config(text)
     with anyio.fail_after(60):
         migrated = await anyio.run_process(
@@ -493,12 +442,23 @@ async def test_users_example_migrates_and_serves(
     assert migrated.returncode == 0, migrated.stderr.decode()
 
     monkeypatch.setattr(sys, "path", [str(examples), *sys.path])
+    caplog.set_level(logging.INFO, logger="users.service")
+    selected = LogWatcher("selected ")
+    logging.getLogger("users.service").addHandler(selected)
     runtime = Runtime(discover("users"))
-    async with anyio.create_task_group() as tg:
-        await tg.start(runtime.run)
-        ctx = runtime.services["client"]
-        client: Any = ctx.instance
-        user = await ctx.call(client.create_user, "ada")
-        found = await ctx.call(client.select, user.id)
-        assert json.loads(found.to_json()) == {"id": user.id, "name": "ada"}
-        runtime.stop()
+    user_id = 0
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(runtime.run)
+            ctx = runtime.services["client"]
+            client: Any = ctx.instance
+            user_id = (await ctx.call(client.create_user, "ada")).id
+            # The seed's consumer: a message on `exchange` makes it select the user.
+            publish = farine.amqp.AsyncPublisher("exchange", "routing_key", settings=ctx.settings)
+            await publish({"id": user_id})
+            await selected.wait()
+            runtime.stop()
+    finally:
+        logging.getLogger("users.service").removeHandler(selected)
+    found = selected.records[0].getMessage()
+    assert json.loads(found.removeprefix("selected ")) == {"id": user_id, "name": "ada"}

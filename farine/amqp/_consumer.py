@@ -23,6 +23,7 @@ from farine.entrypoints import (
     Entrypoint,
     EntrypointSpec,
     ServiceContext,
+    handler_transaction,
     is_async_callable,
     record_spec,
 )
@@ -68,6 +69,7 @@ class ConsumeSpec(EntrypointSpec):
     auto_delete: bool | None = None
     exclusive: bool | None = None
     queue_arguments: tuple[tuple[str, Any], ...] = ()
+    transaction: bool | None = None
     kind = "consume"
 
     def bind(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> Entrypoint:
@@ -85,6 +87,8 @@ def consume(
     auto_delete: bool | None = None,
     exclusive: bool | None = None,
     queue_arguments: Mapping[str, Any] | None = None,
+    transaction: bool | None = None,
+    queue_name: str | None = None,
 ) -> Callable[[F], F]:
     """Consume messages published to `exchange` with `routing_key`.
 
@@ -111,6 +115,10 @@ def consume(
         auto_delete: Delete the queue with its last consumer (default: the setting).
         exclusive: Make the queue exclusive to the connection (default: the setting).
         queue_arguments: x-arguments of the queue (`x-dead-letter-exchange`, ...).
+        transaction: With a database, run each call of a `def` handler in a
+            transaction (each `db_run` of an `async def` one), committed or rolled back
+            before the message is acked or nacked. Default: the `transaction` setting.
+        queue_name: The seed's name for `queue` (give one or the other).
 
     Example:
         ```python
@@ -129,6 +137,10 @@ def consume(
         )
     if prefetch is not None and prefetch < 1:
         raise ConfigurationError("prefetch must be >= 1")
+    if queue_name is not None:
+        if queue is not None:
+            raise ConfigurationError("give queue= or its seed alias queue_name=, not both")
+        queue = queue_name
     keys = (routing_key,) if isinstance(routing_key, str) else tuple(routing_key)
     spec = ConsumeSpec(
         exchange=exchange,
@@ -140,6 +152,7 @@ def consume(
         auto_delete=auto_delete,
         exclusive=exclusive,
         queue_arguments=tuple(sorted((queue_arguments or {}).items())),
+        transaction=transaction,
     )
 
     def decorate(func: F) -> F:
@@ -264,11 +277,14 @@ class _ConsumerEntrypoint(Entrypoint):
             message.reject(requeue=False)
             return
         try:
-            if self.service.settings.debug and b"__debug__" in message.body:
-                await self._profiled(body, message, connection)
-            elif await self.service.call(self.call_target, body, message) is _NOT_STARTED:
-                message.nack(requeue=True)
-                return
+            # The transaction (if any) ends inside the call: committed or rolled back
+            # before the message is settled below.
+            with handler_transaction(self.spec.transaction):
+                if self.service.settings.debug and b"__debug__" in message.body:
+                    await self._profiled(body, message, connection)
+                elif await self.service.call(self.call_target, body, message) is _NOT_STARTED:
+                    message.nack(requeue=True)
+                    return
         except Exception:
             if message.settled:
                 logger.exception(

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from farine.entrypoints import Entrypoint, EntrypointSpec, ServiceContext, record_spec
+from farine.entrypoints import (
+    Entrypoint,
+    EntrypointSpec,
+    ServiceContext,
+    handler_transaction,
+    record_spec,
+)
 from farine.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -30,11 +36,13 @@ class ExecuteSpec(EntrypointSpec):
         restart: Run the method again when it returns.
         backoff_initial: Seconds to wait before the first restart after a failure.
         backoff_max: Cap of the wait, which doubles after each consecutive failure.
+        transaction: Run each run in a database transaction (None: the setting).
     """
 
     restart: bool = True
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    transaction: bool | None = None
     kind = "execute"
 
     def bind(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> Entrypoint:
@@ -42,7 +50,11 @@ class ExecuteSpec(EntrypointSpec):
 
 
 def method(
-    restart: bool = True, *, backoff_initial: float = 0.5, backoff_max: float = 30.0
+    restart: bool = True,
+    *,
+    backoff_initial: float = 0.5,
+    backoff_max: float = 30.0,
+    transaction: bool | None = None,
 ) -> Callable[[F], F]:
     """Run the decorated method for as long as the service runs.
 
@@ -59,6 +71,9 @@ def method(
         restart: Run the method again when it returns.
         backoff_initial: First pause after a failure, in seconds.
         backoff_max: Longest pause after repeated failures, in seconds.
+        transaction: With a database, run each run of a `def` method in a transaction
+            (each `db_run` of an `async def` one): committed when it returns, rolled
+            back when it raises. Default: the service's `transaction` setting.
 
     Example:
         ```python
@@ -72,7 +87,12 @@ def method(
     """
     if backoff_initial < 0 or backoff_max < backoff_initial:
         raise ConfigurationError("need 0 <= backoff_initial <= backoff_max")
-    spec = ExecuteSpec(restart=restart, backoff_initial=backoff_initial, backoff_max=backoff_max)
+    spec = ExecuteSpec(
+        restart=restart,
+        backoff_initial=backoff_initial,
+        backoff_max=backoff_max,
+        transaction=transaction,
+    )
 
     def decorate(func: F) -> F:
         return record_spec(func, spec)
@@ -98,7 +118,8 @@ class _Execute(Entrypoint):
         while not stopping.is_set():
             runs += 1
             try:
-                await self.service.call(self.handler)
+                with handler_transaction(self.spec.transaction):
+                    await self.service.call(self.handler)
             except Exception:
                 if not self.spec.restart:
                     logger.exception("%s raised; not restarting (restart=False)", self.qualname)

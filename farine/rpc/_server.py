@@ -25,7 +25,13 @@ from farine.amqp._connection import get_connection
 from farine.amqp._errors import PublishError, UnroutableError
 from farine.amqp._message import Properties
 from farine.amqp._transport import Binding, ExchangeSpec, QueueSpec, Topology
-from farine.entrypoints import Entrypoint, EntrypointSpec, ServiceContext, record_spec
+from farine.entrypoints import (
+    Entrypoint,
+    EntrypointSpec,
+    ServiceContext,
+    handler_transaction,
+    record_spec,
+)
 from farine.exceptions import ConfigurationError
 from farine.rpc._protocol import (
     END,
@@ -69,6 +75,7 @@ class MethodSpec(EntrypointSpec):
 
     prefetch: int | None = None
     expected: tuple[type[BaseException], ...] = ()
+    transaction: bool | None = None
     kind = "rpc"
 
     def bind(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> Entrypoint:
@@ -76,7 +83,10 @@ class MethodSpec(EntrypointSpec):
 
 
 def method(
-    *, prefetch: int | None = None, expected: tuple[type[BaseException], ...] = ()
+    *,
+    prefetch: int | None = None,
+    expected: tuple[type[BaseException], ...] = (),
+    transaction: bool | None = None,
 ) -> Callable[[F], F]:
     """Serve the decorated method over RPC, as `<service>.<method>`.
 
@@ -97,6 +107,9 @@ def method(
     Args:
         prefetch: Calls handled at once by this method (default: the `prefetch` setting).
         expected: Exception types that are part of the method's contract.
+        transaction: With a database, run each call of a `def` method in a transaction
+            (each `db_run` of an `async def` one; each step of a generator), committed
+            or rolled back before the reply is sent. Default: the `transaction` setting.
 
     Example:
         ```python
@@ -110,7 +123,7 @@ def method(
     """
     if prefetch is not None and prefetch < 1:
         raise ConfigurationError("prefetch must be >= 1")
-    spec = MethodSpec(prefetch=prefetch, expected=tuple(expected))
+    spec = MethodSpec(prefetch=prefetch, expected=tuple(expected), transaction=transaction)
 
     def decorate(func: F) -> F:
         return record_spec(func, spec)
@@ -239,7 +252,8 @@ class _RpcMethod(Entrypoint):
         if correlation_id is not None:
             self._streams[correlation_id] = scope
         try:
-            with scope:
+            # The transaction (if any) ends inside the call, before its reply is sent.
+            with scope, handler_transaction(self.spec.transaction):
                 await self._run(reply, args, kwargs)
         except Exception as exc:
             if isinstance(exc, self.spec.expected):

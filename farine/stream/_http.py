@@ -21,7 +21,13 @@ import httpx
 import httpx_sse
 
 from farine.codec import BadBody, BodyDecoder, annotation_of
-from farine.entrypoints import Entrypoint, EntrypointSpec, ServiceContext, record_spec
+from farine.entrypoints import (
+    Entrypoint,
+    EntrypointSpec,
+    ServiceContext,
+    handler_transaction,
+    record_spec,
+)
 from farine.exceptions import ConfigurationError
 
 from ._event import Event
@@ -55,6 +61,8 @@ class HttpStreamSpec(EntrypointSpec):
         event_types: Event types delivered to the handler; `None` means all.
         limit: Stop after this many events; `None` means never.
         timeout: Stop after this many seconds; `None` means never.
+        transaction: Run each handler call in a database transaction; `None` means
+            the service's `transaction` setting.
     """
 
     endpoint: str | None = None
@@ -62,6 +70,7 @@ class HttpStreamSpec(EntrypointSpec):
     event_types: frozenset[str] | None = None
     limit: int | None = None
     timeout: float | None = None
+    transaction: bool | None = None
     kind = "sse"
 
     def bind(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> Entrypoint:
@@ -102,6 +111,7 @@ def http(
     event_types: Iterable[str] | None = None,
     limit: int | None = None,
     timeout: float | None = None,
+    transaction: bool | None = None,
 ) -> Callable[[F], F]:
     """Call the decorated method for each event of an HTTP Server-Sent-Events stream.
 
@@ -126,6 +136,9 @@ def http(
             event with no `event:` field). Default: every event.
         limit: Stop listening after this many events (for scripts and tests).
         timeout: Stop listening after this many seconds (for scripts and tests).
+        transaction: With a database, run each call of a `def` method in a transaction
+            (each `db_run` of an `async def` one): committed when it returns, rolled
+            back when it raises. Default: the service's `transaction` setting.
 
     Raises:
         ConfigurationError: An argument is invalid.
@@ -155,6 +168,7 @@ def http(
         event_types=frozenset(event_types) if event_types is not None else None,
         limit=limit,
         timeout=timeout,
+        transaction=transaction,
     )
 
     def decorate(func: F) -> F:
@@ -470,7 +484,8 @@ class _HttpStream(Entrypoint):
             args = (data, event)
         self._busy = True
         try:
-            await self.service.call(self.handler, *args)
+            with handler_transaction(self.spec.transaction):
+                await self.service.call(self.handler, *args)
         except Exception:
             logger.exception(
                 "%s raised on event (type %r, id %r); the stream goes on",

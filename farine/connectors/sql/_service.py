@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, Self, TypeVar, overl
 import anyio
 import peewee
 
-from farine.entrypoints import current_service
+from farine.entrypoints import current_service, requested_transaction
+from farine.entrypoints import handler_transaction as handler_transaction
 from farine.exceptions import ConfigurationError, FarineError
 
 from ._database import check_connection, close, database_key, describe, setup
@@ -48,7 +49,6 @@ R = TypeVar("R")
 logger = logging.getLogger("farine.connectors.sql")
 
 _current_db: ContextVar[peewee.Database] = ContextVar("farine_sql_database")
-_transaction: ContextVar[bool | None] = ContextVar("farine_sql_transaction", default=None)
 
 
 class DatabaseUnavailable(FarineError, AttributeError):
@@ -56,33 +56,9 @@ class DatabaseUnavailable(FarineError, AttributeError):
 
 
 @contextlib.contextmanager
-def handler_transaction(enabled: bool | None) -> Generator[None]:
-    """Choose, for the handler calls made in this block, whether they run in a transaction.
-
-    Entrypoints use it to apply a per-handler flag (`transaction=True` on a decorator)
-    over the service's `transaction` setting: the flag is a context variable, so it
-    reaches the worker thread of each call made inside the block.
-
-    Args:
-        enabled: True or False to decide; None to follow the `transaction` setting.
-
-    Example:
-        ```python
-        with handler_transaction(spec.transaction):
-            result = await service.call(handler, *args)
-        ```
-    """
-    token = _transaction.set(enabled)
-    try:
-        yield
-    finally:
-        _transaction.reset(token)
-
-
-@contextlib.contextmanager
 def _call_scope(db: peewee.Database, transaction: bool) -> Generator[None]:
     """One handler call, in its worker thread: a connection, maybe a transaction."""
-    flag = _transaction.get()
+    flag = requested_transaction()
     in_transaction = transaction if flag is None else flag
     token = _current_db.set(db)
     try:

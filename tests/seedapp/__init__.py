@@ -1,0 +1,1 @@
+"""The seed README's Database example as a user's package (`models.py`, `service.py`)."""
