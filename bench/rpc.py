@@ -6,7 +6,9 @@ client in the same process, against the local RabbitMQ.
 * latency: `--calls` calls one after the other (default 2000); p50 and p99 of each
   call's round trip;
 * throughput: `--concurrent` calls (default 20000) made by `--inflight` tasks (default
-  64) that each call again as soon as their answer arrives; calls per second.
+  64) that each call again as soon as their answer arrives; calls per second, and the
+  CPU time this process (client and server, all threads) spent per call meanwhile:
+  a figure less sensitive than wall-clock ones to other load on the machine.
 
 Rows:
 
@@ -63,6 +65,7 @@ class Figures:
     p50_ms: float
     p99_ms: float
     calls_per_s: float
+    cpu_us_per_call: float
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -101,15 +104,18 @@ async def _measure(
 
     await sleep0()
     start = time.perf_counter()
+    cpu = time.process_time()
     async with anyio.create_task_group() as tg:
         for _ in range(inflight):
             tg.start_soon(worker)
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     assert done == concurrent
     return Figures(
         p50_ms=statistics.median(latencies) * 1000,
         p99_ms=_percentile(latencies, 0.99) * 1000,
         calls_per_s=concurrent / elapsed,
+        cpu_us_per_call=cpu / concurrent * 1e6,
     )
 
 
@@ -274,29 +280,32 @@ def main() -> None:
     only: str = args.only
     rows: dict[str, Figures] = {}
     for label, run in runs:
-        if only and only not in label and label != raw:
+        if only and only not in label:
             continue
         figures = rows[label] = run()
         print(
             f"  {label:<26} p50 {figures.p50_ms:6.3f} ms  p99 {figures.p99_ms:6.3f} ms  "
-            f"{figures.calls_per_s:7.0f} calls/s",
+            f"{figures.calls_per_s:7.0f} calls/s  {figures.cpu_us_per_call:4.0f} us CPU/call",
             flush=True,
         )
-    base = rows[raw]
+    base = rows.get(raw)
     print()
     header = f"{'workload':<26} {'p50 ms':>7} {'p99 ms':>7} {'calls/s':>8} {'p50 x raw':>10}"
-    print(header + f" {'calls/s x raw':>14}")
+    print(header + f" {'calls/s x raw':>14} {'CPU us/call':>12}")
     ratios: dict[str, dict[str, float]] = {}
     for label, figures in rows.items():
-        ratio = {
-            "p50": figures.p50_ms / base.p50_ms,
-            "p99": figures.p99_ms / base.p99_ms,
-            "calls_per_s": figures.calls_per_s / base.calls_per_s,
-        }
-        ratios[label] = {k: round(v, 3) for k, v in ratio.items()}
+        ratio = {"p50": float("nan"), "p99": float("nan"), "calls_per_s": float("nan")}
+        if base is not None:
+            ratio = {
+                "p50": figures.p50_ms / base.p50_ms,
+                "p99": figures.p99_ms / base.p99_ms,
+                "calls_per_s": figures.calls_per_s / base.calls_per_s,
+            }
+            ratios[label] = {k: round(v, 3) for k, v in ratio.items()}
         print(
             f"{label:<26} {figures.p50_ms:>7.3f} {figures.p99_ms:>7.3f} "
             f"{figures.calls_per_s:>8.0f} {ratio['p50']:>10.2f} {ratio['calls_per_s']:>14.2f}"
+            f" {figures.cpu_us_per_call:>12.0f}"
         )
     trio_vs_asyncio: dict[str, float] = {}
     for kind in ("async def", "def"):
@@ -315,6 +324,7 @@ def main() -> None:
                         "p50_ms": round(f.p50_ms, 3),
                         "p99_ms": round(f.p99_ms, 3),
                         "calls_per_s": round(f.calls_per_s),
+                        "cpu_us_per_call": round(f.cpu_us_per_call),
                     }
                     for label, f in rows.items()
                 },

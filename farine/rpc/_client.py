@@ -1,8 +1,9 @@
 """The RPC client: `Client` (blocking, or `async with`), `AsyncClient`, and `@client`.
 
-Every call of a process to one broker shares one reply queue (exclusive to the
-connection) and one task reading it, which hands each reply to its call by correlation
-id: any number of calls are in flight at once. Each call has a deadline (the
+Every call of a process to one broker goes through one reply channel (RabbitMQ's direct
+reply-to, `amq.rabbitmq.reply-to`; the memory broker has it too): requests are
+published on it and their replies come back on it, handed to each call by correlation
+id, so any number of calls are in flight at once. Each call has a deadline (the
 `rpc_timeout` setting, per client or per call); the request carries it (AMQP
 `expiration` and a deadline header), so a server drops a request already expired and
 cancels a handler still running when it passes.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import itertools
 import logging
 import math
 import threading
@@ -29,7 +31,7 @@ from farine import settings as farine_settings
 from farine.amqp._connection import get_connection
 from farine.amqp._errors import PublishError, UnroutableError
 from farine.amqp._message import Message, Properties
-from farine.amqp._transport import ExchangeSpec, QueueSpec, Topology
+from farine.amqp._transport import DIRECT_REPLY_TO, ExchangeSpec
 from farine.entrypoints import current_service, is_async_callable
 from farine.exceptions import RPCError
 from farine.rpc._protocol import (
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-    from farine.amqp._transport import Connection
+    from farine.amqp._transport import Connection, ReplyChannel
     from farine.settings import ServiceSettings
 
 __all__ = ("AsyncClient", "Client", "client")
@@ -63,14 +65,12 @@ R = TypeVar("R")
 CONTENT_TYPE: Final = "application/json"
 #: Replies a stream may buffer before its reader falls too far behind.
 STREAM_BUFFER: Final = 256
-#: Unacked replies the reply queue's consumer may hold (they are acked on arrival).
-REPLY_PREFETCH: Final = 1024
 
 
 class _Call:
     """One call in flight: where its replies go, and the stream's control queue."""
 
-    __slots__ = ("control", "correlation_id", "overflowed", "receive", "send")
+    __slots__ = ("control", "correlation_id", "lost", "overflowed", "receive", "send")
 
     def __init__(self, correlation_id: str, buffer: int) -> None:
         self.correlation_id = correlation_id
@@ -79,6 +79,7 @@ class _Call:
         self.send, self.receive = anyio.create_memory_object_stream[Message](buffer)
         self.control: str | None = None
         self.overflowed = False
+        self.lost = False
 
     def deliver(self, message: Message) -> None:
         try:
@@ -91,39 +92,55 @@ class _Call:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the caller already left
 
+    def fail_lost(self) -> None:
+        """End the call: its replies can no longer arrive (the reply channel was lost)."""
+        self.lost = True
+        self.send.close()
+
 
 class _Router:
-    """The reply queue of one connection, and the calls waiting on it."""
+    """The reply channel of one connection, and the calls waiting on it.
+
+    Requests are published on a reply channel (RabbitMQ's direct reply-to): replies
+    come back on it without a reply queue or acks, and the transport hands them to
+    `_on_replies` on this loop, which gives each to its call by correlation id.
+    """
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
-        self.queue = f"farine.rpc.reply.{uuid.uuid4().hex}"
         self.calls: dict[str, _Call] = {}
+        self.channel: ReplyChannel | None = None
         self._declared: set[str] = set()
+        # Correlation ids only need to be unique among this channel's calls.
+        self._prefix = uuid.uuid4().hex[:12]
+        self._ids = itertools.count(1)
 
     async def run(self, *, task_status: TaskStatus[_Router]) -> None:
-        topology = Topology(
-            queues=(QueueSpec(self.queue, durable=False, auto_delete=True, exclusive=True),)
-        )
-        consumer = await self.connection.consume(
-            self.queue, prefetch=REPLY_PREFETCH, topology=topology
-        )
+        self.channel = await self.connection.open_reply_channel(self._on_replies, self._on_lost)
         try:
             task_status.started(self)
-            async for message in consumer:
-                message.ack()
-                call = self.calls.get(message.correlation_id or "")
-                if call is None:
-                    logger.debug("dropping a reply to a finished call %s", message.correlation_id)
-                    continue
-                if call.control is None:
-                    control = message.headers.get(HEADER_CONTROL)
-                    if isinstance(control, str | bytes):
-                        call.control = control.decode() if isinstance(control, bytes) else control
-                call.deliver(message)
+            await anyio.sleep_forever()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await consumer.aclose()
+                await self.channel.aclose()
+
+    def _on_replies(self, messages: list[Message]) -> None:
+        calls = self.calls
+        for message in messages:
+            call = calls.get(message.correlation_id or "")
+            if call is None:
+                logger.debug("dropping a reply to a finished call %s", message.correlation_id)
+                continue
+            if call.control is None:
+                headers = message.properties.headers
+                control = headers.get(HEADER_CONTROL) if headers else None
+                if isinstance(control, str | bytes):
+                    call.control = control.decode() if isinstance(control, bytes) else control
+            call.deliver(message)
+
+    def _on_lost(self) -> None:
+        for call in list(self.calls.values()):
+            call.fail_lost()
 
     # -- one call -----------------------------------------------------------------------
 
@@ -140,7 +157,8 @@ class _Router:
         stream: bool,
     ) -> AsyncGenerator[_Call]:
         """Publish the request and yield the call whose replies arrive on `call.receive`."""
-        correlation_id = uuid.uuid4().hex
+        assert self.channel is not None, "the router is not running"
+        correlation_id = f"{self._prefix}.{next(self._ids)}"
         body = encode_request(args, kwargs)
         headers: dict[str, Any] = {HEADER_DEADLINE: f"{time.time() + limit:.6f}"}
         if not stream:
@@ -148,7 +166,7 @@ class _Router:
         properties = Properties(
             content_type=CONTENT_TYPE,
             correlation_id=correlation_id,
-            reply_to=self.queue,
+            reply_to=DIRECT_REPLY_TO,
             expiration=str(max(1, math.ceil(limit * 1000))),
             headers=headers,
             delivery_mode=settings.delivery_mode,
@@ -159,7 +177,7 @@ class _Router:
         where = f"{service}.{method}"
         try:
             try:
-                await self.connection.publish(
+                await self.channel.publish(
                     service,
                     routing_key(service, method),
                     body,
@@ -343,6 +361,11 @@ async def _receive(call: _Call, where: str) -> Message:
     try:
         return await call.receive.receive()
     except anyio.EndOfStream:
+        if call.lost:
+            raise RPCError(
+                f"{where}: the connection to the broker was lost before the reply arrived "
+                "(the call may or may not have run)"
+            ) from None
         if call.overflowed:
             raise RPCError(
                 f"{where}: stream reader too slow: more than {STREAM_BUFFER} items buffered"

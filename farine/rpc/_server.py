@@ -24,7 +24,13 @@ import msgspec
 from farine.amqp._connection import get_connection
 from farine.amqp._errors import PublishError, UnroutableError
 from farine.amqp._message import Properties
-from farine.amqp._transport import Binding, ExchangeSpec, QueueSpec, Topology
+from farine.amqp._transport import (
+    Binding,
+    ExchangeSpec,
+    QueueSpec,
+    Topology,
+    is_direct_reply_to,
+)
 from farine.entrypoints import Entrypoint, EntrypointSpec, ServiceContext, record_spec
 from farine.exceptions import ConfigurationError
 from farine.rpc._protocol import (
@@ -284,6 +290,9 @@ class _Replier:
         self.reply_to = message.reply_to
         self.correlation_id = message.correlation_id
         self.unary = HEADER_UNARY in message.headers
+        # RabbitMQ reports a mandatory reply to a direct reply-to address as unroutable
+        # even when it delivers it: only a reply queue can tell that its caller is gone.
+        self.mandatory = self.reply_to is not None and not is_direct_reply_to(self.reply_to)
         self.connection = connection
         self.gone = False
         self._first = True
@@ -305,7 +314,9 @@ class _Replier:
             # Shielded: a reply being published is finished even if the call is being
             # cancelled, so the caller never sees half of a message sequence.
             with anyio.CancelScope(shield=True):
-                await self.connection.publish("", self.reply_to, body, properties, mandatory=True)
+                await self.connection.publish(
+                    "", self.reply_to, body, properties, mandatory=self.mandatory
+                )
         except UnroutableError:
             # The caller's reply queue is gone: it will not read what follows either.
             self.gone = True
