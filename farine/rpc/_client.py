@@ -68,15 +68,15 @@ STREAM_BUFFER: Final = 256
 
 
 class _Call:
-    """One call in flight: where its replies go, and the stream's control queue."""
+    """A streaming call in flight: where its replies go, and the stream's control queue."""
 
     __slots__ = ("control", "correlation_id", "lost", "overflowed", "receive", "send")
 
-    def __init__(self, correlation_id: str, buffer: int) -> None:
+    def __init__(self, correlation_id: str) -> None:
         self.correlation_id = correlation_id
         self.send: MemoryObjectSendStream[Message]
         self.receive: MemoryObjectReceiveStream[Message]
-        self.send, self.receive = anyio.create_memory_object_stream[Message](buffer)
+        self.send, self.receive = anyio.create_memory_object_stream[Message](STREAM_BUFFER)
         self.control: str | None = None
         self.overflowed = False
         self.lost = False
@@ -98,6 +98,27 @@ class _Call:
         self.send.close()
 
 
+class _UnaryCall:
+    """A call waiting for one value: its first reply is all it reads."""
+
+    __slots__ = ("arrived", "control", "correlation_id", "message")
+
+    def __init__(self, correlation_id: str) -> None:
+        self.correlation_id = correlation_id
+        self.arrived = anyio.Event()
+        self.message: Message | None = None
+        self.control: str | None = None
+
+    def deliver(self, message: Message) -> None:
+        # A seed server sends the end marker apart from the value: it is not needed.
+        if self.message is None and not self.arrived.is_set():
+            self.message = message
+            self.arrived.set()
+
+    def fail_lost(self) -> None:
+        self.arrived.set()
+
+
 class _Router:
     """The reply channel of one connection, and the calls waiting on it.
 
@@ -108,7 +129,7 @@ class _Router:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
-        self.calls: dict[str, _Call] = {}
+        self.calls: dict[str, _Call | _UnaryCall] = {}
         self.channel: ReplyChannel | None = None
         self._declared: set[str] = set()
         # Correlation ids only need to be unique among this channel's calls.
@@ -144,21 +165,71 @@ class _Router:
 
     # -- one call -----------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def open_call(
+    async def call(
         self,
         settings: ServiceSettings,
         service: str,
         method: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        *,
         limit: float,
-        stream: bool,
-    ) -> AsyncGenerator[_Call]:
-        """Publish the request and yield the call whose replies arrive on `call.receive`."""
-        assert self.channel is not None, "the router is not running"
+    ) -> Message:
+        """Publish the request of a unary call and return its first reply.
+
+        Raises:
+            RPCError: No server, the request could not be sent, or the reply channel was
+                lost before the reply arrived.
+        """
         correlation_id = f"{self._prefix}.{next(self._ids)}"
+        call = _UnaryCall(correlation_id)
+        self.calls[correlation_id] = call
+        try:
+            await self._publish(correlation_id, settings, service, method, args, kwargs, limit)
+            await call.arrived.wait()
+        finally:
+            del self.calls[correlation_id]
+        if call.message is None:
+            raise _lost(f"{service}.{method}")
+        return call.message
+
+    @contextlib.asynccontextmanager
+    async def open_stream(
+        self,
+        settings: ServiceSettings,
+        service: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        limit: float,
+    ) -> AsyncGenerator[_Call]:
+        """Publish the request of a stream and yield the call whose replies arrive on
+        `call.receive`."""
+        correlation_id = f"{self._prefix}.{next(self._ids)}"
+        call = _Call(correlation_id)
+        self.calls[correlation_id] = call
+        try:
+            await self._publish(
+                correlation_id, settings, service, method, args, kwargs, limit, stream=True
+            )
+            yield call
+        finally:
+            del self.calls[correlation_id]
+            call.send.close()
+            call.receive.close()
+
+    async def _publish(
+        self,
+        correlation_id: str,
+        settings: ServiceSettings,
+        service: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        limit: float,
+        *,
+        stream: bool = False,
+    ) -> None:
+        assert self.channel is not None, "the router is not running"
         body = encode_request(args, kwargs)
         headers: dict[str, Any] = {HEADER_DEADLINE: f"{time.time() + limit:.6f}"}
         if not stream:
@@ -172,32 +243,24 @@ class _Router:
             delivery_mode=settings.delivery_mode,
             message_id=correlation_id,
         )
-        call = _Call(correlation_id, STREAM_BUFFER if stream else 2)
-        self.calls[correlation_id] = call
-        where = f"{service}.{method}"
+        key = routing_key(service, method)
         try:
-            try:
-                await self.channel.publish(
-                    service,
-                    routing_key(service, method),
-                    body,
-                    properties,
-                    mandatory=True,
-                    timeout=limit,
-                    declare=self._exchange(service, settings),
-                )
-            except UnroutableError:
-                raise RPCError(
-                    f"{where}: no server (no queue is bound to exchange {service!r} with "
-                    f"routing key {routing_key(service, method)!r})"
-                ) from None
-            except PublishError as exc:
-                raise RPCError(f"{where}: the request could not be sent: {exc}") from None
-            yield call
-        finally:
-            del self.calls[correlation_id]
-            call.send.close()
-            call.receive.close()
+            await self.channel.publish(
+                service,
+                key,
+                body,
+                properties,
+                mandatory=True,
+                timeout=limit,
+                declare=self._exchange(service, settings),
+            )
+        except UnroutableError:
+            raise RPCError(
+                f"{service}.{method}: no server (no queue is bound to exchange {service!r} "
+                f"with routing key {key!r})"
+            ) from None
+        except PublishError as exc:
+            raise RPCError(f"{service}.{method}: the request could not be sent: {exc}") from None
 
     def _exchange(self, service: str, settings: ServiceSettings) -> ExchangeSpec | None:
         if not settings.auto_declare or service in self._declared:
@@ -306,19 +369,15 @@ class AsyncClient:
     async def _call(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
     ) -> Any:
-        router = await self._get_router()
-        where = f"{self.service}.{method}"
+        router = self._router if self._router is not None else await self._get_router()
         with anyio.move_on_after(limit):
-            async with router.open_call(
-                self.settings, self.service, method, args, kwargs, limit=limit, stream=False
-            ) as call:
-                message = await _receive(call, where)
-                reply = decode_reply(message.body)
-                if reply.except_:
-                    raise error_from_reply(reply, where)
-                return reply.body
+            message = await router.call(self.settings, self.service, method, args, kwargs, limit)
+            reply = decode_reply(message.body)
+            if reply.except_:
+                raise error_from_reply(reply, f"{self.service}.{method}")
+            return reply.body
         # Only the deadline leaves the block without a return or an exception.
-        raise RPCError(f"{where}: timeout: no reply within {limit:g}s")
+        raise RPCError(f"{self.service}.{method}: timeout: no reply within {limit:g}s")
 
     async def _stream(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
@@ -327,8 +386,8 @@ class AsyncClient:
         where = f"{self.service}.{method}"
         deadline = anyio.current_time() + limit
         ended = False
-        async with router.open_call(
-            self.settings, self.service, method, args, kwargs, limit=limit, stream=True
+        async with router.open_stream(
+            self.settings, self.service, method, args, kwargs, limit
         ) as call:
             try:
                 while True:
@@ -362,15 +421,19 @@ async def _receive(call: _Call, where: str) -> Message:
         return await call.receive.receive()
     except anyio.EndOfStream:
         if call.lost:
-            raise RPCError(
-                f"{where}: the connection to the broker was lost before the reply arrived "
-                "(the call may or may not have run)"
-            ) from None
+            raise _lost(where) from None
         if call.overflowed:
             raise RPCError(
                 f"{where}: stream reader too slow: more than {STREAM_BUFFER} items buffered"
             ) from None
         raise RPCError(f"{where}: the reply stream ended unexpectedly") from None
+
+
+def _lost(where: str) -> RPCError:
+    return RPCError(
+        f"{where}: the connection to the broker was lost before the reply arrived "
+        "(the call may or may not have run)"
+    )
 
 
 # -- blocking use -------------------------------------------------------------------------

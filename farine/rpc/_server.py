@@ -187,9 +187,12 @@ class _RpcMethod(Entrypoint):
                 tg.start_soon(self._cancel_on_stop, consumer)
                 tg.start_soon(self._read_cancels, control)
                 task_status.started()
+                # One task per call the broker may hand over at once (the prefetch),
+                # each taking calls one after the other: starting a task per call
+                # costs about as much as the rest of a short call.
                 async with anyio.create_task_group() as calls:
-                    async for message in consumer:
-                        calls.start_soon(self._handle, message, connection)
+                    for _ in range(self.prefetch):
+                        calls.start_soon(self._take_calls, consumer, connection)
                 tg.cancel_scope.cancel()  # calls are done: stop reading cancels
         finally:
             # Shielded: closing returns unacked requests to the queue, even when the
@@ -215,6 +218,10 @@ class _RpcMethod(Entrypoint):
             if scope is not None:
                 logger.info("%s: caller stopped stream %s", self.qualname, correlation_id)
                 scope.cancel()
+
+    async def _take_calls(self, consumer: Consumer, connection: Connection) -> None:
+        async for message in consumer:
+            await self._handle(message, connection)
 
     # -- one call ---------------------------------------------------------------------
 
