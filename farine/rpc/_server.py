@@ -302,7 +302,9 @@ class _Replier:
         self.mandatory = self.reply_to is not None and not is_direct_reply_to(self.reply_to)
         self.connection = connection
         self.gone = False
-        self._first = True
+        # Only a stream can be stopped by its caller: a unary call's reply needs no
+        # control queue (and is cheaper to encode and decode without headers).
+        self._first = not self.unary
 
     async def _send(self, body: bytes) -> None:
         if self.reply_to is None or self.gone:
