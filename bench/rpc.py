@@ -22,8 +22,10 @@ Rows:
   (`@farine.rpc.method()`); the client is `farine.rpc.AsyncClient` on the runtime's
   loop (what `@farine.rpc.client` injects into `async def` methods).
 
-    python bench/rpc.py [--calls 2000] [--concurrent 20000] [--inflight 64] [--only trio]
+    python bench/rpc.py [--calls 2000] [--concurrent 20000] [--inflight 64] [--rounds 2]
+                        [--only trio]
 
+The rows run `--rounds` times, alternating; each figure is the median of its rounds.
 It prints a table, then (last line) one JSON object with every figure and the ratios
 to raw aiormq.
 """
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
 PREFETCH = 64
+FIGURES = ("p50_ms", "p99_ms", "calls_per_s", "cpu_us_per_call")
 WARMUP = 200
 REPLY_TO = "amq.rabbitmq.reply-to"
 
@@ -256,6 +259,7 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=20000, help="calls for calls/s")
     parser.add_argument("--inflight", type=int, default=64, help="calls in flight (calls/s)")
     parser.add_argument("--uri", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds (medians are shown)")
     parser.add_argument("--only", default="", help="run the rows whose names contain this")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -278,28 +282,39 @@ def main() -> None:
         ("farine trio, def", farine_row("def", "trio")),
     ]
     only: str = args.only
-    rows: dict[str, Figures] = {}
-    for label, run in runs:
-        if only and only not in label:
-            continue
-        figures = rows[label] = run()
-        print(
-            f"  {label:<26} p50 {figures.p50_ms:6.3f} ms  p99 {figures.p99_ms:6.3f} ms  "
-            f"{figures.calls_per_s:7.0f} calls/s  {figures.cpu_us_per_call:4.0f} us CPU/call",
-            flush=True,
-        )
+    rounds: int = args.rounds
+    samples: dict[str, list[Figures]] = {}
+    # Rounds alternate the rows, so a burst of other load on the machine does not fall on
+    # one row only; each figure is then the median of its rounds.
+    for round_ in range(1, rounds + 1):
+        for label, run in runs:
+            if only and only not in label:
+                continue
+            figures = run()
+            samples.setdefault(label, []).append(figures)
+            print(
+                f"  [{round_}/{rounds}] {label:<26} p50 {figures.p50_ms:6.3f} ms  "
+                f"p99 {figures.p99_ms:6.3f} ms  {figures.calls_per_s:7.0f} calls/s  "
+                f"{figures.cpu_us_per_call:4.0f} us CPU/call",
+                flush=True,
+            )
+    rows = {
+        label: Figures(*(statistics.median(getattr(f, name) for f in found) for name in FIGURES))
+        for label, found in samples.items()
+    }
     base = rows.get(raw)
     print()
     header = f"{'workload':<26} {'p50 ms':>7} {'p99 ms':>7} {'calls/s':>8} {'p50 x raw':>10}"
     print(header + f" {'calls/s x raw':>14} {'CPU us/call':>12}")
     ratios: dict[str, dict[str, float]] = {}
     for label, figures in rows.items():
-        ratio = {"p50": float("nan"), "p99": float("nan"), "calls_per_s": float("nan")}
+        ratio = dict.fromkeys(("p50", "p99", "calls_per_s", "cpu_us_per_call"), float("nan"))
         if base is not None:
             ratio = {
                 "p50": figures.p50_ms / base.p50_ms,
                 "p99": figures.p99_ms / base.p99_ms,
                 "calls_per_s": figures.calls_per_s / base.calls_per_s,
+                "cpu_us_per_call": figures.cpu_us_per_call / base.cpu_us_per_call,
             }
             ratios[label] = {k: round(v, 3) for k, v in ratio.items()}
         print(
@@ -319,6 +334,7 @@ def main() -> None:
                 "concurrent": concurrent,
                 "inflight": inflight,
                 "prefetch": PREFETCH,
+                "rounds": rounds,
                 "figures": {
                     label: {
                         "p50_ms": round(f.p50_ms, 3),
