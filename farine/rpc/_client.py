@@ -1,8 +1,9 @@
 """The RPC client: `Client` (blocking, or `async with`), `AsyncClient`, and `@client`.
 
-Every call of a process to one broker shares one reply queue (exclusive to the
-connection) and one task reading it, which hands each reply to its call by correlation
-id: any number of calls are in flight at once. Each call has a deadline (the
+Every call of a process to one broker goes through one reply channel (RabbitMQ's direct
+reply-to, `amq.rabbitmq.reply-to`; the memory broker has it too): requests are
+published on it and their replies come back on it, handed to each call by correlation
+id, so any number of calls are in flight at once. Each call has a deadline (the
 `rpc_timeout` setting, per client or per call); the request carries it (AMQP
 `expiration` and a deadline header), so a server drops a request already expired and
 cancels a handler still running when it passes.
@@ -14,6 +15,7 @@ import atexit
 import contextlib
 import functools
 import inspect
+import itertools
 import logging
 import math
 import threading
@@ -30,7 +32,7 @@ from farine import settings as farine_settings
 from farine.amqp._connection import get_connection
 from farine.amqp._errors import PublishError, UnroutableError
 from farine.amqp._message import Message, Properties
-from farine.amqp._transport import ExchangeSpec, QueueSpec, Topology
+from farine.amqp._transport import DIRECT_REPLY_TO, ExchangeSpec
 from farine.entrypoints import current_service, is_async_callable
 from farine.exceptions import RPCError
 from farine.rpc._protocol import (
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-    from farine.amqp._transport import Connection
+    from farine.amqp._transport import Connection, ReplyChannel
     from farine.settings import ServiceSettings
 
 __all__ = ("AsyncClient", "Client", "client", "use_script_backend")
@@ -64,22 +66,21 @@ R = TypeVar("R")
 CONTENT_TYPE: Final = "application/json"
 #: Replies a stream may buffer before its reader falls too far behind.
 STREAM_BUFFER: Final = 256
-#: Unacked replies the reply queue's consumer may hold (they are acked on arrival).
-REPLY_PREFETCH: Final = 1024
 
 
 class _Call:
-    """One call in flight: where its replies go, and the stream's control queue."""
+    """A streaming call in flight: where its replies go, and the stream's control queue."""
 
-    __slots__ = ("control", "correlation_id", "overflowed", "receive", "send")
+    __slots__ = ("control", "correlation_id", "lost", "overflowed", "receive", "send")
 
-    def __init__(self, correlation_id: str, buffer: int) -> None:
+    def __init__(self, correlation_id: str) -> None:
         self.correlation_id = correlation_id
         self.send: MemoryObjectSendStream[Message]
         self.receive: MemoryObjectReceiveStream[Message]
-        self.send, self.receive = anyio.create_memory_object_stream[Message](buffer)
+        self.send, self.receive = anyio.create_memory_object_stream[Message](STREAM_BUFFER)
         self.control: str | None = None
         self.overflowed = False
+        self.lost = False
 
     def deliver(self, message: Message) -> None:
         try:
@@ -92,56 +93,144 @@ class _Call:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the caller already left
 
+    def fail_lost(self) -> None:
+        """End the call: its replies can no longer arrive (the reply channel was lost)."""
+        self.lost = True
+        self.send.close()
+
+
+class _UnaryCall:
+    """A call waiting for one value: its first reply is all it reads."""
+
+    __slots__ = ("arrived", "control", "correlation_id", "message")
+
+    def __init__(self, correlation_id: str) -> None:
+        self.correlation_id = correlation_id
+        self.arrived = anyio.Event()
+        self.message: Message | None = None
+        self.control: str | None = None
+
+    def deliver(self, message: Message) -> None:
+        # A seed server sends the end marker apart from the value: it is not needed.
+        if self.message is None and not self.arrived.is_set():
+            self.message = message
+            self.arrived.set()
+
+    def fail_lost(self) -> None:
+        self.arrived.set()
+
 
 class _Router:
-    """The reply queue of one connection, and the calls waiting on it."""
+    """The reply channel of one connection, and the calls waiting on it.
+
+    Requests are published on a reply channel (RabbitMQ's direct reply-to): replies
+    come back on it without a reply queue or acks, and the transport hands them to
+    `_on_replies` on this loop, which gives each to its call by correlation id.
+    """
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
-        self.queue = f"farine.rpc.reply.{uuid.uuid4().hex}"
-        self.calls: dict[str, _Call] = {}
+        self.calls: dict[str, _Call | _UnaryCall] = {}
+        self.channel: ReplyChannel | None = None
         self._declared: set[str] = set()
+        # Correlation ids only need to be unique among this channel's calls.
+        self._prefix = uuid.uuid4().hex[:12]
+        self._ids = itertools.count(1)
 
     async def run(self, *, task_status: TaskStatus[_Router]) -> None:
-        topology = Topology(
-            queues=(QueueSpec(self.queue, durable=False, auto_delete=True, exclusive=True),)
-        )
-        consumer = await self.connection.consume(
-            self.queue, prefetch=REPLY_PREFETCH, topology=topology
-        )
+        self.channel = await self.connection.open_reply_channel(self._on_replies, self._on_lost)
         try:
             task_status.started(self)
-            async for message in consumer:
-                message.ack()
-                call = self.calls.get(message.correlation_id or "")
-                if call is None:
-                    logger.debug("dropping a reply to a finished call %s", message.correlation_id)
-                    continue
-                if call.control is None:
-                    control = message.headers.get(HEADER_CONTROL)
-                    if isinstance(control, str | bytes):
-                        call.control = control.decode() if isinstance(control, bytes) else control
-                call.deliver(message)
+            await anyio.sleep_forever()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await consumer.aclose()
+                await self.channel.aclose()
+
+    def _on_replies(self, messages: list[Message]) -> None:
+        calls = self.calls
+        for message in messages:
+            call = calls.get(message.correlation_id or "")
+            if call is None:
+                logger.debug("dropping a reply to a finished call %s", message.correlation_id)
+                continue
+            if call.control is None:
+                headers = message.properties.headers
+                control = headers.get(HEADER_CONTROL) if headers else None
+                if isinstance(control, str | bytes):
+                    call.control = control.decode() if isinstance(control, bytes) else control
+            call.deliver(message)
+
+    def _on_lost(self) -> None:
+        for call in list(self.calls.values()):
+            call.fail_lost()
 
     # -- one call -----------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def open_call(
+    async def call(
         self,
         settings: ServiceSettings,
         service: str,
         method: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        *,
         limit: float,
-        stream: bool,
+    ) -> Message:
+        """Publish the request of a unary call and return its first reply.
+
+        Raises:
+            RPCError: No server, the request could not be sent, or the reply channel was
+                lost before the reply arrived.
+        """
+        correlation_id = f"{self._prefix}.{next(self._ids)}"
+        call = _UnaryCall(correlation_id)
+        self.calls[correlation_id] = call
+        try:
+            await self._publish(correlation_id, settings, service, method, args, kwargs, limit)
+            await call.arrived.wait()
+        finally:
+            del self.calls[correlation_id]
+        if call.message is None:
+            raise _lost(f"{service}.{method}")
+        return call.message
+
+    @contextlib.asynccontextmanager
+    async def open_stream(
+        self,
+        settings: ServiceSettings,
+        service: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        limit: float,
     ) -> AsyncGenerator[_Call]:
-        """Publish the request and yield the call whose replies arrive on `call.receive`."""
-        correlation_id = uuid.uuid4().hex
+        """Publish the request of a stream and yield the call whose replies arrive on
+        `call.receive`."""
+        correlation_id = f"{self._prefix}.{next(self._ids)}"
+        call = _Call(correlation_id)
+        self.calls[correlation_id] = call
+        try:
+            await self._publish(
+                correlation_id, settings, service, method, args, kwargs, limit, stream=True
+            )
+            yield call
+        finally:
+            del self.calls[correlation_id]
+            call.send.close()
+            call.receive.close()
+
+    async def _publish(
+        self,
+        correlation_id: str,
+        settings: ServiceSettings,
+        service: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        limit: float,
+        *,
+        stream: bool = False,
+    ) -> None:
+        assert self.channel is not None, "the router is not running"
         body = encode_request(args, kwargs)
         headers: dict[str, Any] = {HEADER_DEADLINE: f"{time.time() + limit:.6f}"}
         if not stream:
@@ -149,38 +238,30 @@ class _Router:
         properties = Properties(
             content_type=CONTENT_TYPE,
             correlation_id=correlation_id,
-            reply_to=self.queue,
+            reply_to=DIRECT_REPLY_TO,
             expiration=str(max(1, math.ceil(limit * 1000))),
             headers=headers,
             delivery_mode=settings.delivery_mode,
             message_id=correlation_id,
         )
-        call = _Call(correlation_id, STREAM_BUFFER if stream else 2)
-        self.calls[correlation_id] = call
-        where = f"{service}.{method}"
+        key = routing_key(service, method)
         try:
-            try:
-                await self.connection.publish(
-                    service,
-                    routing_key(service, method),
-                    body,
-                    properties,
-                    mandatory=True,
-                    timeout=limit,
-                    declare=self._exchange(service, settings),
-                )
-            except UnroutableError:
-                raise RPCError(
-                    f"{where}: no server (no queue is bound to exchange {service!r} with "
-                    f"routing key {routing_key(service, method)!r})"
-                ) from None
-            except PublishError as exc:
-                raise RPCError(f"{where}: the request could not be sent: {exc}") from None
-            yield call
-        finally:
-            del self.calls[correlation_id]
-            call.send.close()
-            call.receive.close()
+            await self.channel.publish(
+                service,
+                key,
+                body,
+                properties,
+                mandatory=True,
+                timeout=limit,
+                declare=self._exchange(service, settings),
+            )
+        except UnroutableError:
+            raise RPCError(
+                f"{service}.{method}: no server (no queue is bound to exchange {service!r} "
+                f"with routing key {key!r})"
+            ) from None
+        except PublishError as exc:
+            raise RPCError(f"{service}.{method}: the request could not be sent: {exc}") from None
 
     def _exchange(self, service: str, settings: ServiceSettings) -> ExchangeSpec | None:
         if not settings.auto_declare or service in self._declared:
@@ -289,19 +370,15 @@ class AsyncClient:
     async def _call(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
     ) -> Any:
-        router = await self._get_router()
-        where = f"{self.service}.{method}"
+        router = self._router if self._router is not None else await self._get_router()
         with anyio.move_on_after(limit):
-            async with router.open_call(
-                self.settings, self.service, method, args, kwargs, limit=limit, stream=False
-            ) as call:
-                message = await _receive(call, where)
-                reply = decode_reply(message.body)
-                if reply.except_:
-                    raise error_from_reply(reply, where)
-                return reply.body
+            message = await router.call(self.settings, self.service, method, args, kwargs, limit)
+            reply = decode_reply(message.body)
+            if reply.except_:
+                raise error_from_reply(reply, f"{self.service}.{method}")
+            return reply.body
         # Only the deadline leaves the block without a return or an exception.
-        raise RPCError(f"{where}: timeout: no reply within {limit:g}s")
+        raise RPCError(f"{self.service}.{method}: timeout: no reply within {limit:g}s")
 
     async def _stream(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
@@ -310,8 +387,8 @@ class AsyncClient:
         where = f"{self.service}.{method}"
         deadline = anyio.current_time() + limit
         ended = False
-        async with router.open_call(
-            self.settings, self.service, method, args, kwargs, limit=limit, stream=True
+        async with router.open_stream(
+            self.settings, self.service, method, args, kwargs, limit
         ) as call:
             try:
                 while True:
@@ -344,11 +421,20 @@ async def _receive(call: _Call, where: str) -> Message:
     try:
         return await call.receive.receive()
     except anyio.EndOfStream:
+        if call.lost:
+            raise _lost(where) from None
         if call.overflowed:
             raise RPCError(
                 f"{where}: stream reader too slow: more than {STREAM_BUFFER} items buffered"
             ) from None
         raise RPCError(f"{where}: the reply stream ended unexpectedly") from None
+
+
+def _lost(where: str) -> RPCError:
+    return RPCError(
+        f"{where}: the connection to the broker was lost before the reply arrived "
+        "(the call may or may not have run)"
+    )
 
 
 # -- blocking use -------------------------------------------------------------------------

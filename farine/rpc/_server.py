@@ -24,7 +24,13 @@ import msgspec
 from farine.amqp._connection import get_connection
 from farine.amqp._errors import PublishError, UnroutableError
 from farine.amqp._message import Properties
-from farine.amqp._transport import Binding, ExchangeSpec, QueueSpec, Topology
+from farine.amqp._transport import (
+    Binding,
+    ExchangeSpec,
+    QueueSpec,
+    Topology,
+    is_direct_reply_to,
+)
 from farine.entrypoints import (
     Entrypoint,
     EntrypointSpec,
@@ -194,9 +200,12 @@ class _RpcMethod(Entrypoint):
                 tg.start_soon(self._cancel_on_stop, consumer)
                 tg.start_soon(self._read_cancels, control)
                 task_status.started()
+                # One task per call the broker may hand over at once (the prefetch),
+                # each taking calls one after the other: starting a task per call
+                # costs about as much as the rest of a short call.
                 async with anyio.create_task_group() as calls:
-                    async for message in consumer:
-                        calls.start_soon(self._handle, message, connection)
+                    for _ in range(self.prefetch):
+                        calls.start_soon(self._take_calls, consumer, connection)
                 tg.cancel_scope.cancel()  # calls are done: stop reading cancels
         finally:
             # Shielded: closing returns unacked requests to the queue, even when the
@@ -222,6 +231,10 @@ class _RpcMethod(Entrypoint):
             if scope is not None:
                 logger.info("%s: caller stopped stream %s", self.qualname, correlation_id)
                 scope.cancel()
+
+    async def _take_calls(self, consumer: Consumer, connection: Connection) -> None:
+        async for message in consumer:
+            await self._handle(message, connection)
 
     # -- one call ---------------------------------------------------------------------
 
@@ -298,9 +311,14 @@ class _Replier:
         self.reply_to = message.reply_to
         self.correlation_id = message.correlation_id
         self.unary = HEADER_UNARY in message.headers
+        # RabbitMQ reports a mandatory reply to a direct reply-to address as unroutable
+        # even when it delivers it: only a reply queue can tell that its caller is gone.
+        self.mandatory = self.reply_to is not None and not is_direct_reply_to(self.reply_to)
         self.connection = connection
         self.gone = False
-        self._first = True
+        # Only a stream can be stopped by its caller: a unary call's reply needs no
+        # control queue (and is cheaper to encode and decode without headers).
+        self._first = not self.unary
 
     async def _send(self, body: bytes) -> None:
         if self.reply_to is None or self.gone:
@@ -319,7 +337,9 @@ class _Replier:
             # Shielded: a reply being published is finished even if the call is being
             # cancelled, so the caller never sees half of a message sequence.
             with anyio.CancelScope(shield=True):
-                await self.connection.publish("", self.reply_to, body, properties, mandatory=True)
+                await self.connection.publish(
+                    "", self.reply_to, body, properties, mandatory=self.mandatory
+                )
         except UnroutableError:
             # The caller's reply queue is gone: it will not read what follows either.
             self.gone = True

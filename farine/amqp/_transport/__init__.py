@@ -20,13 +20,16 @@ from farine.amqp._transport._aiormq import (
     open_amqp_blocking,
 )
 from farine.amqp._transport._base import (
+    DIRECT_REPLY_TO,
     Binding,
     Connection,
     ConnectionOptions,
     Consumer,
     ExchangeSpec,
     QueueSpec,
+    ReplyChannel,
     Topology,
+    is_direct_reply_to,
 )
 from farine.amqp._transport._memory import MemoryBroker, MemoryConnection, get_broker
 
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("farine.amqp")
 
 __all__ = (
+    "DIRECT_REPLY_TO",
     "AmqpConnection",
     "Binding",
     "Connection",
@@ -45,10 +49,12 @@ __all__ = (
     "MemoryBroker",
     "MemoryConnection",
     "QueueSpec",
+    "ReplyChannel",
     "Topology",
     "close_shared_connections",
     "connection_name",
     "get_broker",
+    "is_direct_reply_to",
     "is_memory",
     "open_connection",
     "shared_connection",

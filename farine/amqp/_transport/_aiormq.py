@@ -37,17 +37,20 @@ from farine.amqp._errors import BrokerUnavailable, PublishError, PublishTimeout,
 from farine.amqp._message import Message, Outcome, Properties
 from farine.amqp._transport._base import (
     BACKOFF,
+    DIRECT_REPLY_TO,
+    NO_ACK,
     Connection,
     ConnectionOptions,
     Consumer,
     ExchangeSpec,
+    ReplyChannel,
     Topology,
 )
 from farine.amqp._transport._loop import Handoff, LoopHandle, wait_future
 from farine.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Callable, Coroutine
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 
 __all__ = ("AmqpConnection", "open_amqp", "open_amqp_blocking")
 
@@ -419,6 +422,76 @@ class _EngineConsumer:
             await asyncio.gather(task, return_exceptions=True)
 
 
+class _EngineReplyChannel:
+    """Direct reply-to on the engine loop: a confirm channel consuming the replies no-ack.
+
+    Opened by the first publish, and opened again by the next publish after it is lost
+    (replies to what was published on the lost channel cannot arrive: `lost` is called).
+    """
+
+    def __init__(
+        self, engine: _Engine, push: Callable[[Message], None], lost: Callable[[], None]
+    ) -> None:
+        self.engine = engine
+        self.push = push
+        self.lost = lost
+        self.channel: aiormq.abc.AbstractChannel | None = None
+        self.closed = False
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> aiormq.abc.AbstractChannel:
+        """Return the open channel, opening one (and its reply consumer) if needed."""
+        channel = self.channel
+        if channel is not None and not channel.is_closed:
+            return channel
+        async with self._lock:
+            channel = self.channel
+            if channel is not None and not channel.is_closed:
+                return channel
+            if self.closed:
+                raise PublishError("the reply channel is closed")
+            connection = await self.engine.wait_connection()
+            if connection is None:
+                raise PublishError("the connection is closed")
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            try:
+                await channel.basic_consume(DIRECT_REPLY_TO, self._on_message, no_ack=True)
+            except BaseException:
+                await _close_quietly(channel)
+                raise
+            closing = cast("asyncio.Future[Any]", channel.closing)  # pyright: ignore[reportUnknownMemberType]
+            closing.add_done_callback(self._on_closed)
+            self.channel = channel
+            return channel
+
+    async def _on_message(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+        delivery = delivered.delivery
+        assert isinstance(delivery, spec.Basic.Deliver)
+        self.push(
+            Message(
+                delivered.body,
+                delivery_tag=delivery.delivery_tag or 0,
+                exchange=delivery.exchange or "",
+                routing_key=delivery.routing_key or "",
+                redelivered=False,
+                properties=delivered.header.properties,
+                settler=NO_ACK,
+                consumer_tag=delivery.consumer_tag or "",
+            )
+        )
+
+    def _on_closed(self, _: asyncio.Future[Any]) -> None:
+        if not self.closed and not self.engine.closing:
+            logger.info("reply channel lost; replies on their way to it are lost")
+            self.lost()
+
+    async def close(self) -> None:
+        self.closed = True
+        self.engine.reply_channels.discard(self)
+        if self.channel is not None:
+            await _close_quietly(self.channel)
+
+
 class _Engine:
     """The aiormq side: connection, supervision, publishing. Runs on one asyncio loop."""
 
@@ -429,6 +502,7 @@ class _Engine:
         self.url = _connection_url(uri, options)
         self.connection: aiormq.abc.AbstractConnection | None = None
         self.consumers: set[_EngineConsumer] = set()
+        self.reply_channels: set[_EngineReplyChannel] = set()
         self.generation = 0
         self.closing = False
         self._connected: asyncio.Event | None = None
@@ -571,16 +645,21 @@ class _Engine:
         mandatory: bool,
         timeout: float,  # noqa: ASYNC109  # enforced on the engine loop, maybe another thread
         declare: ExchangeSpec | None,
+        channel_of: Callable[[], Awaitable[aiormq.abc.AbstractChannel]] | None = None,
     ) -> None:
-        """Publish and wait for the confirm, waiting out and retrying connection losses."""
+        """Publish and wait for the confirm, waiting out and retrying connection losses.
+
+        `channel_of` returns the channel to publish on (default: the publishing channel).
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         props = _to_pamqp(properties)
         failures = 0
+        get_channel = self._channel if channel_of is None else channel_of
         while True:
             try:
                 async with asyncio.timeout_at(deadline):
-                    channel = await self._channel()
+                    channel = await get_channel()
                     if declare is not None and declare.name and declare.name not in self._declared:
                         await _declare(channel, Topology(exchanges=(declare,)))
                         self._declared.add(declare.name)
@@ -638,6 +717,8 @@ class _Engine:
         self.closing = True
         for consumer in list(self.consumers):
             await consumer.close()
+        for reply_channel in list(self.reply_channels):
+            await reply_channel.close()
         if self._connected is not None:
             self._connected.set()  # wakes whoever waits for a connection: they see `closing`
         connection = self.connection
@@ -733,6 +814,44 @@ class _AmqpConsumer(Consumer):
             await self._host.run(self.engine_consumer.close())
 
 
+class _AmqpReplyChannel(ReplyChannel):
+    def __init__(self, engine_channel: _EngineReplyChannel, connection: AmqpConnection) -> None:
+        self._engine_channel = engine_channel
+        self._connection = connection
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Properties,
+        *,
+        mandatory: bool = True,
+        timeout: float | None = None,  # noqa: ASYNC109  # also bounds the wait for a reconnection; raises PublishTimeout
+        declare: ExchangeSpec | None = None,
+    ) -> None:
+        connection = self._connection
+        if connection.closed or self._engine_channel.closed:
+            raise PublishError("the reply channel is closed")
+        await connection._host.run(  # pyright: ignore[reportPrivateUsage]
+            connection._engine.publish(  # pyright: ignore[reportPrivateUsage]
+                exchange,
+                routing_key,
+                body,
+                properties,
+                mandatory,
+                connection.options.publish_timeout if timeout is None else timeout,
+                declare,
+                self._engine_channel.get,
+            )
+        )
+
+    async def aclose(self) -> None:
+        if self._connection.closed:
+            return
+        await self._connection._host.run(self._engine_channel.close())  # pyright: ignore[reportPrivateUsage]
+
+
 class AmqpConnection(Connection):
     """A supervised connection to RabbitMQ (see the module docstring)."""
 
@@ -812,6 +931,25 @@ class AmqpConnection(Connection):
         consumer.engine_consumer = engine_consumer
         await self._host.run(self._engine.add_consumer(engine_consumer))
         return consumer
+
+    async def open_reply_channel(
+        self, on_replies: Callable[[list[Message]], None], on_lost: Callable[[], None]
+    ) -> ReplyChannel:
+        if self.closed:
+            raise PublishError("the connection is closed")
+        home = LoopHandle.current()
+        handoff = Handoff[Message](home, on_replies)
+
+        def lost() -> None:
+            home.call_soon(on_lost)
+
+        engine_channel = _EngineReplyChannel(self._engine, handoff.push, lost)
+
+        async def register() -> None:
+            self._engine.reply_channels.add(engine_channel)
+
+        await self._host.run(register())
+        return _AmqpReplyChannel(engine_channel, self)
 
     async def aclose(self) -> None:
         if self.closed:

@@ -17,9 +17,13 @@ import anyio
 from farine.amqp._message import Message
 
 if TYPE_CHECKING:
-    from farine.amqp._message import Properties
+    from collections.abc import Callable
+
+    from farine.amqp._message import Outcome, Properties
 
 __all__ = (
+    "DIRECT_REPLY_TO",
+    "NO_ACK",
     "Binding",
     "Connection",
     "ConnectionOptions",
@@ -28,12 +32,23 @@ __all__ = (
     "ExchangeSpec",
     "ExchangeType",
     "QueueSpec",
+    "ReplyChannel",
     "Topology",
+    "is_direct_reply_to",
 )
 
 logger = logging.getLogger("farine.amqp")
 
 ExchangeType = Literal["direct", "topic", "fanout", "headers"]
+
+#: RabbitMQ's direct reply-to pseudo-queue (the memory broker offers it too).
+DIRECT_REPLY_TO: Final = "amq.rabbitmq.reply-to"
+
+
+def is_direct_reply_to(address: str) -> bool:
+    """True for `DIRECT_REPLY_TO` and the per-channel addresses the broker derives from it."""
+    return address.startswith(DIRECT_REPLY_TO)
+
 
 #: Reconnection backoff: first wait, growth factor, cap (seconds).
 BACKOFF: Final = (0.1, 2.0, 10.0)
@@ -128,6 +143,58 @@ class Consumer(abc.ABC):
         """Cancel and close the channel: messages still unacked go back to the queue."""
 
 
+class _NoAck:
+    """The settler of messages received without acks (direct reply-to): nothing to send."""
+
+    __slots__ = ()
+
+    @property
+    def alive(self) -> bool:
+        return True
+
+    def settle(self, delivery_tag: int, outcome: Outcome, requeue: bool) -> None:
+        return None
+
+
+#: Settles the messages of a no-ack delivery (settling them is a no-op).
+NO_ACK: Final = _NoAck()
+
+
+class ReplyChannel(abc.ABC):
+    """A channel that publishes requests and receives their replies by direct reply-to.
+
+    A request published here with `reply_to=DIRECT_REPLY_TO` reaches its consumer with
+    this channel's own address as `reply_to`. Replies published to that address
+    (default exchange, *not* mandatory: RabbitMQ returns a mandatory message sent to it
+    as unroutable even when it delivers it) come back here without acks, and are handed
+    in order, in batches, to the `on_replies` callback on the event loop that opened
+    the channel. No queue is declared and nothing is acked, so a reply costs the broker
+    and the client less than one through a reply queue.
+
+    When the channel is lost (connection loss, channel error), replies to the requests
+    published on it can no longer arrive: `on_lost` is called on the same loop, and the
+    next publish opens a new channel with a new address.
+    """
+
+    @abc.abstractmethod
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Properties,
+        *,
+        mandatory: bool = True,
+        timeout: float | None = None,  # noqa: ASYNC109  # also bounds the wait for a reconnection; raises PublishTimeout
+        declare: ExchangeSpec | None = None,
+    ) -> None:
+        """Publish a request and wait for the broker's confirm (see `Connection.publish`)."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Close the channel: replies still on their way are dropped."""
+
+
 class Connection(abc.ABC):
     """One broker connection (memory or AMQP), shared by the services of a process."""
 
@@ -195,6 +262,12 @@ class Connection(abc.ABC):
     @abc.abstractmethod
     async def consume(self, queue: str, *, prefetch: int, topology: Topology) -> Consumer:
         """Declare `topology`, start consuming `queue` and return once deliveries flow."""
+
+    @abc.abstractmethod
+    async def open_reply_channel(
+        self, on_replies: Callable[[list[Message]], None], on_lost: Callable[[], None]
+    ) -> ReplyChannel:
+        """Open a `ReplyChannel` whose callbacks run on the calling event loop."""
 
     @abc.abstractmethod
     async def aclose(self) -> None:

@@ -6,8 +6,10 @@ direct, topic, fanout and headers exchanges; bindings; queues with durable,
 auto-delete and exclusive flags; per-consumer prefetch; ack, nack and reject with
 requeue and the `redelivered` flag; dead-lettering (`x-dead-letter-exchange`,
 `x-dead-letter-routing-key`) and per-message `expiration`; `mandatory` publishing
-reports unroutable messages. Nothing is persisted: the broker lives as long as the
-process.
+reports unroutable messages; direct reply-to (`amq.rabbitmq.reply-to`), with RabbitMQ's
+quirks: a request that names it must be published on a reply channel, and a reply sent
+to it with `mandatory` is reported unroutable even though it is delivered. Nothing is
+persisted: the broker lives as long as the process.
 
 The broker is a plain thread-safe object (one re-entrant lock), so it can be used from
 event loops of either backend, from worker threads and from plain scripts. Deliveries
@@ -17,10 +19,12 @@ reach each consumer's loop through a `Handoff`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -29,19 +33,23 @@ import anyio
 from farine.amqp._errors import PublishError, UnroutableError
 from farine.amqp._message import Message, Outcome, Properties
 from farine.amqp._transport._base import (
+    DIRECT_REPLY_TO,
+    NO_ACK,
     Binding,
     Connection,
     ConnectionOptions,
     Consumer,
     ExchangeSpec,
     QueueSpec,
+    ReplyChannel,
     Topology,
+    is_direct_reply_to,
 )
 from farine.amqp._transport._loop import Handoff, LoopHandle
 from farine.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
 __all__ = ("MemoryBroker", "MemoryConnection", "get_broker", "topic_matches")
 
@@ -163,6 +171,8 @@ class MemoryBroker:
         self._exchanges: dict[str, _Exchange] = {}
         self._queues: dict[str, _Queue] = {}
         self._consumer_count = 0
+        # Direct reply-to: each reply channel's address, and where its replies go.
+        self._reply_channels: dict[str, Handoff[Message]] = {}
 
     # -- declarations ---------------------------------------------------------------------
 
@@ -262,6 +272,22 @@ class MemoryBroker:
             PublishError: The exchange does not exist.
         """
         with self._lock:
+            if not exchange and is_direct_reply_to(routing_key):
+                handoff = self._reply_channels.get(routing_key)
+                if handoff is not None:
+                    handoff.push(
+                        Message(
+                            body,
+                            delivery_tag=0,
+                            exchange=exchange,
+                            routing_key=routing_key,
+                            redelivered=False,
+                            properties=properties,
+                            settler=NO_ACK,
+                        )
+                    )
+                # As RabbitMQ: a reply-to address is no queue, so this is "not routed".
+                return False
             if not exchange:
                 queue = self._queues.get(routing_key)
                 targets = [queue] if queue is not None else []
@@ -295,6 +321,20 @@ class MemoryBroker:
             if hit and binding.queue in self._queues:
                 names[binding.queue] = None
         return list(names)
+
+    # -- direct reply-to ------------------------------------------------------------------
+
+    def add_reply_channel(self, handoff: Handoff[Message]) -> str:
+        """Register a reply channel; return its address (replies go to `handoff`)."""
+        address = f"{DIRECT_REPLY_TO}.{uuid.uuid4().hex}"
+        with self._lock:
+            self._reply_channels[address] = handoff
+        return address
+
+    def remove_reply_channel(self, address: str) -> None:
+        """Forget a reply channel: replies sent to its address are dropped."""
+        with self._lock:
+            self._reply_channels.pop(address, None)
 
     # -- consuming ------------------------------------------------------------------------
 
@@ -467,6 +507,7 @@ class MemoryConnection(Connection):
         super().__init__(uri, options)
         self.broker = get_broker(uri)
         self._consumers: list[_MemoryConsumer] = []
+        self._reply_channels: list[_MemoryReplyChannel] = []
 
     async def declare(self, topology: Topology) -> None:
         self.broker.declare(topology, owner=self)
@@ -501,6 +542,24 @@ class MemoryConnection(Connection):
     ) -> None:
         if self.closed:
             raise PublishError("the connection is closed")
+        if properties.reply_to == DIRECT_REPLY_TO:
+            # RabbitMQ closes the channel: nobody consumes the replies on it.
+            raise PublishError(
+                f"reply_to {DIRECT_REPLY_TO!r} needs a reply channel (open_reply_channel)"
+            )
+        self._publish(exchange, routing_key, body, properties, mandatory, declare)
+
+    def _publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Properties,
+        mandatory: bool,
+        declare: ExchangeSpec | None,
+    ) -> None:
+        if self.closed:
+            raise PublishError("the connection is closed")
         if declare is not None:
             self.broker.declare_exchange(declare)
         routed = self.broker.publish(exchange, routing_key, body, properties)
@@ -514,12 +573,57 @@ class MemoryConnection(Connection):
         await anyio.lowlevel.checkpoint()
         return consumer
 
+    async def open_reply_channel(
+        self, on_replies: Callable[[list[Message]], None], on_lost: Callable[[], None]
+    ) -> ReplyChannel:
+        if self.closed:
+            raise PublishError("the connection is closed")
+        channel = _MemoryReplyChannel(self, on_replies)
+        self._reply_channels.append(channel)
+        await anyio.lowlevel.checkpoint()
+        return channel
+
     async def aclose(self) -> None:
         self.closed = True
+        for channel in self._reply_channels:
+            self.broker.remove_reply_channel(channel.address)
+        self._reply_channels.clear()
         for consumer in self._consumers:
             self.broker.close(consumer.state)
         self._consumers.clear()
         self.broker.drop_owner(self)
+        await anyio.lowlevel.checkpoint()
+
+
+class _MemoryReplyChannel(ReplyChannel):
+    """Direct reply-to on the memory broker: an address whose replies go to a callback."""
+
+    def __init__(
+        self, connection: MemoryConnection, on_replies: Callable[[list[Message]], None]
+    ) -> None:
+        self._connection = connection
+        self.address = connection.broker.add_reply_channel(
+            Handoff[Message](LoopHandle.current(), on_replies)
+        )
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Properties,
+        *,
+        mandatory: bool = True,
+        timeout: float | None = None,  # noqa: ASYNC109  # also bounds the wait for a reconnection; raises PublishTimeout
+        declare: ExchangeSpec | None = None,
+    ) -> None:
+        await anyio.lowlevel.checkpoint()
+        if properties.reply_to == DIRECT_REPLY_TO:
+            properties = dataclasses.replace(properties, reply_to=self.address)
+        self._connection._publish(exchange, routing_key, body, properties, mandatory, declare)  # pyright: ignore[reportPrivateUsage]
+
+    async def aclose(self) -> None:
+        self._connection.broker.remove_reply_channel(self.address)
         await anyio.lowlevel.checkpoint()
 
 

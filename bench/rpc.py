@@ -1,0 +1,355 @@
+"""RPC latency and throughput: raw aiormq against farine, on asyncio and trio (not a test).
+
+Workload, the same for every row: a server method `add(a: int, b: int) -> int` and a
+client in the same process, against the local RabbitMQ.
+
+* latency: `--calls` calls one after the other (default 2000); p50 and p99 of each
+  call's round trip;
+* throughput: `--concurrent` calls (default 20000) made by `--inflight` tasks (default
+  64) that each call again as soon as their answer arrives; calls per second, and the
+  CPU time this process (client and server, all threads) spent per call meanwhile:
+  a figure less sensitive than wall-clock ones to other load on the machine.
+
+Rows:
+
+* raw aiormq (asyncio): a minimal RPC written directly on aiormq, the baseline. The
+  client publishes `{"args": [a, b], "kwargs": {}}` with `reply_to` set to RabbitMQ's
+  direct reply-to (`amq.rabbitmq.reply-to`, consumed no-ack on the publishing channel)
+  and a correlation id, and waits for the reply matched by that id. The server consumes
+  with prefetch 64, publishes the reply and then acks the request. Both channels use
+  publisher confirms (aiormq's default), as farine does.
+* farine, on asyncio and on trio, with an `async def` and a `def` server method
+  (`@farine.rpc.method()`); the client is `farine.rpc.AsyncClient` on the runtime's
+  loop (what `@farine.rpc.client` injects into `async def` methods).
+
+    python bench/rpc.py [--calls 2000] [--concurrent 20000] [--inflight 64] [--rounds 2]
+                        [--only trio]
+
+The rows run `--rounds` times, alternating; each figure is the median of its rounds.
+It prints a table, then (last line) one JSON object with every figure and the ratios
+to raw aiormq.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import logging
+import statistics
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import aiormq
+import aiormq.abc
+import anyio
+import msgspec
+from pamqp import commands as spec
+
+import farine.rpc
+from farine.discovery import ServiceDefinition, find_entrypoints
+from farine.runtime import Runtime
+from farine.settings import Config
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+PREFETCH = 64
+FIGURES = ("p50_ms", "p99_ms", "calls_per_s", "cpu_us_per_call")
+WARMUP = 200
+REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+@dataclass
+class Figures:
+    p50_ms: float
+    p99_ms: float
+    calls_per_s: float
+    cpu_us_per_call: float
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _measure(
+    call: Callable[[int], Awaitable[int]],
+    calls: int,
+    concurrent: int,
+    inflight: int,
+    sleep0: Callable[[], Awaitable[None]],
+) -> Figures:
+    """Time `calls` sequential calls, then `concurrent` calls `inflight` at a time."""
+    for i in range(WARMUP):
+        assert await call(i) == i + 1
+    latencies: list[float] = []
+    for i in range(calls):
+        start = time.perf_counter()
+        result = await call(i)
+        latencies.append(time.perf_counter() - start)
+        assert result == i + 1, result
+    counter = itertools.count()
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        while True:
+            i = next(counter)
+            if i >= concurrent:
+                return
+            result = await call(i)
+            assert result == i + 1, result
+            done += 1
+
+    await sleep0()
+    start = time.perf_counter()
+    cpu = time.process_time()
+    async with anyio.create_task_group() as tg:
+        for _ in range(inflight):
+            tg.start_soon(worker)
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu
+    assert done == concurrent
+    return Figures(
+        p50_ms=statistics.median(latencies) * 1000,
+        p99_ms=_percentile(latencies, 0.99) * 1000,
+        calls_per_s=concurrent / elapsed,
+        cpu_us_per_call=cpu / concurrent * 1e6,
+    )
+
+
+# -- raw aiormq --------------------------------------------------------------------------
+
+
+class _Request(msgspec.Struct):
+    args: tuple[int, int]
+    kwargs: dict[str, Any]
+
+
+class _Reply(msgspec.Struct):
+    body: int
+
+
+async def raw_aiormq(uri: str, calls: int, concurrent: int, inflight: int) -> Figures:
+    """A minimal RPC on aiormq (asyncio): the baseline."""
+    name = f"bench-rpc-raw-{uuid.uuid4().hex[:8]}"
+    queue = f"{name}__add"
+    request_decoder = msgspec.json.Decoder(_Request)
+    reply_decoder = msgspec.json.Decoder(_Reply)
+    encoder = msgspec.json.Encoder()
+    connection = await aiormq.connect(uri)
+    try:
+        server = await connection.channel()
+        await server.exchange_declare(name, exchange_type="direct", durable=False)
+        await server.queue_declare(queue, durable=False, auto_delete=True)
+        await server.queue_bind(queue, name, routing_key=queue)
+        await server.basic_qos(prefetch_count=PREFETCH)
+
+        async def serve(message: aiormq.abc.DeliveredMessage) -> None:
+            request = request_decoder.decode(message.body)
+            props = message.header.properties
+            reply = encoder.encode({"body": sum(request.args), "__end__": True})
+            await server.basic_publish(
+                reply,
+                exchange="",
+                routing_key=props.reply_to or "",
+                properties=spec.Basic.Properties(
+                    correlation_id=props.correlation_id, content_type="application/json"
+                ),
+            )
+            await server.basic_ack(message.delivery.delivery_tag)  # type: ignore[union-attr]
+
+        await server.basic_consume(queue, serve)
+
+        client = await connection.channel()
+        pending: dict[str, asyncio.Future[bytes]] = {}
+
+        async def on_reply(message: aiormq.abc.DeliveredMessage) -> None:
+            future = pending.pop(message.header.properties.correlation_id or "", None)
+            if future is not None and not future.done():
+                future.set_result(message.body)
+
+        await client.basic_consume(REPLY_TO, on_reply, no_ack=True)
+        ids = itertools.count()
+        loop = asyncio.get_running_loop()
+
+        async def call(a: int) -> int:
+            correlation_id = str(next(ids))
+            future: asyncio.Future[bytes] = loop.create_future()
+            pending[correlation_id] = future
+            await client.basic_publish(
+                encoder.encode({"args": (a, 1), "kwargs": {}}),
+                exchange=name,
+                routing_key=queue,
+                properties=spec.Basic.Properties(
+                    correlation_id=correlation_id,
+                    message_id=correlation_id,
+                    reply_to=REPLY_TO,
+                    content_type="application/json",
+                ),
+                mandatory=True,
+            )
+            return reply_decoder.decode(await future).body
+
+        figures = await _measure(call, calls, concurrent, inflight, lambda: asyncio.sleep(0))
+        await server.exchange_delete(name)
+        return figures
+    finally:
+        await connection.close()
+
+
+# -- farine ------------------------------------------------------------------------------
+
+
+async def farine_run(
+    uri: str, calls: int, concurrent: int, inflight: int, kind: Literal["def", "async"]
+) -> Figures:
+    """The same calls through farine: a service in a runtime, and an `AsyncClient`."""
+
+    class AsyncCalc:
+        @farine.rpc.method()
+        async def add(self, a: int, b: int) -> int:
+            return a + b
+
+    class SyncCalc:
+        @farine.rpc.method()
+        def add(self, a: int, b: int) -> int:
+            return a + b
+
+    base = AsyncCalc if kind == "async" else SyncCalc
+    name = f"benchrpc{uuid.uuid4().hex[:8]}"
+    service = type(name, (base,), {})
+    config = Config.from_string(
+        f"[DEFAULT]\namqp_uri = {uri}\nprefetch = {PREFETCH}\ndurable = false\n"
+    )
+    runtime = Runtime(
+        [ServiceDefinition(service, "bench", find_entrypoints(service))], config=config
+    )
+    figures: Figures | None = None
+    async with anyio.create_task_group() as tg:
+        await tg.start(runtime.run)
+        rpc = farine.rpc.AsyncClient(name, settings=config.service(name))
+        figures = await _measure(
+            lambda a: rpc.add(a, 1), calls, concurrent, inflight, anyio.lowlevel.checkpoint
+        )
+        runtime.stop()
+    await _cleanup(uri, name)
+    assert figures is not None
+    return figures
+
+
+async def _cleanup(uri: str, name: str) -> None:
+    async def remove() -> None:
+        connection = await aiormq.connect(uri)
+        channel = await connection.channel()
+        await channel.queue_delete(f"{name}__add")
+        await channel.exchange_delete(name)
+        await connection.close()
+
+    await anyio.to_thread.run_sync(asyncio.run, remove())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=2000, help="sequential calls (latency)")
+    parser.add_argument("--concurrent", type=int, default=20000, help="calls for calls/s")
+    parser.add_argument("--inflight", type=int, default=64, help="calls in flight (calls/s)")
+    parser.add_argument("--uri", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds (medians are shown)")
+    parser.add_argument("--only", default="", help="run the rows whose names contain this")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    uri: str = args.uri
+    calls: int = args.calls
+    concurrent: int = args.concurrent
+    inflight: int = args.inflight
+    raw = "raw aiormq (asyncio)"
+
+    def farine_row(kind: Literal["def", "async"], backend: str) -> Callable[[], Figures]:
+        return lambda: anyio.run(
+            farine_run, uri, calls, concurrent, inflight, kind, backend=backend
+        )
+
+    runs: list[tuple[str, Callable[[], Figures]]] = [
+        (raw, lambda: asyncio.run(raw_aiormq(uri, calls, concurrent, inflight))),
+        ("farine asyncio, async def", farine_row("async", "asyncio")),
+        ("farine asyncio, def", farine_row("def", "asyncio")),
+        ("farine trio, async def", farine_row("async", "trio")),
+        ("farine trio, def", farine_row("def", "trio")),
+    ]
+    only: str = args.only
+    rounds: int = args.rounds
+    samples: dict[str, list[Figures]] = {}
+    # Rounds alternate the rows, so a burst of other load on the machine does not fall on
+    # one row only; each figure is then the median of its rounds.
+    for round_ in range(1, rounds + 1):
+        for label, run in runs:
+            if only and only not in label:
+                continue
+            figures = run()
+            samples.setdefault(label, []).append(figures)
+            print(
+                f"  [{round_}/{rounds}] {label:<26} p50 {figures.p50_ms:6.3f} ms  "
+                f"p99 {figures.p99_ms:6.3f} ms  {figures.calls_per_s:7.0f} calls/s  "
+                f"{figures.cpu_us_per_call:4.0f} us CPU/call",
+                flush=True,
+            )
+    rows = {
+        label: Figures(*(statistics.median(getattr(f, name) for f in found) for name in FIGURES))
+        for label, found in samples.items()
+    }
+    base = rows.get(raw)
+    print()
+    header = f"{'workload':<26} {'p50 ms':>7} {'p99 ms':>7} {'calls/s':>8} {'p50 x raw':>10}"
+    print(header + f" {'calls/s x raw':>14} {'CPU us/call':>12}")
+    ratios: dict[str, dict[str, float]] = {}
+    for label, figures in rows.items():
+        ratio = dict.fromkeys(("p50", "p99", "calls_per_s", "cpu_us_per_call"), float("nan"))
+        if base is not None:
+            ratio = {
+                "p50": figures.p50_ms / base.p50_ms,
+                "p99": figures.p99_ms / base.p99_ms,
+                "calls_per_s": figures.calls_per_s / base.calls_per_s,
+                "cpu_us_per_call": figures.cpu_us_per_call / base.cpu_us_per_call,
+            }
+            ratios[label] = {k: round(v, 3) for k, v in ratio.items()}
+        print(
+            f"{label:<26} {figures.p50_ms:>7.3f} {figures.p99_ms:>7.3f} "
+            f"{figures.calls_per_s:>8.0f} {ratio['p50']:>10.2f} {ratio['calls_per_s']:>14.2f}"
+            f" {figures.cpu_us_per_call:>12.0f}"
+        )
+    trio_vs_asyncio: dict[str, float] = {}
+    for kind in ("async def", "def"):
+        a, t = rows.get(f"farine asyncio, {kind}"), rows.get(f"farine trio, {kind}")
+        if a is not None and t is not None:
+            trio_vs_asyncio[kind] = round(t.calls_per_s / a.calls_per_s, 3)
+    print(
+        json.dumps(
+            {
+                "calls": calls,
+                "concurrent": concurrent,
+                "inflight": inflight,
+                "prefetch": PREFETCH,
+                "rounds": rounds,
+                "figures": {
+                    label: {
+                        "p50_ms": round(f.p50_ms, 3),
+                        "p99_ms": round(f.p99_ms, 3),
+                        "calls_per_s": round(f.calls_per_s),
+                        "cpu_us_per_call": round(f.cpu_us_per_call),
+                    }
+                    for label, f in rows.items()
+                },
+                "ratio_to_raw_aiormq": ratios,
+                "trio_to_asyncio_calls_per_s": trio_vs_asyncio,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
