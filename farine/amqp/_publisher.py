@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import datetime
-import functools
-import inspect
 import logging
 import uuid
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from farine import settings as farine_settings
+from farine._inject import injector
 from farine.amqp._connection import get_connection, get_connection_blocking
 from farine.amqp._message import Properties
 from farine.amqp._transport import ExchangeSpec
 from farine.codec import encode
-from farine.entrypoints import current_service, is_async_callable
+from farine.entrypoints import current_service
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from farine.settings import ServiceSettings
 
@@ -239,8 +237,8 @@ def publish(
         ```
     """
 
-    def decorate(method: Callable[Concatenate[S, Any, P], R]) -> Callable[Concatenate[S, P], R]:
-        def make(self: object, cls: type[_BasePublisher]) -> Any:
+    def make(cls: type[_BasePublisher]) -> Callable[[object], object]:
+        def build(self: object) -> object:
             name = type(self).__name__.lower()
             return cls(
                 exchange if exchange is not None else name,
@@ -249,25 +247,6 @@ def publish(
                 exchange_type=exchange_type,
             )
 
-        if is_async_callable(method):
-            async_method = cast(Callable[..., Any], method)
+        return build
 
-            @functools.wraps(method)
-            async def async_wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Any:
-                return await async_method(self, make(self, AsyncPublisher), *args, **kwargs)
-
-            wrapper: Callable[..., Any] = async_wrapper
-        else:
-
-            @functools.wraps(method)
-            def sync_wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
-                return method(self, make(self, Publisher), *args, **kwargs)
-
-            wrapper = sync_wrapper
-        signature = inspect.signature(method)
-        parameters = list(signature.parameters.values())
-        # Hide the injected parameter from introspection (other decorators, help()).
-        wrapper.__signature__ = signature.replace(parameters=parameters[:1] + parameters[2:])  # type: ignore[attr-defined]
-        return cast(Callable[Concatenate[S, P], R], wrapper)
-
-    return decorate
+    return injector(make(Publisher), make(AsyncPublisher))

@@ -14,26 +14,25 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import inspect
 import itertools
 import logging
 import math
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
-from typing import TYPE_CHECKING, Any, Concatenate, Final, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Concatenate, Final, ParamSpec, TypeVar
 
 import anyio
 import anyio.from_thread
 import msgspec
 
 from farine import settings as farine_settings
+from farine._inject import injector
 from farine.amqp._connection import get_connection
 from farine.amqp._errors import PublishError, UnroutableError
 from farine.amqp._message import Message, Properties
 from farine.amqp._transport import DIRECT_REPLY_TO, ExchangeSpec
-from farine.entrypoints import current_service, is_async_callable
+from farine.entrypoints import current_service
 from farine.exceptions import RPCError
 from farine.rpc._protocol import (
     HEADER_CONTROL,
@@ -47,6 +46,7 @@ from farine.rpc._protocol import (
 from farine.runtime import current_runtime
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
     from concurrent.futures import Future
 
     from anyio.abc import TaskStatus
@@ -644,36 +644,6 @@ def client(
         ```
     """
 
-    def decorate(method: Callable[Concatenate[S, Any, P], R]) -> Callable[Concatenate[S, P], R]:
-        if is_async_callable(method) or inspect.isasyncgenfunction(method):
-            async_method = cast(Callable[..., Any], method)
-            if inspect.isasyncgenfunction(method):
-
-                @functools.wraps(method)
-                async def async_gen_wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Any:
-                    rpc = AsyncClient(service, timeout)
-                    async for item in async_method(self, rpc, *args, **kwargs):
-                        yield item
-
-                wrapper: Callable[..., Any] = async_gen_wrapper
-            else:
-
-                @functools.wraps(method)
-                async def async_wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Any:
-                    return await async_method(self, AsyncClient(service, timeout), *args, **kwargs)
-
-                wrapper = async_wrapper
-        else:
-
-            @functools.wraps(method)
-            def sync_wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
-                return method(self, Client(service, timeout), *args, **kwargs)
-
-            wrapper = sync_wrapper
-        signature = inspect.signature(method)
-        parameters = list(signature.parameters.values())
-        # Hide the injected parameter from introspection (other decorators, help()).
-        wrapper.__signature__ = signature.replace(parameters=parameters[:1] + parameters[2:])  # type: ignore[attr-defined]
-        return cast(Callable[Concatenate[S, P], R], wrapper)
-
-    return decorate
+    return injector(
+        lambda _self: Client(service, timeout), lambda _self: AsyncClient(service, timeout)
+    )
