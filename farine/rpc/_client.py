@@ -313,7 +313,36 @@ async def _router_in_runtime(settings: ServiceSettings) -> _Router | None:
     )
 
 
-class AsyncClient:
+class _ClientBase:
+    """What both clients share: the target, its settings, and `rpc.<method>(...)`."""
+
+    def __init__(
+        self, service: str, timeout: float | None, settings: ServiceSettings | None
+    ) -> None:
+        self.service = service
+        self.settings = settings if settings is not None else _settings_for(service)
+        self.timeout = timeout if timeout is not None else self.settings.rpc_timeout
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} service={self.service!r} timeout={self.timeout}>"
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("__"):
+            raise AttributeError(method)
+        return functools.partial(self.call, method)
+
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Call `method` (see the subclasses for what is returned)."""
+        raise NotImplementedError
+
+    def _options(self, kwargs: dict[str, Any]) -> tuple[bool, float]:
+        """Pop the call options (`__stream__`, `__timeout__`) out of a call's kwargs."""
+        stream = bool(kwargs.pop("__stream__", False))
+        timeout = kwargs.pop("__timeout__", None)
+        return stream, self.timeout if timeout is None else float(timeout)
+
+
+class AsyncClient(_ClientBase):
     """Call the methods of `service` from async code: `await rpc.method(*args, **kwargs)`.
 
     `rpc.method(..., __stream__=True)` returns an async iterator of the items the method
@@ -335,18 +364,8 @@ class AsyncClient:
         router: _Router | None = None,
         settings: ServiceSettings | None = None,
     ) -> None:
-        self.service = service
-        self.settings = settings if settings is not None else _settings_for(service)
-        self.timeout = timeout if timeout is not None else self.settings.rpc_timeout
+        super().__init__(service, timeout, settings)
         self._router = router
-
-    def __repr__(self) -> str:
-        return f"<AsyncClient service={self.service!r} timeout={self.timeout}>"
-
-    def __getattr__(self, method: str) -> Callable[..., Any]:
-        if method.startswith("__"):
-            raise AttributeError(method)
-        return functools.partial(self.call, method)
 
     async def _get_router(self) -> _Router:
         if self._router is None:
@@ -360,9 +379,7 @@ class AsyncClient:
 
     def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call `method`; awaitable, or an async iterator with `__stream__=True`."""
-        stream = bool(kwargs.pop("__stream__", False))
-        timeout = kwargs.pop("__timeout__", None)
-        limit = self.timeout if timeout is None else float(timeout)
+        stream, limit = self._options(kwargs)
         if stream:
             return self._stream(method, args, kwargs, limit)
         return self._call(method, args, kwargs, limit)
@@ -519,7 +536,7 @@ def _run_blocking(settings: ServiceSettings, fn: Callable[[_Router], Awaitable[R
     return loop.portal.call(fn, router)
 
 
-class Client:
+class Client(_ClientBase):
     """Call the methods of `service`: blocking, or `async with Client(...) as rpc`.
 
     Blocking (in `def` methods, where `@farine.rpc.client` injects one, and in plain
@@ -546,24 +563,12 @@ class Client:
     """
 
     def __init__(self, service: str, timeout: float | None = None) -> None:
-        self.service = service
-        self.settings = _settings_for(service)
-        self.timeout = timeout if timeout is not None else self.settings.rpc_timeout
+        super().__init__(service, timeout, None)
         self._exit: contextlib.AsyncExitStack | None = None
-
-    def __repr__(self) -> str:
-        return f"<Client service={self.service!r} timeout={self.timeout}>"
-
-    def __getattr__(self, method: str) -> Callable[..., Any]:
-        if method.startswith("__"):
-            raise AttributeError(method)
-        return functools.partial(self.call, method)
 
     def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call `method` and block for its result; a generator with `__stream__=True`."""
-        stream = bool(kwargs.pop("__stream__", False))
-        timeout = kwargs.pop("__timeout__", None)
-        limit = self.timeout if timeout is None else float(timeout)
+        stream, limit = self._options(kwargs)
         if stream:
             return self._stream(method, args, kwargs, limit)
 
