@@ -159,12 +159,15 @@ class _ChannelSettler:
 
     `settle()` may be called from any thread (a `def` handler's worker thread, the trio
     loop). Waking the engine loop from another thread costs a system call and a GIL
-    hand-off, about as much as the ack itself; so while messages are in flight, settles
-    from other threads wake nobody: they ride along with the next wake-up of the engine
-    loop (a publish, a call) or, at the latest, a timer on it flushes them (every
-    millisecond while there is traffic, backing off when there is none). Only a settle
-    arriving when nothing is in flight wakes the loop. Settles made on the engine loop
-    are flushed once its ready callbacks have run.
+    hand-off, about as much as the ack itself; so while other messages are still being
+    handled, settles from other threads wake nobody: they ride along with the next
+    wake-up of the engine loop (a publish, another settle) or, at the latest, a timer on
+    it flushes them (every millisecond while there is traffic, backing off when there
+    is none). The settle of the last message in flight wakes the loop at once: nothing
+    else would carry it soon, and the broker may be waiting for it (to deliver more
+    within the prefetch window, or to confirm a persistent message to its publisher:
+    RabbitMQ confirms one that was acked without writing it to disk). Settles made on
+    the engine loop are flushed once its ready callbacks have run.
 
     Each frame is a system call too: acks of the oldest deliveries of the channel go as
     one `basic.ack` with `multiple` set (valid as long as no older delivery is still
@@ -182,6 +185,7 @@ class _ChannelSettler:
         self._pending: list[tuple[int, Outcome, bool]] = []
         self._scheduled = False
         self._riding = False
+        self._unsettled = 0
         self._polling = False
         self._interval = ACK_FLUSH_INTERVAL[0]
         # Engine loop only: tags delivered and not settled yet; batches waiting to be
@@ -200,6 +204,7 @@ class _ChannelSettler:
         """Count a delivery (on the engine loop) and make sure the flush timer runs."""
         self._in_flight.add(delivery_tag)
         with self._lock:
+            self._unsettled += 1
             if self._polling:
                 return
             self._polling = True
@@ -210,9 +215,10 @@ class _ChannelSettler:
         on_loop = threading.get_ident() == self._loop_thread
         with self._lock:
             self._pending.append((delivery_tag, outcome, requeue))
+            self._unsettled -= 1
             if self._scheduled:
                 return
-            if self._polling and not on_loop:
+            if self._polling and not on_loop and self._unsettled > 0:
                 if self._riding:
                     return
                 self._riding = True
