@@ -5,10 +5,13 @@ into a msgspec Struct), published one after the other to a durable direct exchan
 each awaited until the broker confirms it, while a consumer with prefetch 256 acks each
 message. The clock runs from the first publish to the last ack.
 
-    python bench/amqp_throughput.py [--messages 20000] [--uri amqp://guest:guest@127.0.0.1:5672/]
+    python bench/amqp_throughput.py [--messages 20000] [--repeat 1]
+        [--uri amqp://guest:guest@127.0.0.1:5672/]
 
-It prints a table, then one JSON line with the msgs/s of each row and its ratio to raw
-aiormq.
+It prints a table, then one JSON line with the msgs/s of each row, its ratio to raw
+aiormq, and the process CPU time per message (all threads; less sensitive than the rate
+to other load on the machine). `--repeat N` runs the rows N times, in turn, and keeps
+the medians; raw aiormq always runs, as the reference.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import asyncio
 import json
 import logging
+import statistics
 import threading
 import time
 import uuid
@@ -51,7 +55,7 @@ def make_body(seq: int) -> bytes:
     return body + b" " * max(0, 100 - len(body))  # 100 bytes, still valid JSON
 
 
-async def raw_aiormq(uri: str, count: int) -> float:
+async def raw_aiormq(uri: str, count: int) -> tuple[float, float]:
     """Raw aiormq on asyncio: the baseline."""
     name = f"bench-raw-{uuid.uuid4().hex[:8]}"
     decoder = msgspec.json.Decoder(Reading)
@@ -77,22 +81,22 @@ async def raw_aiormq(uri: str, count: int) -> float:
         ok = await consumer.basic_consume(name, on_message)
         properties = spec.Basic.Properties(content_type="application/json", delivery_mode=2)
         bodies = [make_body(i) for i in range(count)]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for body in bodies:
             await publisher.basic_publish(
                 body, exchange=name, routing_key="rk", properties=properties, mandatory=True
             )
         await done.wait()
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         await consumer.basic_cancel(ok.consumer_tag or "")
         await publisher.queue_delete(name)
         await publisher.exchange_delete(name)
-        return count / elapsed
+        return count / elapsed, cpu / count * 1e6
     finally:
         await connection.close()
 
 
-async def farine_run(uri: str, count: int, kind: Literal["def", "async"]) -> float:
+async def farine_run(uri: str, count: int, kind: Literal["def", "async"]) -> tuple[float, float]:
     """The same workload through farine: a consumer service and an AsyncPublisher."""
     name = f"bench-farine-{uuid.uuid4().hex[:8]}"
     done = anyio.Event()
@@ -127,17 +131,17 @@ async def farine_run(uri: str, count: int, kind: Literal["def", "async"]) -> flo
     runtime = Runtime([ServiceDefinition(bench, "bench", find_entrypoints(bench))], config=config)
     publish = farine.amqp.AsyncPublisher(name, "rk", settings=config.service("syncbench"))
     bodies = [Reading("thermometer-kitchen-01", 21.5, "celsius", i) for i in range(count)]
-    elapsed = 0.0
+    elapsed = cpu = 0.0
     async with anyio.create_task_group() as tg:
         await tg.start(runtime.run)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for body in bodies:
             await publish(body)
         await done.wait()
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         runtime.stop()
     await _cleanup(uri, name)
-    return count / elapsed
+    return count / elapsed, cpu / count * 1e6
 
 
 async def _cleanup(uri: str, name: str) -> None:
@@ -156,16 +160,19 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--uri", default="amqp://guest:guest@127.0.0.1:5672/")
     parser.add_argument("--only", default="", help="run the rows whose names contain this")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run the rows this many times, in turn; keep medians"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     count: int = args.messages
-    rows: dict[str, float] = {}
     uri: str = args.uri
+    samples: dict[str, list[tuple[float, float]]] = {}
 
-    def farine(kind: Literal["def", "async"], backend: str) -> Callable[[], float]:
+    def farine(kind: Literal["def", "async"], backend: str) -> Callable[[], tuple[float, float]]:
         return lambda: anyio.run(farine_run, uri, count, kind, backend=backend)
 
-    runs: list[tuple[str, Callable[[], float]]] = [
+    runs: list[tuple[str, Callable[[], tuple[float, float]]]] = [
         ("raw aiormq (asyncio)", lambda: asyncio.run(raw_aiormq(uri, count))),
         ("farine asyncio, async def", farine("async", "asyncio")),
         ("farine asyncio, def", farine("def", "asyncio")),
@@ -173,26 +180,34 @@ def main() -> None:
         ("farine trio, def", farine("def", "trio")),
     ]
     only: str = args.only
-    for label, run in runs:
-        if only and only not in label:
-            continue
-        rows[label] = run()
-        print(f"  {label:<28} {rows[label]:>9.0f} msg/s", flush=True)
+    # Rows run in turn, not each N times in a row: load from elsewhere on the machine
+    # then spreads over every row instead of skewing one.
+    for _ in range(max(1, args.repeat)):
+        for label, run in runs:
+            if only and only not in label and "raw" not in label:
+                continue
+            rate, cpu = run()
+            samples.setdefault(label, []).append((rate, cpu))
+            print(f"  {label:<28} {rate:>9.0f} msg/s {cpu:>7.0f} us cpu/msg", flush=True)
+    rows = {label: statistics.median(r for r, _ in runs) for label, runs in samples.items()}
+    cpus = {label: statistics.median(c for _, c in runs) for label, runs in samples.items()}
     baseline = rows.get("raw aiormq (asyncio)")
     print()
-    print(f"{'workload':<28} {'msg/s':>9} {'x raw':>7}")
+    print(f"{'workload':<28} {'msg/s':>9} {'x raw':>7} {'cpu us/msg':>11}")
     for label, rate in rows.items():
         ratio = f"{rate / baseline:.2f}" if baseline else "-"
-        print(f"{label:<28} {rate:>9.0f} {ratio:>7}")
+        print(f"{label:<28} {rate:>9.0f} {ratio:>7} {cpus[label]:>11.0f}")
     print(
         json.dumps(
             {
                 "messages": count,
                 "prefetch": PREFETCH,
+                "repeat": max(1, args.repeat),
                 "msgs_per_s": {k: round(v) for k, v in rows.items()},
                 "ratio_to_raw_aiormq": {k: round(v / baseline, 3) for k, v in rows.items()}
                 if baseline
                 else {},
+                "cpu_us_per_msg": {k: round(v) for k, v in cpus.items()},
             }
         )
     )

@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import uuid
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from collections import deque
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiormq
 import aiormq.abc
 import anyio
+import trio
 from pamqp import commands as spec
 
 from farine._redact import redact
@@ -46,7 +49,14 @@ from farine.amqp._transport._base import (
     ReplyChannel,
     Topology,
 )
-from farine.amqp._transport._loop import Handoff, LoopHandle, wait_future
+from farine.amqp._transport._loop import (
+    Handoff,
+    LoopHandle,
+    Reply,
+    defer_wakes_on,
+    stop_deferring_wakes,
+    wait_future,
+)
 from farine.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -152,10 +162,19 @@ class _ChannelSettler:
 
     `settle()` may be called from any thread (a `def` handler's worker thread, the trio
     loop). Waking the engine loop from another thread costs a system call and a GIL
-    hand-off, about as much as the ack itself; so while messages are in flight a timer
-    on the engine loop flushes what other threads queued (every millisecond while there
-    is traffic, backing off when there is none), and only a settle arriving when nothing
-    is in flight wakes the loop. Settles made on the engine loop are flushed at once.
+    hand-off, about as much as the ack itself; so while other messages are still being
+    handled, settles from other threads wake nobody: they ride along with the next
+    wake-up of the engine loop (a publish, another settle) or, at the latest, a timer on
+    it flushes them (every millisecond while there is traffic, backing off when there
+    is none). The settle of the last message in flight wakes the loop at once: nothing
+    else would carry it soon, and the broker may be waiting for it (to deliver more
+    within the prefetch window, or to confirm a persistent message to its publisher:
+    RabbitMQ confirms one that was acked without writing it to disk). Settles made on
+    the engine loop are flushed once its ready callbacks have run.
+
+    Each frame is a system call too: acks of the oldest deliveries of the channel go as
+    one `basic.ack` with `multiple` set (valid as long as no older delivery is still
+    unsettled: the set of tags in flight, bounded by the prefetch count, tells).
     """
 
     def __init__(
@@ -164,23 +183,31 @@ class _ChannelSettler:
         self.channel = channel
         self._loop = loop
         self._loop_thread = threading.get_ident()
+        self._inbox = LoopHandle.of_asyncio_loop(loop, self._loop_thread)
         self._lock = threading.Lock()
         self._pending: list[tuple[int, Outcome, bool]] = []
         self._scheduled = False
+        self._riding = False
+        self._unsettled = 0
         self._polling = False
         self._interval = ACK_FLUSH_INTERVAL[0]
-        self._outstanding = 0
-        self._sending: set[asyncio.Task[None]] = set()
+        # Engine loop only: tags delivered and not settled yet; batches waiting to be
+        # written, each with the oldest tag in flight when it was flushed; the one task
+        # writing them, in order (a `multiple` ack must not overtake an older nack).
+        self._in_flight: set[int] = set()
+        self._outbox: deque[tuple[list[tuple[int, Outcome, bool]], int | None]] = deque()
+        self._sender: asyncio.Task[None] | None = None
         self.lost = False
 
     @property
     def alive(self) -> bool:
         return not self.lost and not self.channel.is_closed
 
-    def delivered(self) -> None:
+    def delivered(self, delivery_tag: int) -> None:
         """Count a delivery (on the engine loop) and make sure the flush timer runs."""
+        self._in_flight.add(delivery_tag)
         with self._lock:
-            self._outstanding += 1
+            self._unsettled += 1
             if self._polling:
                 return
             self._polling = True
@@ -191,21 +218,29 @@ class _ChannelSettler:
         on_loop = threading.get_ident() == self._loop_thread
         with self._lock:
             self._pending.append((delivery_tag, outcome, requeue))
-            if self._scheduled or (self._polling and not on_loop):
+            self._unsettled -= 1
+            if self._scheduled:
                 return
-            self._scheduled = True
-        try:
-            if on_loop:
-                self._loop.call_soon(self._flush)
+            if self._polling and not on_loop and self._unsettled > 0:
+                if self._riding:
+                    return
+                self._riding = True
+                lazily = True
             else:
-                self._loop.call_soon_threadsafe(self._flush)
-        except RuntimeError:  # the engine loop is closed: the broker requeues on its own
+                self._scheduled = True
+                lazily = False
+        if on_loop:
+            self._loop.call_soon(self._flush)
+        elif lazily:
+            self._inbox.call_soon_lazily(self._flush)
+        elif not self._inbox.call_soon(self._flush):
+            # The engine loop is closed: the broker requeues on its own.
             logger.debug("engine loop closed; %s of tag %d dropped", outcome, delivery_tag)
 
     def _tick(self) -> None:
         flushed = self._flush()
         with self._lock:
-            if self._outstanding <= 0 or self.lost or self.channel.is_closed:
+            if not self._in_flight or self.lost or self.channel.is_closed:
                 self._polling = False
                 return
             low, high = ACK_FLUSH_INTERVAL
@@ -215,31 +250,48 @@ class _ChannelSettler:
     def _flush(self) -> int:
         with self._lock:
             batch, self._pending = self._pending, []
-            self._scheduled = False
-            self._outstanding -= len(batch)
+            self._scheduled = self._riding = False
         if not batch:
             return 0
+        in_flight = self._in_flight
+        for tag, _, _ in batch:
+            in_flight.discard(tag)
         if self.channel.is_closed:
             logger.info(
                 "channel closed: %d ack(s)/nack(s) dropped; the broker redelivers those messages",
                 len(batch),
             )
             return len(batch)
-        task = self._loop.create_task(self._send(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        self._outbox.append((batch, min(in_flight, default=None)))
+        if self._sender is None:
+            self._sender = self._loop.create_task(self._send_all())
         return len(batch)
 
-    async def _send(self, batch: list[tuple[int, Outcome, bool]]) -> None:
+    async def _send_all(self) -> None:
+        try:
+            while self._outbox:
+                await self._send(*self._outbox.popleft())
+        finally:
+            self._sender = None
+
+    async def _send(self, batch: list[tuple[int, Outcome, bool]], oldest: int | None) -> None:
         channel = self.channel
+        # Acks of tags older than every delivery still in flight go as one frame, sent
+        # after the nacks and rejects so that it can never cover one of those.
+        covered = 0
         try:
             for tag, outcome, requeue in batch:
                 if outcome == "ack":
-                    await channel.basic_ack(tag, wait=False)
+                    if oldest is None or tag < oldest:
+                        covered = max(covered, tag)
+                    else:
+                        await channel.basic_ack(tag, wait=False)
                 elif outcome == "nack":
                     await channel.basic_nack(tag, requeue=requeue, wait=False)
                 else:
                     await channel.basic_reject(tag, requeue=requeue, wait=False)
+            if covered:
+                await channel.basic_ack(covered, multiple=True, wait=False)
         except Exception as exc:
             logger.info(
                 "could not settle messages (%s); the broker redelivers them", _describe(exc)
@@ -248,8 +300,8 @@ class _ChannelSettler:
     async def drain(self) -> None:
         """Send what is queued now and wait until it is written."""
         self._flush()
-        while self._sending:
-            await asyncio.gather(*self._sending, return_exceptions=True)
+        while self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)
 
 
 class _EngineConsumer:
@@ -303,7 +355,7 @@ class _EngineConsumer:
             async def on_message(delivered: aiormq.abc.DeliveredMessage) -> None:
                 delivery = delivered.delivery
                 assert isinstance(delivery, spec.Basic.Deliver)
-                settler.delivered()
+                settler.delivered(delivery.delivery_tag or 0)
                 self.push(
                     Message(
                         delivered.body,
@@ -762,12 +814,15 @@ class _ThreadHost:
         self._thread = threading.Thread(target=self._main, name=f"farine-amqp-{name}", daemon=True)
         self._thread.start()
         self.thread_id = self._thread.ident or 0
+        self.inbox = LoopHandle.of_asyncio_loop(self.loop, self.thread_id)
 
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)
+        defer_wakes_on(self.loop)
         try:
             self.loop.run_forever()
         finally:
+            stop_deferring_wakes()
             pending = asyncio.all_tasks(self.loop)
             for task in pending:
                 task.cancel()
@@ -776,7 +831,17 @@ class _ThreadHost:
             self.loop.close()
 
     async def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return await wait_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+        if not trio.lowlevel.in_trio_task():
+            # An asyncio caller (a script's own loop, no runtime): the plain way.
+            return await wait_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+        # From trio, the call crosses through the loops' handles instead: one wake-up of
+        # each side per burst (not a self-pipe write per call plus a trio token call per
+        # result), and no concurrent.futures.Future to chain.
+        call = _CrossCall(coro, Reply[T]())
+        if not self.inbox.call_soon(call.start):
+            coro.close()
+            raise PublishError("the AMQP connection's thread has stopped")
+        return await call.reply.wait(functools.partial(self.inbox.call_soon, call.cancel))
 
     def run_blocking(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
         if threading.get_ident() == self.thread_id:
@@ -793,6 +858,38 @@ class _ThreadHost:
 
     async def stop(self) -> None:
         await anyio.to_thread.run_sync(self.stop_blocking)
+
+
+class _CrossCall(Generic[T]):
+    """A coroutine run on the engine loop for a trio task (see `_ThreadHost.run`)."""
+
+    __slots__ = ("coro", "reply", "task")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], reply: Reply[T]) -> None:
+        self.coro = coro
+        self.reply = reply
+        self.task: asyncio.Task[T] | None = None
+
+    def start(self) -> None:
+        """Start the coroutine (on the engine loop)."""
+        self.task = asyncio.get_running_loop().create_task(self.coro)
+        self.task.add_done_callback(self._finish)
+
+    def cancel(self) -> None:
+        """Cancel it (on the engine loop; `start` ran before: same queue, in order)."""
+        if self.task is not None:
+            self.task.cancel()
+
+    def _finish(self, task: asyncio.Task[T]) -> None:
+        if task.cancelled():
+            # Cancelled for the caller (who no longer waits), or by the loop stopping.
+            self.reply.throw(PublishError("the AMQP connection is closed"))
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.reply.throw(exc)
+        else:
+            self.reply.send(task.result())
 
 
 class _AmqpConsumer(Consumer):

@@ -11,25 +11,59 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import threading
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+import outcome
 import trio
 
 if TYPE_CHECKING:
     import concurrent.futures
     from collections.abc import Callable
 
-__all__ = ("Handoff", "LoopHandle", "wait_future")
+__all__ = (
+    "Handoff",
+    "LoopHandle",
+    "Reply",
+    "defer_wakes_on",
+    "stop_deferring_wakes",
+    "wait_future",
+)
+
+logger = logging.getLogger("farine.amqp")
 
 T = TypeVar("T")
 
 
 class LoopHandle:
-    """Schedules callbacks on one event loop (asyncio or trio) from any thread."""
+    """Schedules callbacks on one event loop (asyncio or trio) from any thread.
 
-    __slots__ = ("_asyncio_loop", "_trio_token", "thread_id")
+    There is one handle per loop (`current()` returns the same one each time), holding
+    one queue of callbacks and at most one pending wake-up of its loop: everything that
+    crosses into a loop from another thread (deliveries of all its consumers, results of
+    its calls to the AMQP engine, acks sent to the engine) shares it. Waking a loop from
+    another thread costs a system call and a GIL hand-off, about as much as the work
+    itself; this way a burst costs one, not one per item.
+
+    When the posting thread is the AMQP engine's (see `defer_wakes_on()`), the wake-up
+    waits until the engine loop has run the callbacks it has ready, so everything one
+    batch of frames produces (confirms, deliveries) crosses at once.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_asyncio_loop_ref",
+        "_lock",
+        "_pending",
+        "_scheduled",
+        "_stopped",
+        "_trio_token",
+        "thread_id",
+    )
 
     def __init__(
         self,
@@ -38,9 +72,14 @@ class LoopHandle:
         trio_token: trio.lowlevel.TrioToken | None = None,
         thread_id: int,
     ) -> None:
-        self._asyncio_loop = asyncio_loop
+        # A weak reference: handles are cached per loop, and must not keep it alive.
+        self._asyncio_loop_ref = None if asyncio_loop is None else weakref.ref(asyncio_loop)
         self._trio_token = trio_token
         self.thread_id = thread_id
+        self._lock = threading.Lock()
+        self._pending: deque[Callable[[], object]] = deque()
+        self._scheduled = False
+        self._stopped = False
 
     @classmethod
     def current(cls) -> LoopHandle:
@@ -49,50 +88,126 @@ class LoopHandle:
         Raises:
             RuntimeError: No asyncio or trio loop runs in this thread.
         """
-        thread_id = threading.get_ident()
         try:
-            return cls(asyncio_loop=asyncio.get_running_loop(), thread_id=thread_id)
+            loop = asyncio.get_running_loop()
         except RuntimeError:
             pass
+        else:
+            return cls.of_asyncio_loop(loop, threading.get_ident())
         try:
-            return cls(trio_token=trio.lowlevel.current_trio_token(), thread_id=thread_id)
+            return _trio_handle.get()
+        except LookupError:
+            pass
         except RuntimeError:
             raise RuntimeError("no asyncio or trio event loop runs in this thread") from None
+        handle = cls(trio_token=trio.lowlevel.current_trio_token(), thread_id=threading.get_ident())
+        _trio_handle.set(handle)
+        return handle
 
     @classmethod
     def of_asyncio_loop(cls, loop: asyncio.AbstractEventLoop, thread_id: int) -> LoopHandle:
         """Return the handle of an asyncio loop running in thread `thread_id`."""
-        return cls(asyncio_loop=loop, thread_id=thread_id)
+        with _asyncio_handles_lock:
+            handle = _asyncio_handles.get(loop)
+            if handle is None:
+                handle = cls(asyncio_loop=loop, thread_id=thread_id)
+                _asyncio_handles[loop] = handle
+            return handle
 
     @property
     def is_asyncio(self) -> bool:
         """True for an asyncio loop."""
-        return self._asyncio_loop is not None
+        return self._asyncio_loop_ref is not None
 
     def in_loop_thread(self) -> bool:
         """True when called from the thread running this loop."""
         return threading.get_ident() == self.thread_id
 
     def call_soon(self, callback: Callable[[], object]) -> bool:
-        """Schedule `callback()` on the loop; return False if the loop has stopped."""
-        loop = self._asyncio_loop
-        if loop is not None:
-            if loop.is_closed():
+        """Schedule `callback()` on the loop; return False if the loop has stopped.
+
+        Callbacks run in the order they were scheduled. One that raises is logged.
+        """
+        with self._lock:
+            if self._stopped:
                 return False
-            try:
-                if threading.get_ident() == self.thread_id:
-                    loop.call_soon(callback)
-                else:
-                    loop.call_soon_threadsafe(callback)
-            except RuntimeError:  # closed between the check and the call
+            self._pending.append(callback)
+            if self._scheduled:
+                return True
+            self._scheduled = True
+        thread_id = threading.get_ident()
+        poster = _deferring_loops.get(thread_id)
+        if poster is not None and thread_id != self.thread_id:
+            loop = poster()
+            if loop is not None and not loop.is_closed():
+                loop.call_soon(self._wake)
+                return True
+        return self._wake()
+
+    def call_soon_lazily(self, callback: Callable[[], object]) -> bool:
+        """Like `call_soon()`, without waking the loop: it runs at its next wake-up.
+
+        For work that may wait a little (acks) when something else on the loop
+        guarantees a wake-up soon (a timer): it then rides along with urgent work.
+        """
+        with self._lock:
+            if self._stopped:
                 return False
-            return True
-        assert self._trio_token is not None
+            self._pending.append(callback)
+        return True
+
+    def _wake(self) -> bool:
         try:
-            self._trio_token.run_sync_soon(callback)
-        except trio.RunFinishedError:
+            if self._asyncio_loop_ref is not None:
+                loop = self._asyncio_loop_ref()
+                if loop is None:
+                    raise RuntimeError("event loop collected")
+                if threading.get_ident() == self.thread_id:
+                    loop.call_soon(self._run_pending)
+                else:
+                    loop.call_soon_threadsafe(self._run_pending)
+            else:
+                assert self._trio_token is not None
+                self._trio_token.run_sync_soon(self._run_pending)
+        except (RuntimeError, trio.RunFinishedError):  # the loop is closed: nobody to run them
+            with self._lock:
+                self._stopped = True
+                self._pending.clear()
+                self._scheduled = False
             return False
         return True
+
+    def _run_pending(self) -> None:
+        with self._lock:
+            batch = self._pending
+            self._pending = deque()
+            self._scheduled = False
+        for callback in batch:
+            try:
+                callback()
+            except Exception:  # one failing callback must not lose the others (nor kill trio)
+                logger.exception("callback %r failed", callback)
+
+
+_trio_handle: trio.lowlevel.RunVar[LoopHandle] = trio.lowlevel.RunVar("farine_loop_handle")
+_asyncio_handles: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopHandle] = (
+    weakref.WeakKeyDictionary()
+)
+_asyncio_handles_lock = threading.Lock()
+# Threads whose asyncio loop batches the wake-ups it sends to other loops (thread id ->
+# loop): the AMQP engine threads. Other threads wake at once: a thread that blocks right
+# after scheduling a callback must not delay (or deadlock) it.
+_deferring_loops: dict[int, weakref.ref[asyncio.AbstractEventLoop]] = {}
+
+
+def defer_wakes_on(loop: asyncio.AbstractEventLoop) -> None:
+    """Batch the wake-ups sent from this thread, which runs `loop`, until it stops."""
+    _deferring_loops[threading.get_ident()] = weakref.ref(loop)
+
+
+def stop_deferring_wakes() -> None:
+    """Undo `defer_wakes_on()` for this thread (its loop is stopping)."""
+    _deferring_loops.pop(threading.get_ident(), None)
 
 
 class Handoff(Generic[T]):
@@ -140,6 +255,46 @@ class Handoff(Generic[T]):
             self._scheduled = False
         if batch:
             self.sink(batch)
+
+
+class Reply(Generic[T]):
+    """The result of work done on another loop, for the trio task that waits for it.
+
+    Created and awaited by one trio task. `send()` or `throw()` may be called once, from
+    any thread: the task is rescheduled through its loop's handle, together with the
+    other crossings of the same burst, with no `trio.Event` nor `Future` in between.
+    """
+
+    __slots__ = ("_done", "_home", "_task")
+
+    def __init__(self) -> None:
+        self._home = LoopHandle.current()
+        self._task = trio.lowlevel.current_task()
+        self._done = False
+
+    def send(self, value: T) -> None:
+        """Resume the waiting task with `value`."""
+        self._home.call_soon(functools.partial(self._resume, outcome.Value(value)))
+
+    def throw(self, exc: BaseException) -> None:
+        """Resume the waiting task by raising `exc` in it."""
+        self._home.call_soon(functools.partial(self._resume, outcome.Error(exc)))
+
+    def _resume(self, result: outcome.Outcome[T]) -> None:
+        if not self._done:  # else the wait was cancelled: nobody wants the result
+            self._done = True
+            trio.lowlevel.reschedule(self._task, result)
+
+    async def wait(self, on_cancel: Callable[[], object]) -> T:
+        """Wait for the result; when cancelled, call `on_cancel()` and raise at once."""
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._done = True
+            on_cancel()
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        result: T = await trio.lowlevel.wait_task_rescheduled(abort)
+        return result
 
 
 async def wait_future(future: concurrent.futures.Future[T]) -> T:
