@@ -268,30 +268,6 @@ async def test_many_concurrent_calls_each_get_their_own_answer(broker: Broker) -
     assert results == {i: i + 1000 for i in range(200)}
 
 
-class Caller:
-    """Calls another service from `def` and `async def` methods, as the seed's client did."""
-
-    target = ""
-
-    def __init__(self) -> None:
-        self.results = Recorder()
-
-    @farine.execute.method(restart=False)
-    def from_thread(self) -> None:
-        self.sync_call()
-
-    @farine.rpc.client("placeholder")
-    def sync_call(self, rpc: farine.rpc.Client) -> None:
-        raise NotImplementedError  # replaced per test (the target name is unique)
-
-    @farine.execute.method(restart=False)
-    async def from_loop(self) -> None:
-        await self.async_call()
-
-    async def async_call(self) -> None:
-        raise NotImplementedError
-
-
 async def test_injected_clients_in_def_and_async_def_methods(broker: Broker) -> None:
     server = unique(Calc, broker)
     target = server.__name__
