@@ -16,6 +16,7 @@ pytestmark = pytest.mark.anyio
 
 async def test_debug_profiles_the_handler_only_when_the_setting_allows_it(broker: Broker) -> None:
     exchange = broker.exchange()
+    broker.queues.append("debug")  # the seed's fixed name: removed after the test
     handled, stats = Recorder(), Recorder()
 
     class Profiled:
