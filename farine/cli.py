@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import logging
 import os
 import sys
@@ -230,10 +229,8 @@ def _call(args: argparse.Namespace, backend: Backend) -> int:
         )
         return EXIT_USAGE
     use_script_backend(backend)
+    # Outside a service, the client's deadline also bounds connecting to the broker.
     rpc = Client(service, cast(float | None, args.timeout))
-    # The deadline covers connecting too: do not retry an unreachable broker for longer.
-    connect_for = min(rpc.settings.connect_retry_timeout, rpc.timeout)
-    rpc.settings = dataclasses.replace(rpc.settings, connect_retry_timeout=connect_for)
     try:
         if not args.stream:
             _print_json(rpc.call(method, *positional, **keywords))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import functools
 import itertools
 import logging
@@ -29,7 +30,7 @@ import msgspec
 from farine import settings as farine_settings
 from farine._inject import injector
 from farine.amqp._connection import get_connection
-from farine.amqp._errors import PublishError, UnroutableError
+from farine.amqp._errors import BrokerUnavailable, PublishError, UnroutableError
 from farine.amqp._message import Message, Properties
 from farine.amqp._transport import DIRECT_REPLY_TO, ExchangeSpec
 from farine.entrypoints import current_service
@@ -322,6 +323,11 @@ class _ClientBase:
         self.service = service
         self.settings = settings if settings is not None else _settings_for(service)
         self.timeout = timeout if timeout is not None else self.settings.rpc_timeout
+        if settings is None and current_runtime() is None:
+            # A script opens its own connection: the call's deadline covers connecting
+            # too, so an unreachable broker is not retried for longer than that.
+            connect_for = min(self.settings.connect_retry_timeout, self.timeout)
+            self.settings = dataclasses.replace(self.settings, connect_retry_timeout=connect_for)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} service={self.service!r} timeout={self.timeout}>"
@@ -532,7 +538,10 @@ def _run_blocking(settings: ServiceSettings, fn: Callable[[_Router], Awaitable[R
 
         return anyio.from_thread.run(in_runtime, token=runtime.token)
     loop = _ScriptLoop.get()
-    router = loop.router(settings)
+    try:
+        router = loop.router(settings)
+    except BrokerUnavailable as exc:
+        raise RPCError(f"timeout: cannot reach the broker: {exc}") from None
     return loop.portal.call(fn, router)
 
 
@@ -614,7 +623,10 @@ class Client(_ClientBase):
         router = await _router_in_runtime(self.settings)
         if router is None:
             self._exit = contextlib.AsyncExitStack()
-            connection = await get_connection(self.settings)
+            try:
+                connection = await get_connection(self.settings)
+            except BrokerUnavailable as exc:
+                raise RPCError(f"timeout: cannot reach the broker: {exc}") from None
             router = await self._exit.enter_async_context(_open_router(connection))
         return AsyncClient(self.service, self.timeout, router=router, settings=self.settings)
 
