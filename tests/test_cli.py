@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import farine
-from tests._proc import FarineProcess, run_farine
+from tests._proc import ROOT, FarineProcess, run_farine
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -202,3 +202,23 @@ def test_log_level_option_hides_info_lines() -> None:
     assert code == 0, out
     assert "service ready" not in out
     assert "once ran" not in out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ticker_example_restarts_its_methods_and_stops_within_shutdown_timeout(
+    backend: str,
+) -> None:
+    examples = ROOT / "examples"
+    proc = FarineProcess("start", "ticker", "--backend", backend, cwd=examples)
+    try:
+        proc.wait_for(r"tick 2 from a worker thread")  # the `def` method ran again
+        proc.expect(r"tick from the event loop")
+        proc.signal(signal.SIGTERM)
+        began = time.monotonic()
+        code = proc.wait(40)
+        elapsed = time.monotonic() - began
+    finally:
+        proc.kill()
+    assert code == 0, proc.output
+    assert elapsed < 30  # the default shutdown_timeout
+    assert "service stopped: ticker" in proc.output
