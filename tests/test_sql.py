@@ -80,8 +80,8 @@ def store(services: dict[str, ServiceContext]) -> tuple[ServiceContext, Store]:
 async def test_save_then_count_through_handlers(
     db_settings: str, write_config: Callable[[str], Path]
 ) -> None:
-    # The seed's flow (an RPC `save` then `count`), through ServiceContext.call until
-    # the RPC entrypoint exists.
+    # The seed's flow (`save` then `count`) at the handler level; the same flow through a
+    # real RPC client is in tests/test_sql_entrypoints.py.
     async with running(write_config, ini(db_settings), "store") as services:
         ctx, service = store(services)
         assert await ctx.call(service.save, "david") is True
