@@ -1,7 +1,7 @@
 """The few backend-specific lines: reaching an event loop (asyncio or trio) from any thread.
 
 Deliveries come from a broker connection that may run elsewhere (aiormq on its own
-asyncio loop in a thread when the service runs on trio; the in-memory broker called
+asyncio loop in a thread, for scripts with no runtime; the in-memory broker called
 from a worker thread) and must land on the loop of the consumer that waits for them.
 `LoopHandle` schedules a callback on one loop from any thread; `Handoff` batches items
 for it, so a burst of deliveries (or acks) costs one crossing, not one per item.

@@ -1,0 +1,161 @@
+"""The asyncio loop that trio drives in its own thread (aiormq on the trio backend).
+
+The driver's own tests run on trio only: it exists only there. The end-to-end test runs
+on both backends: on each, the AMQP connection lives in the service's own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+
+import anyio
+import pytest
+import trio
+import trio.testing
+
+from farine.amqp._message import Properties
+from farine.amqp._transport import ConnectionOptions, open_connection
+from farine.amqp._transport._base import Binding, ExchangeSpec, QueueSpec, Topology
+from farine.amqp._transport._driven import TrioDriver
+from tests.amqp import _rabbit
+
+pytestmark = pytest.mark.anyio
+
+trio_only = pytest.mark.parametrize("anyio_backend", ["trio"])
+
+
+@trio_only
+async def test_calls_timers_and_errors_run_on_the_driven_loop() -> None:
+    driver = TrioDriver()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.drive)
+
+        async def where() -> tuple[asyncio.AbstractEventLoop, int]:
+            return asyncio.get_running_loop(), threading.get_ident()
+
+        loop, thread = await driver.run(where())
+        assert loop is driver.loop
+        assert thread == threading.get_ident()
+        with pytest.raises(RuntimeError):
+            asyncio.get_running_loop()  # asyncio runs only inside the driver's steps
+
+        started = time.monotonic()
+        await driver.run(asyncio.sleep(0.05))  # the driver waits for the loop's timer
+        assert time.monotonic() - started >= 0.05
+
+        async def fail() -> None:
+            raise ValueError("boom")
+
+        with pytest.raises(ValueError, match="boom"):
+            await driver.run(fail())
+        await driver.stop()
+    assert driver.loop.is_closed()
+
+
+@trio_only
+async def test_work_scheduled_from_trio_or_other_threads_wakes_the_driver() -> None:
+    driver = TrioDriver()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.drive)
+        event = asyncio.Event()
+        results: list[str] = []
+
+        async def wait_then_record() -> None:
+            await driver.run(event.wait())
+            results.append("woken")
+
+        async with trio.open_nursery() as waiters:
+            waiters.start_soon(wait_then_record)
+            await trio.testing.wait_all_tasks_blocked()
+            assert results == []
+            event.set()  # from trio, outside any step: no I/O to wake the driver
+        assert results == ["woken"]
+
+        async def answer() -> int:
+            await asyncio.sleep(0)
+            return 42
+
+        # From a worker thread: through the loop's self-pipe, which trio watches.
+        with trio.fail_after(5):
+            value = await trio.to_thread.run_sync(driver.run_blocking, answer(), 5.0)
+        assert value == 42
+        with pytest.raises(RuntimeError, match="blocking publish"):
+            driver.run_blocking(answer(), 5.0)
+        await driver.stop()
+
+
+@trio_only
+async def test_cancelling_the_caller_cancels_the_coroutine() -> None:
+    driver = TrioDriver()
+    cancelled = trio.Event()
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.drive)
+        with trio.move_on_after(0.05) as scope:
+            await driver.run(slow())
+        assert scope.cancelled_caught
+        with trio.fail_after(5):
+            await cancelled.wait()
+        await driver.stop()
+
+
+@trio_only
+async def test_the_driver_outlives_cancellation_until_stopped() -> None:
+    driver = TrioDriver()
+    finished: list[str] = []
+
+    async def leftover() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            finished.append("leftover")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.drive)
+        driver.loop.create_task(leftover())
+        nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            # Closing a connection happens in a cancelled scope: the loop still runs.
+            await driver.run(asyncio.sleep(0.01))
+            await driver.stop()
+    assert finished == ["leftover"]  # stop() cancelled what was still running
+    assert driver.loop.is_closed()
+
+
+@pytest.mark.rabbitmq
+async def test_the_connection_lives_in_the_services_thread() -> None:
+    """On both backends, no thread is started for the AMQP connection."""
+    name = f"driven-{uuid.uuid4().hex[:8]}"
+    topology = Topology(
+        exchanges=(ExchangeSpec(name, "direct"),),
+        queues=(QueueSpec(name, durable=False, auto_delete=False, exclusive=False),),
+        bindings=(Binding(name, name, "rk"),),
+    )
+    before = {thread.ident for thread in threading.enumerate()}
+    try:
+        async with open_connection(_rabbit.RABBITMQ_URI, ConnectionOptions()) as connection:
+            consumer = await connection.consume(name, prefetch=10, topology=topology)
+            await connection.publish(name, "rk", b'{"n": 1}', Properties())
+            with anyio.fail_after(10):
+                message = await anext(aiter(consumer))
+            assert message.body == b'{"n": 1}'
+            message.ack()
+            new = [
+                thread.name
+                for thread in threading.enumerate()
+                if thread.ident not in before and thread.name.startswith("farine-amqp")
+            ]
+            assert new == []
+            await consumer.aclose()
+    finally:
+        await _rabbit.delete(queues=[name], exchanges=[name])
