@@ -7,9 +7,11 @@ on both backends: on each, the AMQP connection lives in the service's own thread
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -22,16 +24,30 @@ from farine.amqp._transport._base import Binding, ExchangeSpec, QueueSpec, Topol
 from farine.amqp._transport._driven import TrioDriver
 from tests.amqp import _rabbit
 
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
+
 pytestmark = pytest.mark.anyio
 
 trio_only = pytest.mark.parametrize("anyio_backend", ["trio"])
 
 
-@trio_only
-async def test_calls_timers_and_errors_run_on_the_driven_loop() -> None:
+@contextlib.asynccontextmanager
+async def driven() -> AsyncGenerator[TrioDriver]:
+    """A running driver, stopped on the way out (else its nursery would wait forever)."""
     driver = TrioDriver()
     async with trio.open_nursery() as nursery:
         await nursery.start(driver.drive)
+        try:
+            yield driver
+        finally:
+            with trio.CancelScope(shield=True):
+                await driver.stop()
+
+
+@trio_only
+async def test_calls_timers_and_errors_run_on_the_driven_loop() -> None:
+    async with driven() as driver:
 
         async def where() -> tuple[asyncio.AbstractEventLoop, int]:
             return asyncio.get_running_loop(), threading.get_ident()
@@ -51,15 +67,12 @@ async def test_calls_timers_and_errors_run_on_the_driven_loop() -> None:
 
         with pytest.raises(ValueError, match="boom"):
             await driver.run(fail())
-        await driver.stop()
     assert driver.loop.is_closed()
 
 
 @trio_only
 async def test_work_scheduled_from_trio_or_other_threads_wakes_the_driver() -> None:
-    driver = TrioDriver()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(driver.drive)
+    async with driven() as driver:
         event = asyncio.Event()
         results: list[str] = []
 
@@ -67,11 +80,12 @@ async def test_work_scheduled_from_trio_or_other_threads_wakes_the_driver() -> N
             await driver.run(event.wait())
             results.append("woken")
 
-        async with trio.open_nursery() as waiters:
-            waiters.start_soon(wait_then_record)
-            await trio.testing.wait_all_tasks_blocked()
-            assert results == []
-            event.set()  # from trio, outside any step: no I/O to wake the driver
+        with trio.fail_after(5):
+            async with trio.open_nursery() as waiters:
+                waiters.start_soon(wait_then_record)
+                await trio.testing.wait_all_tasks_blocked()
+                assert results == []
+                event.set()  # from trio, outside any step: no I/O to wake the driver
         assert results == ["woken"]
 
         async def answer() -> int:
@@ -84,12 +98,25 @@ async def test_work_scheduled_from_trio_or_other_threads_wakes_the_driver() -> N
         assert value == 42
         with pytest.raises(RuntimeError, match="blocking publish"):
             driver.run_blocking(answer(), 5.0)
-        await driver.stop()
+
+
+@trio_only
+async def test_a_timer_set_by_a_call_run_in_the_callers_task_still_fires() -> None:
+    """`run()` steps the loop itself; the idle driver must then shorten its wait."""
+    fired = trio.Event()
+
+    async def set_timer() -> None:
+        asyncio.get_running_loop().call_later(0.02, fired.set)
+
+    async with driven() as driver:
+        await trio.testing.wait_all_tasks_blocked()  # the driver waits, with no timer
+        await driver.run(set_timer())  # completes within the caller's own step
+        with trio.fail_after(5):  # no I/O will come: only the timer can wake the driver
+            await fired.wait()
 
 
 @trio_only
 async def test_cancelling_the_caller_cancels_the_coroutine() -> None:
-    driver = TrioDriver()
     cancelled = trio.Event()
 
     async def slow() -> None:
@@ -99,14 +126,12 @@ async def test_cancelling_the_caller_cancels_the_coroutine() -> None:
             cancelled.set()
             raise
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(driver.drive)
+    async with driven() as driver:
         with trio.move_on_after(0.05) as scope:
             await driver.run(slow())
         assert scope.cancelled_caught
         with trio.fail_after(5):
             await cancelled.wait()
-        await driver.stop()
 
 
 @trio_only

@@ -55,6 +55,12 @@ _ITERATIONS_PER_STEP = 16
 _WIND_DOWN_STEPS = 100
 
 
+def _result(task: asyncio.Task[T]) -> T:
+    if task.cancelled():
+        raise RuntimeError("the AMQP event loop has stopped")
+    return task.result()
+
+
 class DrivenLoop(asyncio.SelectorEventLoop):
     """A selector event loop that runs one step at a time (see the module docstring).
 
@@ -189,17 +195,23 @@ class TrioDriver:
         if self._stopping:
             coro.close()
             raise RuntimeError("the AMQP event loop has stopped")
-        task = self.loop.create_task(coro)
+        loop = self.loop
+        loop.stepping = True  # no wake-up: the step below runs the new task
+        try:
+            task = loop.create_task(coro)
+        finally:
+            loop.stepping = False
+        # Run the coroutine up to its first real wait now, in the caller's task: a
+        # publish writes its frame without waiting for a round of trio's scheduler.
+        self._step_here()
+        if task.done():
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return _result(task)
         caller = trio.lowlevel.current_task()
         abandoned = False
 
         def finished(task: asyncio.Task[T]) -> None:
-            result: outcome.Outcome[T]
-            if task.cancelled():
-                result = outcome.Error(RuntimeError("the AMQP event loop has stopped"))
-            else:
-                exc = task.exception()
-                result = outcome.Value(task.result()) if exc is None else outcome.Error(exc)
+            result = outcome.capture(_result, task)
             if not abandoned:
                 trio.lowlevel.reschedule(caller, result)
 
@@ -212,6 +224,17 @@ class TrioDriver:
         task.add_done_callback(finished)
         value: T = await trio.lowlevel.wait_task_rescheduled(abort)
         return value
+
+    def _step_here(self) -> None:
+        """Step the loop in the calling task; wake the driver if its wait is now too long."""
+        loop = self.loop
+        loop.step()
+        waiting = self._waiting
+        if waiting is None:
+            return  # the driver is about to step anyway
+        delay = loop.next_step_in()
+        if delay is not None and trio.current_time() + delay < waiting.deadline:
+            self._wake()  # work is ready now, or a timer is due before the driver would wake
 
     def run_blocking(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
         """Run `coro` on the loop from another thread, blocking until it returns."""
