@@ -249,8 +249,15 @@ class ServiceContext:
         self._in_flight += 1
         try:
             if is_async_callable(handler):
+                call = cast(Callable[..., Awaitable[Any]], handler)
+                if not self.async_call_hooks:  # the common case, without a context manager
+                    token = _current_service.set(self)
+                    try:
+                        return await call(*args, **kwargs)
+                    finally:
+                        _current_service.reset(token)
                 async with self._async_hooks():
-                    return await cast(Callable[..., Awaitable[Any]], handler)(*args, **kwargs)
+                    return await call(*args, **kwargs)
             return await self.run_sync(handler, *args, **kwargs)
         finally:
             self._in_flight -= 1

@@ -246,16 +246,22 @@ class _ConsumerEntrypoint(Entrypoint):
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._cancel_on_stop, consumer)
+                # One task per message the broker may hand over at once (the prefetch),
+                # each taking the next message when done: no task is started per message.
+                for _ in range(self.prefetch):
+                    tg.start_soon(self._take_messages, consumer, connection)
                 task_status.started()
-                async for message in consumer:
-                    tg.start_soon(self._handle, message, connection)
-                # The stream only ends once `_cancel_on_stop` cancelled the consumer; the
-                # task group now waits for the handlers still running.
+                # The stream only ends once `_cancel_on_stop` cancelled the consumer; each
+                # task then finishes the message it is handling.
         finally:
             # Shielded: the channel must close (requeueing what is unacked) even when the
             # service is being cancelled after its shutdown timeout.
             with anyio.CancelScope(shield=True), anyio.move_on_after(15):
                 await consumer.aclose()
+
+    async def _take_messages(self, consumer: Consumer, connection: Connection) -> None:
+        async for message in consumer:
+            await self._handle(message, connection)
 
     async def _cancel_on_stop(self, consumer: Consumer) -> None:
         await self.service.stopping.wait()
