@@ -61,6 +61,19 @@ def _result(task: asyncio.Task[T]) -> T:
     return task.result()
 
 
+class _Selector(selectors.DefaultSelector):
+    """The loop's selector, which a step may tell not to poll (`poll = False`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.poll = True
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if not self.poll:
+            return []
+        return super().select(timeout)
+
+
 class DrivenLoop(asyncio.SelectorEventLoop):
     """A selector event loop that runs one step at a time (see the module docstring).
 
@@ -68,8 +81,9 @@ class DrivenLoop(asyncio.SelectorEventLoop):
     runs it soon.
     """
 
-    def __init__(self, selector: selectors.BaseSelector, wake: Callable[[], None]) -> None:
+    def __init__(self, selector: _Selector, wake: Callable[[], None]) -> None:
         super().__init__(selector)
+        self.selector = selector
         self.wake = wake
         self.stepping = False
         # The loop's queue of ready callbacks: one object for the loop's whole life.
@@ -98,14 +112,17 @@ class DrivenLoop(asyncio.SelectorEventLoop):
             self.wake()
         return handle
 
-    def step(self) -> None:
-        """Poll for I/O without blocking and run the callbacks that are ready.
+    def step(self, *, poll: bool = True) -> None:
+        """Run the callbacks that are ready, polling for I/O first without blocking.
 
         Callbacks scheduled by those run too, for a few iterations: one awaited call
         goes through several of aiormq's tasks (the caller, the channel, the writer),
         and handing back to trio between each would cost a trio scheduling round each.
+        With `poll=False`, I/O is left for the driver's next step: each poll is a system
+        call, during which the GIL goes to any other thread that wants it.
         """
         self.stepping = True
+        self.selector.poll = poll
         try:
             for _ in range(_ITERATIONS_PER_STEP):
                 self.stop()
@@ -113,6 +130,7 @@ class DrivenLoop(asyncio.SelectorEventLoop):
                 if not self._ready_callbacks:
                     break
         finally:
+            self.selector.poll = True
             self.stepping = False
 
     def next_step_in(self) -> float | None:
@@ -135,7 +153,7 @@ class TrioDriver:
     """
 
     def __init__(self) -> None:
-        self.selector = selectors.DefaultSelector()
+        self.selector = _Selector()
         self.loop = DrivenLoop(self.selector, self._wake)
         self.thread_id = threading.get_ident()
         self._waiting: trio.CancelScope | None = None
@@ -228,7 +246,7 @@ class TrioDriver:
     def _step_here(self) -> None:
         """Step the loop in the calling task; wake the driver if its wait is now too long."""
         loop = self.loop
-        loop.step()
+        loop.step(poll=False)
         waiting = self._waiting
         if waiting is None:
             return  # the driver is about to step anyway
