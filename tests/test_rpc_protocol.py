@@ -49,6 +49,8 @@ class Service:
 
     def optional(self, value: int | None = None) -> None: ...
 
+    def positional(self, p: Point, n: int, /, label: str) -> None: ...
+
 
 def test_seed_request_format_and_routing_key() -> None:
     assert routing_key("billing", "charge") == "billing__charge"
@@ -109,6 +111,20 @@ def test_arguments_that_do_not_fit_name_the_parameter(request_body: bytes, messa
         binder.bind(request_body)
     assert str(info.value).startswith("svc.typed: ")
     assert message in str(info.value)
+
+
+def test_all_positional_calls_bind_like_any_other() -> None:
+    """Every argument by position takes a shortcut; it must decode and fail the same."""
+    binder = ArgumentBinder(Service().positional, "svc.positional")
+    by_position = binder.bind(b'{"args": [{"x": 1, "y": 2}, 3, "a"]}')
+    assert by_position == ((Point(1, 2), 3, "a"), {})
+    assert binder.bind(b'{"args": [{"x": 1, "y": 2}, 3], "kwargs": {"label": "a"}}') == (
+        by_position
+    )
+    with pytest.raises(BadArguments, match="argument 'n': Expected `int`, got `str`"):
+        binder.bind(b'{"args": [{"x": 1, "y": 2}, "three", "a"]}')
+    with pytest.raises(BadArguments, match="too many positional arguments"):
+        binder.bind(b'{"args": [{"x": 1, "y": 2}, 3, "a", 4]}')
 
 
 def test_optional_parameter_accepts_null_and_default() -> None:

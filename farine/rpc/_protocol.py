@@ -212,6 +212,14 @@ class ArgumentBinder:
                     f"parameter {name!r}: msgspec cannot decode {annotation!r}: {exc}"
                 ) from None
             self._params[name] = _Param(name, parameter.kind, decoder)
+        # A call that passes every parameter by position (the usual case, and the seed's)
+        # needs no `Signature.bind`: possible when all parameters are positional.
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        self._all_positional: tuple[_Param, ...] | None = (
+            tuple(self._params.values())
+            if all(param.kind in positional for param in self._params.values())
+            else None
+        )
 
     def bind(self, data: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Return `(args, kwargs)` decoded from request `data`.
@@ -226,6 +234,10 @@ class ArgumentBinder:
             raise BadArguments(f"{self.where}: malformed request: {exc}") from None
         except RecursionError:
             raise BadArguments(f"{self.where}: malformed request: nested too deeply") from None
+        params = self._all_positional
+        if params is not None and not request.kwargs and len(request.args) == len(params):
+            decode = self._decode
+            return tuple(decode(p, raw) for p, raw in zip(params, request.args, strict=True)), {}
         try:
             bound = self.signature.bind(*request.args, **request.kwargs)
         except TypeError as exc:
