@@ -59,7 +59,8 @@ async def test_calls_timers_and_errors_run_on_the_driven_loop() -> None:
             asyncio.get_running_loop()  # asyncio runs only inside the driver's steps
 
         started = time.monotonic()
-        await driver.run(asyncio.sleep(0.05))  # the driver waits for the loop's timer
+        with trio.fail_after(5):
+            await driver.run(asyncio.sleep(0.05))  # the driver waits for the loop's timer
         assert time.monotonic() - started >= 0.05
 
         async def fail() -> None:
@@ -151,8 +152,11 @@ async def test_the_driver_outlives_cancellation_until_stopped() -> None:
         nursery.cancel_scope.cancel()
         with trio.CancelScope(shield=True):
             # Closing a connection happens in a cancelled scope: the loop still runs.
-            await driver.run(asyncio.sleep(0.01))
-            await driver.stop()
+            try:
+                with trio.fail_after(5):
+                    await driver.run(asyncio.sleep(0.01))
+            finally:
+                await driver.stop()
     assert finished == ["leftover"]  # stop() cancelled what was still running
     assert driver.loop.is_closed()
 

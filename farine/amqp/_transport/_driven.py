@@ -90,6 +90,7 @@ class DrivenLoop(asyncio.SelectorEventLoop):
         self.selector = selector
         self.wake = wake
         self.stepping = False
+        self._iterations_left = 0
         # The loop's queue of ready callbacks: one object for the loop's whole life.
         self._ready_callbacks = cast("deque[asyncio.Handle]", vars(self)["_ready"])
 
@@ -127,15 +128,22 @@ class DrivenLoop(asyncio.SelectorEventLoop):
         """
         self.stepping = True
         self.selector.poll = poll
+        self._iterations_left = _ITERATIONS_PER_STEP
         try:
-            for _ in range(_ITERATIONS_PER_STEP):
-                self.stop()
-                self.run_forever()
-                if not self._ready_callbacks:
-                    break
+            # One `run_forever()` for the whole step: `_end_iteration` runs last in each
+            # iteration and stops the loop once nothing more is ready.
+            super().call_soon(self._end_iteration)
+            self.run_forever()
         finally:
             self.selector.poll = True
             self.stepping = False
+
+    def _end_iteration(self) -> None:
+        self._iterations_left -= 1
+        if self._ready_callbacks and self._iterations_left > 0:
+            super().call_soon(self._end_iteration)  # what just became ready runs first
+        else:
+            self.stop()
 
     def next_step_in(self) -> float | None:
         """Seconds until the next step has work (0: now; None: nothing until I/O)."""
@@ -217,9 +225,10 @@ class TrioDriver:
         while True:
             self._stepper = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(_abort)
+            while not self._stopping and self._step_here():
+                await trio.lowlevel.checkpoint()  # more is ready: trio's tasks run first
             if self._stopping:
                 return
-            self._step_here()
 
     async def _wind_down(self) -> None:
         loop = self.loop
@@ -250,7 +259,8 @@ class TrioDriver:
             loop.stepping = False
         # Run the coroutine up to its first real wait now, in the caller's task: a
         # publish writes its frame without waiting for a round of trio's scheduler.
-        self._step_here()
+        if self._step_here():
+            self._wake()  # the stepper runs the rest
         if task.done():
             await trio.lowlevel.cancel_shielded_checkpoint()
             return _result(task)
@@ -272,16 +282,25 @@ class TrioDriver:
         value: T = await trio.lowlevel.wait_task_rescheduled(abort)
         return value
 
-    def _step_here(self) -> None:
-        """Step the loop in the calling task; wake the driver if its wait is now too long."""
+    def _step_here(self) -> bool:
+        """Step the loop (without polling) in the calling task; True if more is ready.
+
+        A timer set in the step may be due before the driver would wake: the driver's
+        wait is shortened to it (cheaper than interrupting the wait).
+        """
         loop = self.loop
         loop.step(poll=False)
-        waiting = self._waiting
-        if waiting is None:
-            return  # the driver is about to step anyway
         delay = loop.next_step_in()
-        if delay is not None and trio.current_time() + delay < waiting.deadline:
-            self._interrupt_wait()  # work is ready, or a timer is due before the driver wakes
+        if delay is None:
+            return False
+        if delay == 0.0:
+            return True
+        waiting = self._waiting
+        if waiting is not None:
+            deadline = trio.current_time() + delay
+            if deadline < waiting.deadline:
+                waiting.deadline = deadline
+        return False
 
     def run_blocking(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
         """Run `coro` on the loop from another thread, blocking until it returns."""
