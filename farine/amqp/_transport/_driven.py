@@ -7,19 +7,21 @@ confirm), each a system call, a wake-up of the other thread and a GIL hand-off: 
 the trio thread instead, driven by one trio task:
 
 * the loop's selector is an epoll (or kqueue, ...) selector of its own, and the driver
-  waits, the trio way, for that selector's file descriptor to become readable: the
-  broker's socket and the loop's self-pipe (`call_soon_threadsafe()` from other
-  threads) wake it through trio's own I/O wait;
-* each step runs one iteration of the loop (`stop()` then `run_forever()`, which polls
-  with a zero timeout, runs what is ready and returns);
-* between steps, trio tasks run; when one of them schedules work on the loop
-  (`call_soon()`, `call_at()`, a future's result), the loop wakes the driver without
-  any system call;
+  task waits, the trio way, for that selector's file descriptor to become readable:
+  the broker's socket and the loop's self-pipe (`call_soon_threadsafe()` from other
+  threads) wake it through trio's own I/O wait; it then runs a step: it polls with a
+  zero timeout and runs the ready callbacks, and those they make ready, for a few
+  iterations of the loop;
+* a trio task that awaits a call (`TrioDriver.run()`, a publish say) runs a step itself
+  at once, without polling, so the frame is written before anything else happens;
+* work that other trio code schedules on the loop between steps (`call_soon()`,
+  `call_at()`, a future's result, an ack) is run by a second task, parked until then:
+  no system call, no cancellation of the driver's wait;
 * the driver waits no longer than the loop's next timer.
 
 Callbacks that the loop runs (aiormq's) may call into trio (resuming a trio task,
-putting a delivery into a memory object stream): they run in trio's thread, during
-the driver task's step, where both are allowed.
+putting a delivery into a memory object stream): they run in trio's thread, within a
+step run by a trio task, where both are allowed.
 
 This is not trio-asyncio: nothing is patched, asyncio runs only inside its steps
 (`asyncio.get_running_loop()` works there and nowhere else in the thread), and it
@@ -81,8 +83,9 @@ class _Selector(selectors.DefaultSelector):
 class DrivenLoop(asyncio.SelectorEventLoop):
     """A selector event loop that runs one step at a time (see the module docstring).
 
-    Scheduling work from outside a step calls `wake()`, so the task driving the loop
-    runs it soon.
+    Scheduling work from outside a step (in the loop's thread) calls `wake()`, so that
+    a task runs it soon. Other threads use `call_soon_threadsafe()`, which wakes the
+    driver through the self-pipe.
     """
 
     def __init__(self, selector: _Selector, wake: Callable[[], None]) -> None:
@@ -90,6 +93,7 @@ class DrivenLoop(asyncio.SelectorEventLoop):
         self.selector = selector
         self.wake = wake
         self.stepping = False
+        self._thread = threading.get_ident()
         self._iterations_left = 0
         # The loop's queue of ready callbacks: one object for the loop's whole life.
         self._ready_callbacks = cast("deque[asyncio.Handle]", vars(self)["_ready"])
@@ -101,7 +105,7 @@ class DrivenLoop(asyncio.SelectorEventLoop):
         context: Any = None,
     ) -> asyncio.Handle:
         handle = super().call_soon(callback, *args, context=context)
-        if not self.stepping:
+        if not self.stepping and threading.get_ident() == self._thread:
             self.wake()
         return handle
 
@@ -113,7 +117,7 @@ class DrivenLoop(asyncio.SelectorEventLoop):
         context: Any = None,
     ) -> asyncio.TimerHandle:
         handle = super().call_at(when, callback, *args, context=context)
-        if not self.stepping:
+        if not self.stepping and threading.get_ident() == self._thread:
             self.wake()
         return handle
 
