@@ -54,7 +54,7 @@ from farine.amqp._transport._base import (
     ReplyChannel,
     Topology,
 )
-from farine.amqp._transport._driven import TrioDriver
+from farine.amqp._transport._driven import TrioDriver, run_blocking_on
 from farine.amqp._transport._loop import (
     Handoff,
     LoopHandle,
@@ -800,13 +800,7 @@ class _InlineHost:
         return await coro
 
     def run_blocking(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
-        if threading.get_ident() == self.thread_id:
-            coro.close()
-            raise RuntimeError(
-                "a blocking publish was called on the event loop thread; "
-                "in async code use `await publish(...)`"
-            )
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        return run_blocking_on(self.loop, self.thread_id, coro, timeout)
 
     async def stop(self) -> None:
         await anyio.lowlevel.checkpoint()

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from collections import deque
     from collections.abc import Callable, Coroutine
 
-__all__ = ("DrivenLoop", "TrioDriver")
+__all__ = ("DrivenLoop", "TrioDriver", "run_blocking_on")
 
 logger = logging.getLogger("farine.amqp")
 
@@ -55,6 +55,26 @@ _ITERATIONS_PER_STEP = 16
 
 #: How many steps a stopping driver gives cancelled tasks to finish.
 _WIND_DOWN_STEPS = 100
+
+
+def run_blocking_on(
+    loop: asyncio.AbstractEventLoop,
+    loop_thread: int,
+    coro: Coroutine[Any, Any, T],
+    timeout: float | None,
+) -> T:
+    """Run `coro` on `loop`, which runs in the service's thread, from another thread.
+
+    Raises:
+        RuntimeError: Called from the loop's own thread (it would wait for itself).
+    """
+    if threading.get_ident() == loop_thread:
+        coro.close()
+        raise RuntimeError(
+            "a blocking publish was called on the event loop thread; "
+            "in async code use `await publish(...)`"
+        )
+    return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
 
 def _abort(_: object) -> trio.lowlevel.Abort:
@@ -308,13 +328,7 @@ class TrioDriver:
 
     def run_blocking(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
         """Run `coro` on the loop from another thread, blocking until it returns."""
-        if threading.get_ident() == self.thread_id:
-            coro.close()
-            raise RuntimeError(
-                "a blocking publish was called on the event loop thread; "
-                "in async code use `await publish(...)`"
-            )
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        return run_blocking_on(self.loop, self.thread_id, coro, timeout)
 
     async def stop(self) -> None:
         """Cancel what still runs on the loop, stop the driver, close the loop."""
