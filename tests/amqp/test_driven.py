@@ -18,6 +18,7 @@ import pytest
 import trio
 import trio.testing
 
+from farine.amqp._errors import BrokerUnavailable
 from farine.amqp._message import Properties
 from farine.amqp._transport import ConnectionOptions, open_connection
 from farine.amqp._transport._base import Binding, ExchangeSpec, QueueSpec, Topology
@@ -188,3 +189,21 @@ async def test_the_connection_lives_in_the_services_thread() -> None:
             await consumer.aclose()
     finally:
         await _rabbit.delete(queues=[name], exchanges=[name])
+
+
+async def test_a_failure_to_connect_is_raised_as_is() -> None:
+    """Not wrapped in an exception group on trio (the driver runs in a nursery)."""
+    options = ConnectionOptions(connect_timeout=1, connect_retry_timeout=0.2)
+    with pytest.raises(BrokerUnavailable, match="cannot connect to the AMQP broker"):
+        async with open_connection("amqp://guest:guest@127.0.0.1:1/", options):
+            pytest.fail("connected to a dead port")
+
+
+@pytest.mark.rabbitmq
+async def test_an_error_in_the_connections_block_is_raised_as_is() -> None:
+    boom = ValueError("boom")
+    with pytest.raises(ValueError, match="boom") as info:
+        async with open_connection(_rabbit.RABBITMQ_URI, ConnectionOptions()):
+            raise boom
+    assert info.value is boom
+    assert info.value.__context__ is None

@@ -1089,14 +1089,25 @@ async def open_amqp(uri: str, options: ConnectionOptions) -> AsyncGenerator[Amqp
         return
     # trio: the engine's loop runs in this thread, driven by a task of this run.
     driver = TrioDriver()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(driver.drive)
-        try:
-            async with _open_on(driver, uri, options) as connection:
-                yield connection
-        finally:
-            with trio.CancelScope(shield=True):
-                await driver.stop()
+    error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(driver.drive)
+            try:
+                async with _open_on(driver, uri, options) as connection:
+                    yield connection
+            finally:
+                with trio.CancelScope(shield=True):
+                    await driver.stop()
+    except BaseExceptionGroup as group:
+        # The nursery wraps what the caller's block (or connecting) raised: hand it
+        # back as it was raised, as on asyncio. Raised below, outside this handler, so
+        # that it does not get the group as its context.
+        if len(group.exceptions) != 1:
+            raise
+        error = group.exceptions[0]
+    if error is not None:
+        raise error
 
 
 @contextlib.asynccontextmanager
