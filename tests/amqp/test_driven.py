@@ -18,7 +18,7 @@ import pytest
 import trio
 import trio.testing
 
-from farine.amqp._errors import BrokerUnavailable
+from farine.amqp._errors import BrokerUnavailable, PublishError
 from farine.amqp._message import Properties
 from farine.amqp._transport import ConnectionOptions, open_connection
 from farine.amqp._transport._base import Binding, ExchangeSpec, QueueSpec, Topology
@@ -134,6 +134,27 @@ async def test_cancelling_the_caller_cancels_the_coroutine() -> None:
         assert scope.cancelled_caught
         with trio.fail_after(5):
             await cancelled.wait()
+
+
+@trio_only
+async def test_calls_cut_short_by_the_loop_stopping_fail_as_a_closed_connection() -> None:
+    errors: list[PublishError] = []
+    async with driven() as driver:
+
+        async def caller() -> None:
+            try:
+                await driver.run(asyncio.sleep(30))
+            except PublishError as exc:
+                errors.append(exc)
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as callers:
+                callers.start_soon(caller)
+                await trio.testing.wait_all_tasks_blocked()
+                await driver.stop()
+        assert [str(exc) for exc in errors] == ["the AMQP connection is closed"]
+        with pytest.raises(PublishError, match="closed"):
+            await driver.run(asyncio.sleep(0))
 
 
 @trio_only

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import outcome
 import trio
 
+from farine.amqp._errors import PublishError
+
 if TYPE_CHECKING:
     from collections import deque
     from collections.abc import Callable, Coroutine
@@ -83,7 +85,8 @@ def _abort(_: object) -> trio.lowlevel.Abort:
 
 def _result(task: asyncio.Task[T]) -> T:
     if task.cancelled():
-        raise RuntimeError("the AMQP event loop has stopped")
+        # Cancelled by the loop stopping (the caller's own cancellation abandons it).
+        raise PublishError("the AMQP connection is closed")
     return task.result()
 
 
@@ -271,10 +274,13 @@ class TrioDriver:
         """Run `coro` on the loop and return its result (for a trio task of this run).
 
         Cancelling the caller cancels the coroutine; the caller does not wait for it.
+
+        Raises:
+            PublishError: The loop is stopping, or stopped before `coro` finished.
         """
         if self._stopping:
             coro.close()
-            raise RuntimeError("the AMQP event loop has stopped")
+            raise PublishError("the AMQP connection is closed")
         loop = self.loop
         loop.stepping = True  # no wake-up: the step below runs the new task
         try:
