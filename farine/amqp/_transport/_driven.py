@@ -244,6 +244,7 @@ class TrioDriver:
                 await self._wind_down()
             finally:
                 self._waiting = None
+                trio.lowlevel.notify_closing(fd)  # trio forgets the selector's fd
                 with contextlib.suppress(RuntimeError):
                     loop.close()
                 self._done.set()
