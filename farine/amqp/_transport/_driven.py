@@ -192,8 +192,7 @@ class TrioDriver:
     """
 
     def __init__(self) -> None:
-        self.selector = _Selector()
-        self.loop = DrivenLoop(self.selector, self._wake)
+        self.loop = DrivenLoop(_Selector(), self._wake)
         self.thread_id = threading.get_ident()
         self._waiting: trio.CancelScope | None = None
         self._stepper: trio.lowlevel.Task | None = None
@@ -222,7 +221,7 @@ class TrioDriver:
         cancelling a wait for I/O.
         """
         loop = self.loop
-        fd = self.selector.fileno()
+        fd = loop.selector.fileno()
         task_status.started()
         with trio.CancelScope(shield=True):
             try:
