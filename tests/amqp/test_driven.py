@@ -118,6 +118,21 @@ async def test_a_timer_set_by_a_call_run_in_the_callers_task_still_fires() -> No
 
 
 @trio_only
+@pytest.mark.parametrize("attempt", range(4))  # trio shuffles which task runs first
+async def test_a_call_made_as_soon_as_the_driver_started_runs_to_the_end(attempt: int) -> None:
+    # The call needs more steps than the caller's own: the stepper task runs them, so it
+    # must already be waiting when `drive()` reports that it started.
+    async def many_steps() -> int:
+        for _ in range(100):
+            await asyncio.sleep(0)
+        return attempt
+
+    with trio.fail_after(5):
+        async with driven() as driver:
+            assert await driver.run(many_steps()) == attempt
+
+
+@trio_only
 async def test_cancelling_the_caller_cancels_the_coroutine() -> None:
     cancelled = trio.Event()
 

@@ -222,11 +222,13 @@ class TrioDriver:
         """
         loop = self.loop
         fd = loop.selector.fileno()
-        task_status.started()
         with trio.CancelScope(shield=True):
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._step_when_woken)
+                    # Parked before anyone can call `run()`: a wake-up sent before the
+                    # stepper first parks would be lost.
+                    await nursery.start(self._step_when_woken)
+                    task_status.started()
                     while not self._stopping:
                         loop.step()
                         delay = loop.next_step_in()
@@ -248,7 +250,10 @@ class TrioDriver:
                     loop.close()
                 self._done.set()
 
-    async def _step_when_woken(self) -> None:
+    async def _step_when_woken(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()  # the caller resumes once this task parks below
         while True:
             self._stepper = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(_abort)
