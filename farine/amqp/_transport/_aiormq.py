@@ -158,6 +158,88 @@ async def _close_quietly(
         await asyncio.wait_for(closable.close(), 5)
 
 
+#: A publish deadline counts as passed this close to it (the loop may run a timer a
+#: clock tick early).
+_DEADLINE_SLACK: Final = 0.001
+
+
+class _Watch:
+    """The deadline of one task's publish (see `_Deadlines`)."""
+
+    __slots__ = ("cancelling", "deadline", "fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any], deadline: float) -> None:
+        self.task = task
+        self.deadline = deadline
+        self.cancelling = task.cancelling()
+        self.fired = False
+
+    def timed_out(self) -> bool:
+        """On `CancelledError`: True when the deadline caused it (it is then absorbed).
+
+        A cancellation from elsewhere, alone or with the deadline's, stays a cancellation.
+        """
+        return self.fired and self.task.uncancel() <= self.cancelling
+
+
+class _Deadlines:
+    """Deadlines of the publishes waiting on the engine loop, kept by one timer.
+
+    `asyncio.timeout_at()` costs a timer of its own per publish, pushed onto and later
+    removed from the loop's heap; with many publishes in flight that was a measurable
+    share of a call. Here a publish only registers its task, and one timer, set for the
+    earliest deadline, cancels the tasks whose deadline passed (`_Watch.timed_out()`
+    then tells the publish it timed out, as `asyncio.timeout` does). Publishes made with
+    the same timeout end in the order they began, so the timer rarely moves.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._watches: set[_Watch] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._next = float("inf")
+
+    def watch(self, deadline: float) -> _Watch:
+        """Cancel the current task at `deadline` unless `forget()` is called first."""
+        task = asyncio.current_task()
+        assert task is not None, "publishes run in asyncio tasks"
+        watch = _Watch(task, deadline)
+        self._watches.add(watch)
+        if deadline < self._next:
+            self._arm(deadline)
+        return watch
+
+    def forget(self, watch: _Watch) -> None:
+        self._watches.discard(watch)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._next = float("inf")
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._next = when
+        self._timer = self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._next = float("inf")
+        now = self._loop.time() + _DEADLINE_SLACK
+        earliest = float("inf")
+        for watch in list(self._watches):
+            if watch.deadline <= now:
+                self._watches.discard(watch)
+                watch.fired = True
+                watch.task.cancel()
+            elif watch.deadline < earliest:
+                earliest = watch.deadline
+        if earliest != float("inf"):
+            self._arm(earliest)
+
+
 #: How often, at first, acks from other threads are flushed while messages are in flight;
 #: the interval doubles, up to the cap, while there is nothing to flush.
 ACK_FLUSH_INTERVAL: Final = (0.001, 0.01)
@@ -568,6 +650,7 @@ class _Engine:
         self._publish_channel: aiormq.abc.AbstractChannel | None = None
         self._publish_lock: asyncio.Lock | None = None
         self._declared: set[str] = set()
+        self._deadlines: _Deadlines | None = None
 
     @property
     def connected(self) -> asyncio.Event:
@@ -583,6 +666,7 @@ class _Engine:
         loop = asyncio.get_running_loop()
         self._connected = asyncio.Event()
         self._publish_lock = asyncio.Lock()
+        self._deadlines = _Deadlines(loop)
         first: asyncio.Future[None] = loop.create_future()
         self._supervisor = loop.create_task(self._supervise(first))
         try:
@@ -714,9 +798,12 @@ class _Engine:
         props = _to_pamqp(properties)
         failures = 0
         get_channel = self._channel if channel_of is None else channel_of
+        deadlines = self._deadlines
+        assert deadlines is not None, "engine not started"
         while True:
+            watch = deadlines.watch(deadline)
             try:
-                async with asyncio.timeout_at(deadline):
+                try:
                     channel = await get_channel()
                     if declare is not None and declare.name and declare.name not in self._declared:
                         await _declare(channel, Topology(exchanges=(declare,)))
@@ -728,7 +815,11 @@ class _Engine:
                         properties=props,
                         mandatory=mandatory,
                     )
-            except TimeoutError:
+                finally:
+                    deadlines.forget(watch)
+            except asyncio.CancelledError:
+                if not watch.timed_out():
+                    raise
                 state = "" if self.connected.is_set() else f" (not connected to {self.shown_uri})"
                 raise PublishTimeout(
                     f"publish to exchange {exchange!r} with routing key {routing_key!r} "
@@ -786,6 +877,8 @@ class _Engine:
         if supervisor is not None and not supervisor.done():
             supervisor.cancel()
             await asyncio.gather(supervisor, return_exceptions=True)
+        if self._deadlines is not None:
+            self._deadlines.close()
         logger.debug("connection to %s closed", self.shown_uri)
 
 
