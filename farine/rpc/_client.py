@@ -30,7 +30,12 @@ import msgspec
 from farine import settings as farine_settings
 from farine._inject import injector
 from farine.amqp._connection import get_connection
-from farine.amqp._errors import BrokerUnavailable, PublishError, UnroutableError
+from farine.amqp._errors import (
+    BrokerUnavailable,
+    PublishError,
+    PublishTimeout,
+    UnroutableError,
+)
 from farine.amqp._message import Message, Properties
 from farine.amqp._transport import DIRECT_REPLY_TO, ExchangeSpec
 from farine.entrypoints import current_service
@@ -101,15 +106,21 @@ class _Call:
 
 
 class _UnaryCall:
-    """A call waiting for one value: its first reply is all it reads."""
+    """A call waiting for one value: its first reply is all it reads.
 
-    __slots__ = ("arrived", "control", "correlation_id", "message")
+    Its deadline (in `anyio.current_time()`) is kept by the router (`_Router.expire`):
+    one task for every call, instead of a cancel scope and a timer per call.
+    """
 
-    def __init__(self, correlation_id: str) -> None:
+    __slots__ = ("arrived", "control", "correlation_id", "deadline", "expired", "message")
+
+    def __init__(self, correlation_id: str, deadline: float) -> None:
         self.correlation_id = correlation_id
+        self.deadline = deadline
         self.arrived = anyio.Event()
         self.message: Message | None = None
         self.control: str | None = None
+        self.expired = False
 
     def deliver(self, message: Message) -> None:
         # A seed server sends the end marker apart from the value: it is not needed.
@@ -119,6 +130,11 @@ class _UnaryCall:
 
     def fail_lost(self) -> None:
         self.arrived.set()
+
+    def expire(self) -> None:
+        if not self.arrived.is_set():
+            self.expired = True
+            self.arrived.set()
 
 
 class _Router:
@@ -137,15 +153,40 @@ class _Router:
         # Correlation ids only need to be unique among this channel's calls.
         self._prefix = uuid.uuid4().hex[:12]
         self._ids = itertools.count(1)
+        # When `expire()` next looks at the deadlines, and the event that makes it look
+        # sooner (a call with an earlier deadline than every other one).
+        self._next_expiry = math.inf
+        self._expiry_changed = anyio.Event()
 
     async def run(self, *, task_status: TaskStatus[_Router]) -> None:
         self.channel = await self.connection.open_reply_channel(self._on_replies, self._on_lost)
         try:
             task_status.started(self)
-            await anyio.sleep_forever()
+            await self.expire()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await self.channel.aclose()
+
+    async def expire(self) -> None:
+        """End each unary call whose deadline passed (it then raises its timeout).
+
+        Calls made with the same timeout expire in the order they began, so this task
+        mostly sleeps until the deadline of the oldest call, long gone by then, and
+        looks again: far cheaper than a timer per call.
+        """
+        while True:
+            now = anyio.current_time()
+            earliest = math.inf
+            for call in list(self.calls.values()):
+                if isinstance(call, _UnaryCall):
+                    if call.deadline <= now:
+                        call.expire()
+                    elif call.deadline < earliest:
+                        earliest = call.deadline
+            self._next_expiry = earliest
+            self._expiry_changed = anyio.Event()
+            with anyio.move_on_after(earliest - now):
+                await self._expiry_changed.wait()
 
     def _on_replies(self, messages: list[Message]) -> None:
         calls = self.calls
@@ -183,14 +224,18 @@ class _Router:
                 lost before the reply arrived.
         """
         correlation_id = f"{self._prefix}.{next(self._ids)}"
-        call = _UnaryCall(correlation_id)
+        call = _UnaryCall(correlation_id, anyio.current_time() + limit)
         self.calls[correlation_id] = call
+        if call.deadline < self._next_expiry:
+            self._expiry_changed.set()
         try:
             await self._publish(correlation_id, settings, service, method, args, kwargs, limit)
             await call.arrived.wait()
         finally:
             del self.calls[correlation_id]
         if call.message is None:
+            if call.expired:
+                raise _timeout(f"{service}.{method}", limit)
             raise _lost(f"{service}.{method}")
         return call.message
 
@@ -256,6 +301,8 @@ class _Router:
                 timeout=limit,
                 declare=self._exchange(service, settings),
             )
+        except PublishTimeout:
+            raise _timeout(f"{service}.{method}", limit) from None
         except UnroutableError:
             raise RPCError(
                 f"{service}.{method}: no server (no queue is bound to exchange {service!r} "
@@ -394,14 +441,11 @@ class AsyncClient(_ClientBase):
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
     ) -> Any:
         router = self._router if self._router is not None else await self._get_router()
-        with anyio.move_on_after(limit):
-            message = await router.call(self.settings, self.service, method, args, kwargs, limit)
-            reply = decode_reply(message.body)
-            if reply.except_:
-                raise error_from_reply(reply, f"{self.service}.{method}")
-            return reply.body
-        # Only the deadline leaves the block without a return or an exception.
-        raise RPCError(f"{self.service}.{method}: timeout: no reply within {limit:g}s")
+        message = await router.call(self.settings, self.service, method, args, kwargs, limit)
+        reply = decode_reply(message.body)
+        if reply.except_:
+            raise error_from_reply(reply, f"{self.service}.{method}")
+        return reply.body
 
     async def _stream(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
@@ -451,6 +495,10 @@ async def _receive(call: _Call, where: str) -> Message:
                 f"{where}: stream reader too slow: more than {STREAM_BUFFER} items buffered"
             ) from None
         raise RPCError(f"{where}: the reply stream ended unexpectedly") from None
+
+
+def _timeout(where: str, limit: float) -> RPCError:
+    return RPCError(f"{where}: timeout: no reply within {limit:g}s")
 
 
 def _lost(where: str) -> RPCError:

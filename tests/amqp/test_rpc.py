@@ -250,6 +250,42 @@ async def test_slow_server_hits_the_deadline_and_its_handler_is_cancelled(broker
                 await instance.cancelled.wait()
 
 
+class Gate:
+    def __init__(self) -> None:
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
+
+    @farine.rpc.method()
+    async def hold(self, n: int) -> int:
+        self.entered.set()
+        await self.release.wait()
+        return n
+
+
+async def test_a_shorter_deadline_than_the_calls_in_flight_still_ends_on_time(
+    broker: Broker,
+) -> None:
+    svc = unique(Gate, broker)
+    async with serve(svc, broker=broker) as runtime:
+        instance = runtime.services[svc.__name__].instance
+        assert isinstance(instance, Gate)
+        async with (
+            farine.rpc.Client(svc.__name__, timeout=30) as rpc,
+            anyio.create_task_group() as tg,
+        ):
+            results: list[int] = []
+
+            async def long_call() -> None:
+                results.append(await rpc.hold(1))
+
+            tg.start_soon(long_call)
+            await instance.entered.wait()  # a call due in 30 s is in flight
+            with anyio.fail_after(10), pytest.raises(RPCError, match="no reply within 0.3s"):
+                await rpc.hold(2, __timeout__=0.3)
+            instance.release.set()
+        assert results == [1]
+
+
 async def test_many_concurrent_calls_each_get_their_own_answer(broker: Broker) -> None:
     svc = unique(Calc, broker)
     results: dict[int, int] = {}
