@@ -260,8 +260,11 @@ class _ConsumerEntrypoint(Entrypoint):
                 await consumer.aclose()
 
     async def _take_messages(self, consumer: Consumer, connection: Connection) -> None:
-        async for message in consumer:
-            await self._handle(message, connection)
+        # Set once for every call this task makes (each task has a context of its own);
+        # a transaction, if any, ends inside each call, before its message is settled.
+        with handler_transaction(self.spec.transaction):
+            async for message in consumer:
+                await self._handle(message, connection)
 
     async def _cancel_on_stop(self, consumer: Consumer) -> None:
         await self.service.stopping.wait()
@@ -283,14 +286,11 @@ class _ConsumerEntrypoint(Entrypoint):
             message.reject(requeue=False)
             return
         try:
-            # The transaction (if any) ends inside the call: committed or rolled back
-            # before the message is settled below.
-            with handler_transaction(self.spec.transaction):
-                if self.service.settings.debug and b"__debug__" in message.body:
-                    await self._profiled(body, message, connection)
-                elif await self.service.call(self.call_target, body, message) is _NOT_STARTED:
-                    message.nack(requeue=True)
-                    return
+            if self.service.settings.debug and b"__debug__" in message.body:
+                await self._profiled(body, message, connection)
+            elif await self.service.call(self.call_target, body, message) is _NOT_STARTED:
+                message.nack(requeue=True)
+                return
         except Exception:
             if message.settled:
                 logger.exception(

@@ -66,6 +66,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 CONTENT_TYPE = "application/json"
 
 _STOP = object()
+#: No value to send: the method streamed its replies (`_RpcMethod._run` returns it), or
+#: was cancelled.
+_NO_VALUE = object()
 
 
 class _Cancel(msgspec.Struct):
@@ -233,8 +236,11 @@ class _RpcMethod(Entrypoint):
                 scope.cancel()
 
     async def _take_calls(self, consumer: Consumer, connection: Connection) -> None:
-        async for message in consumer:
-            await self._handle(message, connection)
+        # Set once for every call this task makes (each task has a context of its own);
+        # a transaction, if any, ends inside each call, before its reply is sent.
+        with handler_transaction(self.spec.transaction):
+            async for message in consumer:
+                await self._handle(message, connection)
 
     # -- one call ---------------------------------------------------------------------
 
@@ -264,10 +270,14 @@ class _RpcMethod(Entrypoint):
         correlation_id = message.correlation_id
         if correlation_id is not None:
             self._streams[correlation_id] = scope
+        result: Any = _NO_VALUE
         try:
-            # The transaction (if any) ends inside the call, before its reply is sent.
-            with scope, handler_transaction(self.spec.transaction):
-                await self._run(reply, args, kwargs)
+            with scope:
+                result = await self._run(reply, args, kwargs)
+            if result is not _NO_VALUE:
+                # Sent outside the call's scope: neither its deadline nor its caller can
+                # cut the publish short, without shielding it.
+                await reply.value(result)
         except Exception as exc:
             if isinstance(exc, self.spec.expected):
                 logger.info("%s raised %s: %s", self.qualname, type(exc).__name__, exc)
@@ -283,20 +293,22 @@ class _RpcMethod(Entrypoint):
         if not message.settled:
             message.ack()
 
-    async def _run(self, reply: _Replier, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    async def _run(self, reply: _Replier, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call the method; return its value, or stream what it yields (`_NO_VALUE`)."""
         service = self.service
         if self.is_async_gen:
             with service.activate():
                 await reply.stream_async(self.handler(*args, **kwargs))
-            return
+            return _NO_VALUE
         result = await service.call(self.handler, *args, **kwargs)
         if inspect.isgenerator(result):
             await reply.stream_sync(result)
-        elif inspect.isasyncgen(result):
+            return _NO_VALUE
+        if inspect.isasyncgen(result):
             with service.activate():
                 await reply.stream_async(result)
-        else:
-            await reply.value(result)
+            return _NO_VALUE
+        return result
 
 
 def _past(scope: anyio.CancelScope) -> bool:
@@ -320,7 +332,7 @@ class _Replier:
         # control queue (and is cheaper to encode and decode without headers).
         self._first = not self.unary
 
-    async def _send(self, body: bytes) -> None:
+    async def _send(self, body: bytes, *, shield: bool = True) -> None:
         if self.reply_to is None or self.gone:
             return  # a call with nowhere to reply (fire-and-forget), or a caller gone
         headers: dict[str, Any] | None = None
@@ -333,13 +345,18 @@ class _Replier:
             delivery_mode=1,  # a reply is worthless once its caller is gone
             headers=headers,
         )
+        publish = self.connection.publish(
+            "", self.reply_to, body, properties, mandatory=self.mandatory
+        )
         try:
-            # Shielded: a reply being published is finished even if the call is being
-            # cancelled, so the caller never sees half of a message sequence.
-            with anyio.CancelScope(shield=True):
-                await self.connection.publish(
-                    "", self.reply_to, body, properties, mandatory=self.mandatory
-                )
+            if shield:
+                # A reply published from inside the call's scope is finished even if
+                # the call is being cancelled, so the caller never sees half of a
+                # message sequence.
+                with anyio.CancelScope(shield=True):
+                    await publish
+            else:
+                await publish
         except UnroutableError:
             # The caller's reply queue is gone: it will not read what follows either.
             self.gone = True
@@ -349,12 +366,13 @@ class _Replier:
             raise _CallerGone from None
 
     async def value(self, result: Any) -> None:
+        """Send the value of a call (from outside its scope: no shield is needed)."""
         try:
             if self.unary:
-                await self._send(encode_item(result, end=True))
+                await self._send(encode_item(result, end=True), shield=False)
             else:
-                await self._send(encode_item(result))
-                await self._send(END)
+                await self._send(encode_item(result), shield=False)
+                await self._send(END, shield=False)
         except _CallerGone:
             pass
 
