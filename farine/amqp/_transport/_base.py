@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
-
-from farine.amqp._message import Message
+import anyio.lowlevel
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from farine.amqp._message import Outcome, Properties
+    from farine.amqp._message import Message, Outcome, Properties
 
 __all__ = (
     "DIRECT_REPLY_TO",
@@ -123,7 +122,7 @@ class Consumer(abc.ABC):
 
     def __init__(self, queue: str, prefetch: int) -> None:
         self.queue_name = queue
-        self.deliveries = DeliveryQueue(prefetch)
+        self.deliveries = DeliveryQueue()
 
     def __aiter__(self) -> Consumer:
         return self
@@ -275,23 +274,24 @@ class Connection(abc.ABC):
 
 
 class DeliveryQueue:
-    """Messages delivered to one consumer, waiting for its loop to take them.
+    """Messages delivered to one consumer, waiting for one of its tasks to take them.
 
-    A bounded anyio memory object stream sized to the prefetch count: the broker never
-    has more than `prefetch` messages in flight on the channel, so the stream only
-    overflows (into a small deque, never losing a message) when messages of a channel
-    lost to a reconnection still sit in it. Those stale messages are skipped: the
-    broker redelivers them on the new channel.
+    A deque, and the tasks waiting for it in turn, each on an event of its own: the
+    broker never has more than `prefetch` messages in flight on the channel, so no
+    bound is needed here. (An anyio memory object stream did the same with a
+    checkpoint, an event and a task-info record per message, a measurable share of a
+    short call.) Messages of a channel lost to a reconnection that still sit here are
+    skipped: the broker redelivers them on the new channel.
 
     `put()` and `close()` run on the consumer's loop thread (transports hand messages
     over with a `Handoff`).
     """
 
-    __slots__ = ("_closed", "_overflow", "_receive", "_send")
+    __slots__ = ("_closed", "_items", "_waiters")
 
-    def __init__(self, size: int) -> None:
-        self._send, self._receive = anyio.create_memory_object_stream[Message](max(1, size))
-        self._overflow: deque[Message] = deque()
+    def __init__(self) -> None:
+        self._items: deque[Message] = deque()
+        self._waiters: deque[anyio.Event] = deque()
         self._closed = False
 
     @property
@@ -305,14 +305,14 @@ class DeliveryQueue:
             for message in messages:
                 _requeue_quietly(message)
             return
-        for message in messages:
-            if self._overflow:
-                self._overflow.append(message)
-                continue
-            try:
-                self._send.send_nowait(message)
-            except anyio.WouldBlock:
-                self._overflow.append(message)
+        self._items.extend(messages)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake one waiting task per queued message."""
+        waiters = self._waiters
+        for _ in range(min(len(waiters), len(self._items))):
+            waiters.popleft().set()
 
     async def receive(self) -> Message:
         """Return the next live message.
@@ -320,35 +320,45 @@ class DeliveryQueue:
         Raises:
             anyio.EndOfStream: The queue was closed.
         """
+        items = self._items
         while True:
-            message = await self._receive.receive()
-            while self._overflow:
+            if items:
+                # A checkpoint first, as any receive: a task finding messages ready
+                # each time must still let the others run.
+                await anyio.lowlevel.checkpoint()
+            else:
+                if self._closed:
+                    raise anyio.EndOfStream
+                woken = anyio.Event()
+                self._waiters.append(woken)
                 try:
-                    self._send.send_nowait(self._overflow[0])
-                except (anyio.WouldBlock, anyio.ClosedResourceError):
-                    break
-                self._overflow.popleft()
-            if message._alive():  # pyright: ignore[reportPrivateUsage]
-                return message
+                    await woken.wait()
+                except BaseException:
+                    if woken.is_set():
+                        self._wake()  # woken, then cancelled: another task takes it
+                    else:
+                        self._waiters.remove(woken)
+                    raise
+            if items:
+                message = items.popleft()
+                if message._alive():  # pyright: ignore[reportPrivateUsage]
+                    return message
+            elif self._closed:
+                raise anyio.EndOfStream
 
     def close(self) -> None:
         """End `receive()`, and requeue the messages nobody started."""
         if self._closed:
             return
         self._closed = True
-        while True:
-            try:
-                _requeue_quietly(self._receive.receive_nowait())
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                break
-        while self._overflow:
-            _requeue_quietly(self._overflow.popleft())
-        self._send.close()
+        while self._items:
+            _requeue_quietly(self._items.popleft())
+        while self._waiters:
+            self._waiters.popleft().set()
 
     def dispose(self) -> None:
         """Close for good, once nobody receives any more (the consumer is closing)."""
         self.close()
-        self._receive.close()
 
 
 def _requeue_quietly(message: Message) -> None:
