@@ -28,6 +28,7 @@ import anyio.from_thread
 import msgspec
 
 from farine import settings as farine_settings
+from farine._deadlines import Deadlines
 from farine._inject import injector
 from farine.amqp._connection import get_connection
 from farine.amqp._errors import (
@@ -108,8 +109,8 @@ class _Call:
 class _UnaryCall:
     """A call waiting for one value: its first reply is all it reads.
 
-    Its deadline (in `anyio.current_time()`) is kept by the router (`_Router.expire`):
-    one task for every call, instead of a cancel scope and a timer per call.
+    Its deadline (in `anyio.current_time()`) is kept by the router's `Deadlines`: one
+    task for every call, instead of a cancel scope and a timer per call.
     """
 
     __slots__ = ("arrived", "control", "correlation_id", "deadline", "expired", "message")
@@ -153,40 +154,18 @@ class _Router:
         # Correlation ids only need to be unique among this channel's calls.
         self._prefix = uuid.uuid4().hex[:12]
         self._ids = itertools.count(1)
-        # When `expire()` next looks at the deadlines, and the event that makes it look
-        # sooner (a call with an earlier deadline than every other one).
-        self._next_expiry = math.inf
-        self._expiry_changed = anyio.Event()
+        # Unary calls in flight, ended (they raise their timeout) once their deadline
+        # passed.
+        self._deadlines = Deadlines[_UnaryCall](_UnaryCall.expire)
 
     async def run(self, *, task_status: TaskStatus[_Router]) -> None:
         self.channel = await self.connection.open_reply_channel(self._on_replies, self._on_lost)
         try:
             task_status.started(self)
-            await self.expire()
+            await self._deadlines.run()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await self.channel.aclose()
-
-    async def expire(self) -> None:
-        """End each unary call whose deadline passed (it then raises its timeout).
-
-        Calls made with the same timeout expire in the order they began, so this task
-        mostly sleeps until the deadline of the oldest call, long gone by then, and
-        looks again: far cheaper than a timer per call.
-        """
-        while True:
-            now = anyio.current_time()
-            earliest = math.inf
-            for call in list(self.calls.values()):
-                if isinstance(call, _UnaryCall):
-                    if call.deadline <= now:
-                        call.expire()
-                    elif call.deadline < earliest:
-                        earliest = call.deadline
-            self._next_expiry = earliest
-            self._expiry_changed = anyio.Event()
-            with anyio.move_on_after(earliest - now):
-                await self._expiry_changed.wait()
 
     def _on_replies(self, messages: list[Message]) -> None:
         calls = self.calls
@@ -226,13 +205,13 @@ class _Router:
         correlation_id = f"{self._prefix}.{next(self._ids)}"
         call = _UnaryCall(correlation_id, anyio.current_time() + limit)
         self.calls[correlation_id] = call
-        if call.deadline < self._next_expiry:
-            self._expiry_changed.set()
+        self._deadlines.add(call, call.deadline)
         try:
             await self._publish(correlation_id, settings, service, method, args, kwargs, limit)
             await call.arrived.wait()
         finally:
             del self.calls[correlation_id]
+            self._deadlines.discard(call)
         if call.message is None:
             if call.expired:
                 raise _timeout(f"{service}.{method}", limit)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import msgspec
 
+from farine._deadlines import Deadlines
 from farine.amqp._connection import get_connection
 from farine.amqp._errors import PublishError, UnroutableError
 from farine.amqp._message import Properties
@@ -167,6 +169,8 @@ class _RpcMethod(Entrypoint):
         # Cancels of streams this instance serves arrive on a queue of its own.
         self.control_queue = f"{self.queue}.control.{uuid.uuid4().hex[:12]}"
         self._streams: dict[str, anyio.CancelScope] = {}
+        # The scopes of the calls running, cancelled once their caller's deadline passed.
+        self._deadlines = Deadlines[anyio.CancelScope](_cancel)
         exchange = ExchangeSpec(
             service.name, "direct", durable=settings.durable, auto_delete=settings.auto_delete
         )
@@ -202,6 +206,7 @@ class _RpcMethod(Entrypoint):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._cancel_on_stop, consumer)
                 tg.start_soon(self._read_cancels, control)
+                tg.start_soon(self._deadlines.run)
                 task_status.started()
                 # One task per call the broker may hand over at once (the prefetch),
                 # each taking calls one after the other: starting a task per call
@@ -209,7 +214,7 @@ class _RpcMethod(Entrypoint):
                 async with anyio.create_task_group() as calls:
                     for _ in range(self.prefetch):
                         calls.start_soon(self._take_calls, consumer, connection)
-                tg.cancel_scope.cancel()  # calls are done: stop reading cancels
+                tg.cancel_scope.cancel()  # calls are done: stop reading cancels, and so on
         finally:
             # Shielded: closing returns unacked requests to the queue, even when the
             # service is being cancelled after its shutdown timeout.
@@ -265,8 +270,9 @@ class _RpcMethod(Entrypoint):
             message.ack()
             return
         scope = anyio.CancelScope()
+        deadline = math.inf if remaining is None else anyio.current_time() + remaining
         if remaining is not None:
-            scope.deadline = anyio.current_time() + remaining
+            self._deadlines.add(scope, deadline)
         correlation_id = message.correlation_id
         if correlation_id is not None:
             self._streams[correlation_id] = scope
@@ -285,10 +291,12 @@ class _RpcMethod(Entrypoint):
                 logger.exception("%s raised", self.qualname)
             await reply.error(exc)
         finally:
+            self._deadlines.discard(scope)
             if correlation_id is not None:
                 self._streams.pop(correlation_id, None)
         if scope.cancelled_caught:
-            reason = "its deadline passed" if _past(scope) else "its caller stopped it"
+            past = anyio.current_time() >= deadline
+            reason = "its deadline passed" if past else "its caller stopped it"
             logger.info("%s: call %s cancelled: %s", self.qualname, correlation_id, reason)
         if not message.settled:
             message.ack()
@@ -311,8 +319,8 @@ class _RpcMethod(Entrypoint):
         return result
 
 
-def _past(scope: anyio.CancelScope) -> bool:
-    return scope.deadline <= anyio.current_time()
+def _cancel(scope: anyio.CancelScope) -> None:
+    scope.cancel()
 
 
 class _Replier:
