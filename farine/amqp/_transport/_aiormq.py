@@ -1028,7 +1028,7 @@ class _AmqpReplyChannel(ReplyChannel):
         connection = self._connection
         if connection.closed or self._engine_channel.closed:
             raise PublishError("the reply channel is closed")
-        await connection._host.run(  # pyright: ignore[reportPrivateUsage]
+        await connection._run(  # pyright: ignore[reportPrivateUsage]
             connection._engine.publish(  # pyright: ignore[reportPrivateUsage]
                 exchange,
                 routing_key,
@@ -1056,6 +1056,13 @@ class AmqpConnection(Connection):
         super().__init__(uri, options)
         self._engine = engine
         self._host = host
+        # On the service's own asyncio loop, calls are awaited as they are: one
+        # coroutine frame less to go through at each step of a publish.
+        self._inline = isinstance(host, _InlineHost)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
+        """`coro` to await from the caller's task (see the hosts)."""
+        return coro if self._inline else self._host.run(coro)
 
     @property
     def connected(self) -> bool:
@@ -1083,7 +1090,7 @@ class AmqpConnection(Connection):
     ) -> None:
         if self.closed:
             raise PublishError("the connection is closed")
-        await self._host.run(
+        await self._run(
             self._engine.publish(
                 exchange,
                 routing_key,
