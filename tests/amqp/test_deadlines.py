@@ -7,42 +7,15 @@ each scenario runs on it, on both backends.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import anyio
 import pytest
-import trio
 
 from farine.amqp._transport._aiormq import _Deadlines  # pyright: ignore[reportPrivateUsage]
-from farine.amqp._transport._driven import TrioDriver
-
-if TYPE_CHECKING:
-    from collections.abc import Coroutine
+from tests.amqp._engine_loop import on_engine_loop
 
 pytestmark = pytest.mark.anyio
-
-T = TypeVar("T")
-
-
-async def on_engine_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` on an asyncio loop as the engine would: this one, or a driven one."""
-    if not _in_trio():
-        return await coro
-    driver = TrioDriver()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(driver.drive)
-        try:
-            return await driver.run(coro)
-        finally:
-            with trio.CancelScope(shield=True):
-                await driver.stop()
-
-
-def _in_trio() -> bool:
-    try:
-        return trio.lowlevel.in_trio_task()
-    except RuntimeError:
-        return False
 
 
 async def wait_watched(deadlines: _Deadlines, delay: float, sleep: float) -> str:

@@ -36,6 +36,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiormq
 import aiormq.abc
+import aiormq.connection
 import anyio
 import trio
 from pamqp import commands as spec
@@ -123,6 +124,26 @@ def _to_pamqp(properties: Properties) -> spec.Basic.Properties:
         user_id=properties.user_id,
         app_id=properties.app_id,
     )
+
+
+#: Bytes each read of the AMQP socket asks for. asyncio asks for 256 KiB: a buffer that
+#: large is mapped, shrunk to what was read and unmapped again, three more system calls
+#: for every read; measured here, about a tenth of the CPU time of a short RPC call.
+#: 64 KiB comes from the heap, and still takes many frames at once.
+READ_SIZE: Final = 64 * 1024
+
+
+class _TcpTransportFactory(aiormq.connection.TCPTransportFactory):
+    """aiormq's plain TCP connection, reading `READ_SIZE` bytes at a time."""
+
+    async def create(
+        self, url: Any, **kwargs: Any
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await super().create(url, **kwargs)
+        transport: Any = writer.transport
+        if hasattr(transport, "max_size"):  # asyncio's socket transports
+            transport.max_size = READ_SIZE
+        return reader, writer
 
 
 async def _declare(channel: aiormq.abc.AbstractChannel, topology: Topology) -> None:
@@ -678,8 +699,13 @@ class _Engine:
     async def _connect(self) -> aiormq.abc.AbstractConnection:
         properties: dict[str, Any] = {"connection_name": self.options.name, "product": "farine"}
         properties.update(self.options.client_properties)
+        tls = urlsplit(self.url).scheme == "amqps"  # aiormq opens TLS itself
         return await asyncio.wait_for(
-            aiormq.connect(self.url, client_properties=properties),  # pyright: ignore[reportArgumentType]
+            aiormq.connect(  # pyright: ignore[reportUnknownMemberType]
+                self.url,
+                client_properties=properties,  # pyright: ignore[reportArgumentType]
+                **({} if tls else {"transport_factory": _TcpTransportFactory()}),
+            ),
             self.options.connect_timeout or None,
         )
 
