@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-import uuid
+import os
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from farine import settings as farine_settings
@@ -94,7 +94,7 @@ class _BasePublisher:
             delivery_mode=delivery_mode or self.settings.delivery_mode,
             correlation_id=correlation_id,
             reply_to=reply_to,
-            message_id=message_id or uuid.uuid4().hex,
+            message_id=message_id or os.urandom(16).hex(),  # as uuid4().hex, cheaper
             expiration=expiration,
             timestamp=datetime.datetime.now(datetime.UTC).replace(microsecond=0),
         )

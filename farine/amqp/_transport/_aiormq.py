@@ -275,11 +275,12 @@ class _ChannelSettler:
     handled, settles from other threads wake nobody: they ride along with the next
     wake-up of the engine loop (a publish, another settle) or, at the latest, a timer on
     it flushes them (every millisecond while there is traffic, backing off when there
-    is none). The settle of the last message in flight wakes the loop at once: nothing
-    else would carry it soon, and the broker may be waiting for it (to deliver more
-    within the prefetch window, or to confirm a persistent message to its publisher:
-    RabbitMQ confirms one that was acked without writing it to disk). Settles made on
-    the engine loop are flushed once its ready callbacks have run.
+    is none; only once settles came from another thread). The settle of the last
+    message in flight wakes the loop at once: nothing else would carry it soon, and the
+    broker may be waiting for it (to deliver more within the prefetch window, or to
+    confirm a persistent message to its publisher: RabbitMQ confirms one that was acked
+    without writing it to disk). Settles made on the engine loop are flushed once its
+    ready callbacks have run.
 
     Each frame is a system call too: acks of the oldest deliveries of the channel go as
     one `basic.ack` with `multiple` set (valid as long as no older delivery is still
@@ -299,6 +300,7 @@ class _ChannelSettler:
         self._riding = False
         self._unsettled = 0
         self._polling = False
+        self._off_loop = False  # a settle came from another thread
         self._interval = ACK_FLUSH_INTERVAL[0]
         # Engine loop only: tags delivered and not settled yet; batches waiting to be
         # written, each with the oldest tag in flight when it was flushed; the one task
@@ -313,11 +315,15 @@ class _ChannelSettler:
         return not self.lost and not self.channel.is_closed
 
     def delivered(self, delivery_tag: int) -> None:
-        """Count a delivery (on the engine loop) and make sure the flush timer runs."""
+        """Count a delivery (on the engine loop) and make sure the flush timer runs.
+
+        The timer only serves settles from other threads: until one came, none runs
+        (settles on the engine loop are flushed once its ready callbacks have run).
+        """
         self._in_flight.add(delivery_tag)
         with self._lock:
             self._unsettled += 1
-            if self._polling:
+            if self._polling or not self._off_loop:
                 return
             self._polling = True
             self._interval = ACK_FLUSH_INTERVAL[0]
@@ -328,6 +334,8 @@ class _ChannelSettler:
         with self._lock:
             self._pending.append((delivery_tag, outcome, requeue))
             self._unsettled -= 1
+            if not on_loop:
+                self._off_loop = True  # from the next delivery on, the timer runs
             if self._scheduled:
                 return
             if self._polling and not on_loop and self._unsettled > 0:
