@@ -78,7 +78,7 @@ STREAM_BUFFER: Final = 256
 class _Call:
     """A streaming call in flight: where its replies go, and the stream's control queue."""
 
-    __slots__ = ("control", "correlation_id", "lost", "overflowed", "receive", "send")
+    __slots__ = ("closed", "control", "correlation_id", "lost", "overflowed", "receive", "send")
 
     def __init__(self, correlation_id: str) -> None:
         self.correlation_id = correlation_id
@@ -88,6 +88,7 @@ class _Call:
         self.control: str | None = None
         self.overflowed = False
         self.lost = False
+        self.closed = False
 
     def deliver(self, message: Message) -> None:
         try:
@@ -100,9 +101,11 @@ class _Call:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the caller already left
 
-    def fail_lost(self) -> None:
-        """End the call: its replies can no longer arrive (the reply channel was lost)."""
+    def fail_lost(self, *, closed: bool = False) -> None:
+        """End the call: its replies can no longer arrive (the reply channel was lost, or
+        the client `closed`)."""
         self.lost = True
+        self.closed = closed
         self.send.close()
 
 
@@ -113,7 +116,9 @@ class _UnaryCall:
     task for every call, instead of a cancel scope and a timer per call.
     """
 
-    __slots__ = ("arrived", "control", "correlation_id", "deadline", "expired", "message")
+    __slots__ = (
+        "arrived", "closed", "control", "correlation_id", "deadline", "expired", "message",
+    )  # fmt: skip
 
     def __init__(self, correlation_id: str, deadline: float) -> None:
         self.correlation_id = correlation_id
@@ -122,6 +127,7 @@ class _UnaryCall:
         self.message: Message | None = None
         self.control: str | None = None
         self.expired = False
+        self.closed = False
 
     def deliver(self, message: Message) -> None:
         # A seed server sends the end marker apart from the value: it is not needed.
@@ -129,7 +135,8 @@ class _UnaryCall:
             self.message = message
             self.arrived.set()
 
-    def fail_lost(self) -> None:
+    def fail_lost(self, *, closed: bool = False) -> None:
+        self.closed = closed
         self.arrived.set()
 
     def expire(self) -> None:
@@ -157,6 +164,7 @@ class _Router:
         # Unary calls in flight, ended (they raise their timeout) once their deadline
         # passed.
         self._deadlines = Deadlines[_UnaryCall](_UnaryCall.expire)
+        self.closed = False
 
     async def run(self, *, task_status: TaskStatus[_Router]) -> None:
         self.channel = await self.connection.open_reply_channel(self._on_replies, self._on_lost)
@@ -164,6 +172,10 @@ class _Router:
             task_status.started(self)
             await self._deadlines.run()
         finally:
+            # The deadlines are no longer kept: calls still waiting end now.
+            self.closed = True
+            for call in list(self.calls.values()):
+                call.fail_lost(closed=True)
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await self.channel.aclose()
 
@@ -215,7 +227,7 @@ class _Router:
         if call.message is None:
             if call.expired:
                 raise _timeout(f"{service}.{method}", limit)
-            raise _lost(f"{service}.{method}")
+            raise _closed(f"{service}.{method}") if call.closed else _lost(f"{service}.{method}")
         return call.message
 
     @contextlib.asynccontextmanager
@@ -288,6 +300,8 @@ class _Router:
                 f"with routing key {key!r})"
             ) from None
         except PublishError as exc:
+            if self.closed:
+                raise _closed(f"{service}.{method}") from None
             raise RPCError(f"{service}.{method}: the request could not be sent: {exc}") from None
 
     def _exchange(self, service: str, settings: ServiceSettings) -> ExchangeSpec | None:
@@ -468,7 +482,7 @@ async def _receive(call: _Call, where: str) -> Message:
         return await call.receive.receive()
     except anyio.EndOfStream:
         if call.lost:
-            raise _lost(where) from None
+            raise (_closed(where) if call.closed else _lost(where)) from None
         if call.overflowed:
             raise RPCError(
                 f"{where}: stream reader too slow: more than {STREAM_BUFFER} items buffered"
@@ -478,6 +492,13 @@ async def _receive(call: _Call, where: str) -> Message:
 
 def _timeout(where: str, limit: float) -> RPCError:
     return RPCError(f"{where}: timeout: no reply within {limit:g}s")
+
+
+def _closed(where: str) -> RPCError:
+    return RPCError(
+        f"{where}: the RPC client was closed before the reply arrived "
+        "(the call may or may not have run)"
+    )
 
 
 def _lost(where: str) -> RPCError:

@@ -214,7 +214,7 @@ class _RpcMethod(Entrypoint):
                 async with anyio.create_task_group() as calls:
                     for _ in range(self.prefetch):
                         calls.start_soon(self._take_calls, consumer, connection)
-                tg.cancel_scope.cancel()  # calls are done: stop reading cancels, and so on
+                tg.cancel_scope.cancel()  # calls are done: no more cancels nor deadlines
         finally:
             # Shielded: closing returns unacked requests to the queue, even when the
             # service is being cancelled after its shutdown timeout.

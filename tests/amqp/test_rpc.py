@@ -17,9 +17,13 @@ import pytest
 import farine.execute
 import farine.rpc
 from farine import settings
+from farine.amqp._connection import get_connection
 from farine.discovery import find_entrypoints
 from farine.exceptions import RPCError
-from farine.rpc._client import _ScriptLoop  # pyright: ignore[reportPrivateUsage]
+from farine.rpc._client import (
+    _open_router,  # pyright: ignore[reportPrivateUsage]
+    _ScriptLoop,  # pyright: ignore[reportPrivateUsage]
+)
 from tests.amqp.conftest import Broker, Recorder, running
 
 if TYPE_CHECKING:
@@ -284,6 +288,32 @@ async def test_a_shorter_deadline_than_the_calls_in_flight_still_ends_on_time(
                 await rpc.hold(2, __timeout__=0.3)
             instance.release.set()
         assert results == [1]
+
+
+async def test_calls_in_flight_when_their_router_closes_end_at_once(broker: Broker) -> None:
+    svc = unique(Gate, broker)
+    async with serve(svc, broker=broker) as runtime:
+        service = runtime.services[svc.__name__]
+        instance = service.instance
+        assert isinstance(instance, Gate)
+        ended = anyio.Event()
+        connection = await get_connection(service.settings)
+        async with anyio.create_task_group() as tg:
+            # A router of its own (a client inside a runtime shares the runtime's).
+            async with _open_router(connection) as router:
+                rpc = farine.rpc.AsyncClient(svc.__name__, 30, router=router)
+
+                async def call() -> None:
+                    with pytest.raises(RPCError, match="client was closed"):
+                        await rpc.hold(1)
+                    ended.set()
+
+                tg.start_soon(call)
+                await instance.entered.wait()
+            # The router closed with the call in flight: the call does not wait 30 s.
+            with anyio.fail_after(10):
+                await ended.wait()
+            instance.release.set()
 
 
 async def test_many_concurrent_calls_each_get_their_own_answer(broker: Broker) -> None:
