@@ -18,10 +18,17 @@ from tests.amqp._engine_loop import on_engine_loop
 pytestmark = pytest.mark.anyio
 
 
-async def wait_watched(deadlines: _Deadlines, delay: float, sleep: float) -> str:
-    """Sleep `sleep` seconds under a deadline `delay` seconds away; tell how it ended."""
+async def wait_watched(
+    deadlines: _Deadlines, delay: float, sleep: float, watches: list[Any] | None = None
+) -> str:
+    """Sleep `sleep` seconds under a deadline `delay` seconds away; tell how it ended.
+
+    The watch is appended to `watches`, when given.
+    """
     loop = asyncio.get_running_loop()
     watch = deadlines.watch(loop.time() + delay)
+    if watches is not None:
+        watches.append(watch)
     try:
         try:
             await asyncio.sleep(sleep)
@@ -88,22 +95,7 @@ async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
         # Both at once: the deadline fires, and the task is cancelled again before it
         # resumes (a loop runs callbacks in order: this task's next step comes first).
         watches: list[Any] = []
-
-        async def watched() -> str:
-            watch = deadlines.watch(loop.time() + 0.02)
-            watches.append(watch)
-            try:
-                try:
-                    await asyncio.sleep(10)
-                finally:
-                    deadlines.forget(watch)
-            except asyncio.CancelledError:
-                if watch.timed_out():
-                    return "timed out"
-                raise
-            return "done"
-
-        both = loop.create_task(watched())
+        both = loop.create_task(wait_watched(deadlines, 0.02, 10, watches))
         await asyncio.sleep(0)
         # One loop iteration at a time, so as to cancel between the deadline and the
         # task's next step: an event would not come back in the same iteration.
