@@ -212,6 +212,8 @@ class _Deadlines:
     earliest deadline, cancels the tasks whose deadline passed (`_Watch.timed_out()`
     then tells the publish it timed out, as `asyncio.timeout` does). Publishes made with
     the same timeout end in the order they began, so the timer rarely moves.
+    (`farine._deadlines.Deadlines` does the same with an anyio task; the engine runs
+    plain asyncio code, on a loop that trio drives on the trio backend.)
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
