@@ -112,17 +112,14 @@ class _Call:
 class _UnaryCall:
     """A call waiting for one value: its first reply is all it reads.
 
-    Its deadline (in `anyio.current_time()`) is kept by the router's `Deadlines`: one
-    task for every call, instead of a cancel scope and a timer per call.
+    Its deadline is kept by the router's `Deadlines`: one task for every call, instead
+    of a cancel scope and a timer per call.
     """
 
-    __slots__ = (
-        "arrived", "closed", "control", "correlation_id", "deadline", "expired", "message",
-    )  # fmt: skip
+    __slots__ = ("arrived", "closed", "control", "correlation_id", "expired", "message")
 
-    def __init__(self, correlation_id: str, deadline: float) -> None:
+    def __init__(self, correlation_id: str) -> None:
         self.correlation_id = correlation_id
-        self.deadline = deadline
         self.arrived = anyio.Event()
         self.message: Message | None = None
         self.control: str | None = None
@@ -215,9 +212,9 @@ class _Router:
                 lost before the reply arrived.
         """
         correlation_id = f"{self._prefix}.{next(self._ids)}"
-        call = _UnaryCall(correlation_id, anyio.current_time() + limit)
+        call = _UnaryCall(correlation_id)
         self.calls[correlation_id] = call
-        self._deadlines.add(call, call.deadline)
+        self._deadlines.add(call, anyio.current_time() + limit)
         try:
             await self._publish(correlation_id, settings, service, method, args, kwargs, limit)
             await call.arrived.wait()

@@ -1040,7 +1040,7 @@ class _AmqpConsumer(Consumer):
 
     async def aclose(self) -> None:
         # Requeue what was received but not started, before the channel closes.
-        self.deliveries.dispose()
+        self.deliveries.close()
         if self.engine_consumer is not None:
             await self._host.run(self.engine_consumer.close())
 

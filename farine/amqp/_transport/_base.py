@@ -356,10 +356,6 @@ class DeliveryQueue:
         while self._waiters:
             self._waiters.popleft().set()
 
-    def dispose(self) -> None:
-        """Close for good, once nobody receives any more (the consumer is closing)."""
-        self.close()
-
 
 def _requeue_quietly(message: Message) -> None:
     if message.settled or not message._alive():  # pyright: ignore[reportPrivateUsage]

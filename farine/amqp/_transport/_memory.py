@@ -493,7 +493,7 @@ class _MemoryConsumer(Consumer):
 
     async def aclose(self) -> None:
         self._broker.cancel(self.state)
-        self.deliveries.dispose()
+        self.deliveries.close()
         self._broker.close(self.state)
         await anyio.lowlevel.checkpoint()
 
