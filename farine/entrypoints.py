@@ -279,10 +279,6 @@ class ServiceContext:
 
     @contextlib.asynccontextmanager
     async def _async_hooks(self) -> AsyncGenerator[None]:
-        if not self.async_call_hooks:
-            with self.activate():
-                yield
-            return
         async with contextlib.AsyncExitStack() as stack:
             for hook in self.async_call_hooks:
                 await stack.enter_async_context(hook())
