@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
@@ -9,23 +10,30 @@ import trio
 from farine.amqp._transport._driven import TrioDriver
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import AsyncGenerator, Coroutine
 
 T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def driven() -> AsyncGenerator[TrioDriver]:
+    """A running driver, stopped on the way out (else its nursery would wait forever)."""
+    driver = TrioDriver()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.drive)
+        try:
+            yield driver
+        finally:
+            with trio.CancelScope(shield=True):
+                await driver.stop()
 
 
 async def on_engine_loop(coro: Coroutine[Any, Any, T]) -> T:
     """Run `coro` on an asyncio loop as the engine would: this one, or a driven one."""
     if not _in_trio():
         return await coro
-    driver = TrioDriver()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(driver.drive)
-        try:
-            return await driver.run(coro)
-        finally:
-            with trio.CancelScope(shield=True):
-                await driver.stop()
+    async with driven() as driver:
+        return await driver.run(coro)
 
 
 def _in_trio() -> bool:

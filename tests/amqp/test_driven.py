@@ -7,11 +7,9 @@ on both backends: on each, the AMQP connection lives in the service's own thread
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -24,26 +22,11 @@ from farine.amqp._transport import ConnectionOptions, open_connection
 from farine.amqp._transport._base import Binding, ExchangeSpec, QueueSpec, Topology
 from farine.amqp._transport._driven import TrioDriver
 from tests.amqp import _rabbit
-
-if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator
+from tests.amqp._engine_loop import driven
 
 pytestmark = pytest.mark.anyio
 
 trio_only = pytest.mark.parametrize("anyio_backend", ["trio"])
-
-
-@contextlib.asynccontextmanager
-async def driven() -> AsyncGenerator[TrioDriver]:
-    """A running driver, stopped on the way out (else its nursery would wait forever)."""
-    driver = TrioDriver()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(driver.drive)
-        try:
-            yield driver
-        finally:
-            with trio.CancelScope(shield=True):
-                await driver.stop()
 
 
 @trio_only
