@@ -13,9 +13,12 @@ aiormq, and the process CPU time per message (all threads; less sensitive than t
 to other load on the machine). `--repeat N` runs the rows N times, in turn, and keeps
 the medians; raw aiormq always runs, as the reference.
 
-Raw aiormq runs twice: with aiormq's defaults (the reference of the ratios), and with
-the socket read size farine sets (64 KiB instead of asyncio's 256 KiB), to show how
-much of farine's figures that setting alone explains.
+Raw aiormq runs three times: with aiormq's defaults (the reference of the ratios);
+with the socket read size farine sets (64 KiB instead of asyncio's 256 KiB), to show
+how much of farine's figures that setting alone explains; and with each message decoded
+in a worker thread (`loop.run_in_executor`), as a blocking handler must be. That last
+row is the floor of a `def` handler: the JSON line also gives each farine `def` row
+against it.
 """
 
 from __future__ import annotations
@@ -60,8 +63,14 @@ def make_body(seq: int) -> bytes:
     return body + b" " * max(0, 100 - len(body))  # 100 bytes, still valid JSON
 
 
-async def raw_aiormq(uri: str, count: int, read_size: int | None = None) -> tuple[float, float]:
-    """Raw aiormq on asyncio: the baseline (with aiormq's defaults, unless `read_size`)."""
+async def raw_aiormq(
+    uri: str, count: int, read_size: int | None = None, *, in_thread: bool = False
+) -> tuple[float, float]:
+    """Raw aiormq on asyncio: the baseline (with aiormq's defaults, unless `read_size`).
+
+    With `in_thread`, each message is decoded in a worker thread of asyncio's default
+    executor, as a blocking handler would be: the floor of what a `def` handler costs.
+    """
     name = f"bench-raw-{uuid.uuid4().hex[:8]}"
     decoder = msgspec.json.Decoder(Reading)
     connection = await aiormq.connect(uri, **connect_kwargs(read_size))
@@ -74,10 +83,14 @@ async def raw_aiormq(uri: str, count: int, read_size: int | None = None) -> tupl
         await consumer.basic_qos(prefetch_count=PREFETCH)
         done = asyncio.Event()
         received = 0
+        loop = asyncio.get_running_loop()
 
         async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
             nonlocal received
-            decoder.decode(message.body)
+            if in_thread:
+                await loop.run_in_executor(None, decoder.decode, message.body)
+            else:
+                decoder.decode(message.body)
             await consumer.basic_ack(message.delivery.delivery_tag)  # type: ignore[union-attr]
             received += 1
             if received == count:
@@ -183,6 +196,10 @@ def main() -> None:
             "raw aiormq, 64 KiB reads",
             lambda: asyncio.run(raw_aiormq(uri, count, FARINE_READ_SIZE)),
         ),
+        (
+            "raw aiormq, handler in thread",
+            lambda: asyncio.run(raw_aiormq(uri, count, in_thread=True)),
+        ),
         ("farine asyncio, async def", farine("async", "asyncio")),
         ("farine asyncio, def", farine("def", "asyncio")),
         ("farine trio, async def", farine("async", "trio")),
@@ -197,15 +214,16 @@ def main() -> None:
                 continue
             rate, cpu = run()
             samples.setdefault(label, []).append((rate, cpu))
-            print(f"  {label:<28} {rate:>9.0f} msg/s {cpu:>7.0f} us cpu/msg", flush=True)
+            print(f"  {label:<30} {rate:>9.0f} msg/s {cpu:>7.0f} us cpu/msg", flush=True)
     rows = {label: statistics.median(r for r, _ in runs) for label, runs in samples.items()}
     cpus = {label: statistics.median(c for _, c in runs) for label, runs in samples.items()}
     baseline = rows.get("raw aiormq (asyncio)")
+    threaded = rows.get("raw aiormq, handler in thread")
     print()
-    print(f"{'workload':<28} {'msg/s':>9} {'x raw':>7} {'cpu us/msg':>11}")
+    print(f"{'workload':<30} {'msg/s':>9} {'x raw':>7} {'cpu us/msg':>11}")
     for label, rate in rows.items():
         ratio = f"{rate / baseline:.2f}" if baseline else "-"
-        print(f"{label:<28} {rate:>9.0f} {ratio:>7} {cpus[label]:>11.0f}")
+        print(f"{label:<30} {rate:>9.0f} {ratio:>7} {cpus[label]:>11.0f}")
     print(
         json.dumps(
             {
@@ -217,6 +235,11 @@ def main() -> None:
                 if baseline
                 else {},
                 "cpu_us_per_msg": {k: round(v) for k, v in cpus.items()},
+                "def_ratio_to_raw_in_thread": {
+                    k: round(v / threaded, 3) for k, v in rows.items() if k.endswith(", def")
+                }
+                if threaded
+                else {},
             }
         )
     )

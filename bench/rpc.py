@@ -21,6 +21,9 @@ Rows:
 * raw aiormq, 64 KiB reads: the same, reading the socket 64 KiB at a time as farine
   does (asyncio reads 256 KiB by default), to show how much of farine's figures that
   setting alone explains. The ratios are to the first row.
+* raw aiormq, method in thread: the same, with the server's decoding and answer run in
+  a worker thread (`loop.run_in_executor`), as a blocking method must be: the floor of
+  a `def` method. The JSON line also gives each farine `def` row against it.
 * farine, on asyncio and on trio, with an `async def` and a `def` server method
   (`@farine.rpc.method()`); the client is `farine.rpc.AsyncClient` on the runtime's
   loop (what `@farine.rpc.client` injects into `async def` methods).
@@ -139,9 +142,19 @@ class _Reply(msgspec.Struct):
 
 
 async def raw_aiormq(
-    uri: str, calls: int, concurrent: int, inflight: int, read_size: int | None = None
+    uri: str,
+    calls: int,
+    concurrent: int,
+    inflight: int,
+    read_size: int | None = None,
+    *,
+    in_thread: bool = False,
 ) -> Figures:
-    """A minimal RPC on aiormq (asyncio): the baseline (aiormq's defaults, or `read_size`)."""
+    """A minimal RPC on aiormq (asyncio): the baseline (aiormq's defaults, or `read_size`).
+
+    With `in_thread`, the server decodes each request and computes its answer in a
+    worker thread of asyncio's default executor, as a blocking method must run.
+    """
     name = f"bench-rpc-raw-{uuid.uuid4().hex[:8]}"
     queue = f"{name}__add"
     request_decoder = msgspec.json.Decoder(_Request)
@@ -155,10 +168,18 @@ async def raw_aiormq(
         await server.queue_bind(queue, name, routing_key=queue)
         await server.basic_qos(prefetch_count=PREFETCH)
 
+        def answer(body: bytes) -> bytes:
+            request = request_decoder.decode(body)
+            return encoder.encode({"body": sum(request.args), "__end__": True})
+
+        loop = asyncio.get_running_loop()
+
         async def serve(message: aiormq.abc.DeliveredMessage) -> None:
-            request = request_decoder.decode(message.body)
+            if in_thread:
+                reply = await loop.run_in_executor(None, answer, message.body)
+            else:
+                reply = answer(message.body)
             props = message.header.properties
-            reply = encoder.encode({"body": sum(request.args), "__end__": True})
             await server.basic_publish(
                 reply,
                 exchange="",
@@ -181,7 +202,6 @@ async def raw_aiormq(
 
         await client.basic_consume(REPLY_TO, on_reply, no_ack=True)
         ids = itertools.count()
-        loop = asyncio.get_running_loop()
 
         async def call(a: int) -> int:
             correlation_id = str(next(ids))
@@ -286,6 +306,10 @@ def main() -> None:
             "raw aiormq, 64 KiB reads",
             lambda: asyncio.run(raw_aiormq(uri, calls, concurrent, inflight, FARINE_READ_SIZE)),
         ),
+        (
+            "raw aiormq, method in thread",
+            lambda: asyncio.run(raw_aiormq(uri, calls, concurrent, inflight, in_thread=True)),
+        ),
         ("farine asyncio, async def", farine_row("async", "asyncio")),
         ("farine asyncio, def", farine_row("def", "asyncio")),
         ("farine trio, async def", farine_row("async", "trio")),
@@ -303,7 +327,7 @@ def main() -> None:
             figures = run()
             samples.setdefault(label, []).append(figures)
             print(
-                f"  [{round_}/{rounds}] {label:<26} p50 {figures.p50_ms:6.3f} ms  "
+                f"  [{round_}/{rounds}] {label:<29} p50 {figures.p50_ms:6.3f} ms  "
                 f"p99 {figures.p99_ms:6.3f} ms  {figures.calls_per_s:7.0f} calls/s  "
                 f"{figures.cpu_us_per_call:4.0f} us CPU/call",
                 flush=True,
@@ -314,7 +338,7 @@ def main() -> None:
     }
     base = rows.get(raw)
     print()
-    header = f"{'workload':<26} {'p50 ms':>7} {'p99 ms':>7} {'calls/s':>8} {'p50 x raw':>10}"
+    header = f"{'workload':<29} {'p50 ms':>7} {'p99 ms':>7} {'calls/s':>8} {'p50 x raw':>10}"
     print(header + f" {'calls/s x raw':>14} {'CPU us/call':>12}")
     ratios: dict[str, dict[str, float]] = {}
     for label, figures in rows.items():
@@ -328,7 +352,7 @@ def main() -> None:
             }
             ratios[label] = {k: round(v, 3) for k, v in ratio.items()}
         print(
-            f"{label:<26} {figures.p50_ms:>7.3f} {figures.p99_ms:>7.3f} "
+            f"{label:<29} {figures.p50_ms:>7.3f} {figures.p99_ms:>7.3f} "
             f"{figures.calls_per_s:>8.0f} {ratio['p50']:>10.2f} {ratio['calls_per_s']:>14.2f}"
             f" {figures.cpu_us_per_call:>12.0f}"
         )
@@ -337,6 +361,15 @@ def main() -> None:
         a, t = rows.get(f"farine asyncio, {kind}"), rows.get(f"farine trio, {kind}")
         if a is not None and t is not None:
             trio_vs_asyncio[kind] = round(t.calls_per_s / a.calls_per_s, 3)
+    threaded = rows.get("raw aiormq, method in thread")
+    def_ratios = {
+        label: {
+            "p50": round(f.p50_ms / threaded.p50_ms, 3),
+            "calls_per_s": round(f.calls_per_s / threaded.calls_per_s, 3),
+        }
+        for label, f in rows.items()
+        if threaded is not None and label.endswith(", def")
+    }
     print(
         json.dumps(
             {
@@ -356,6 +389,7 @@ def main() -> None:
                 },
                 "ratio_to_raw_aiormq": ratios,
                 "trio_to_asyncio_calls_per_s": trio_vs_asyncio,
+                "def_ratio_to_raw_in_thread": def_ratios,
             }
         )
     )
