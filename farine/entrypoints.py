@@ -7,7 +7,8 @@ the runtime asks each spec to `bind()` itself to the service instance, which giv
 `Entrypoint` whose `serve()` runs until the service stops.
 
 Handlers are called through `ServiceContext.call()`: `async def` handlers run on the
-event loop, `def` handlers in worker threads bounded by the service's `max_workers`.
+event loop, `def` handlers in the service's worker threads (`farine._workers`, at most
+`max_workers` at once).
 Extensions (the database connector) add per-call hooks to the context.
 """
 
@@ -24,11 +25,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
-import anyio
-
 if TYPE_CHECKING:
+    import anyio
     from anyio.abc import TaskStatus
 
+    from farine._workers import WorkerPool
     from farine.settings import ServiceSettings
 
 __all__ = (
@@ -207,7 +208,8 @@ class ServiceContext:
         instance: The service object whose methods are the handlers.
         module: The user's module the service was found in (`mymodule`).
         settings: The service's typed settings.
-        limiter: Bounds the worker threads running the service's `def` handlers.
+        workers: The worker threads running the service's `def` handlers (its
+            `max_workers` bounds how many run at once).
         stopping: Set when the process begins a graceful stop.
         call_hooks: Context-manager factories entered, in the worker thread, around
             each `def` handler call (the database connector opens its connection here).
@@ -219,7 +221,7 @@ class ServiceContext:
     instance: object
     module: str
     settings: ServiceSettings
-    limiter: anyio.CapacityLimiter
+    workers: WorkerPool
     stopping: anyio.Event
     call_hooks: list[SyncHook] = field(default_factory=list[SyncHook])
     async_call_hooks: list[AsyncHook] = field(default_factory=list[AsyncHook])
@@ -243,8 +245,8 @@ class ServiceContext:
     async def call(self, handler: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Call `handler` the way its kind requires and return its result.
 
-        `async def` handlers are awaited on the event loop; `def` handlers run in a
-        worker thread bounded by `limiter`. Per-call hooks are entered around the call.
+        `async def` handlers are awaited on the event loop; `def` handlers run in one of
+        the service's worker threads. Per-call hooks are entered around the call.
         """
         self._in_flight += 1
         try:
@@ -271,11 +273,9 @@ class ServiceContext:
                     stack.enter_context(hook())
                 return func(*args, **kwargs)
 
-        # abandon_on_cancel: a thread cannot be interrupted; once the shutdown grace
-        # period is over the runtime must be able to stop without it.
-        return await anyio.to_thread.run_sync(
-            in_thread, limiter=self.limiter, abandon_on_cancel=True
-        )
+        # A thread cannot be interrupted: when the caller is cancelled (once the shutdown
+        # grace period is over), it returns at once and the thread finishes on its own.
+        return await self.workers.run(in_thread)
 
     @contextlib.asynccontextmanager
     async def _async_hooks(self) -> AsyncGenerator[None]:

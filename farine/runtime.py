@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import anyio
 
+from farine._workers import WorkerPool
 from farine.entrypoints import Entrypoint, ServiceContext
 from farine.exceptions import ConfigurationError
 from farine.settings import Config, current
@@ -180,7 +181,7 @@ class Runtime:
             instance=definition.cls(),
             module=definition.module,
             settings=settings,
-            limiter=anyio.CapacityLimiter(settings.max_workers),
+            workers=WorkerPool(settings.max_workers, name=f"farine-{definition.name}"),
             stopping=self.stopping,
         )
         self.services[definition.name] = ctx

@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 import farine.execute
+from farine._workers import WorkerPool
 from farine.discovery import ServiceDefinition, find_entrypoints
 from farine.entrypoints import (
     Entrypoint,
@@ -332,7 +333,7 @@ async def test_call_hooks_run_in_the_handlers_worker_thread() -> None:
         instance=object(),
         module="m",
         settings=CONFIG.service("x"),
-        limiter=anyio.CapacityLimiter(1),
+        workers=WorkerPool(1),
         stopping=anyio.Event(),
     )
     ctx.call_hooks.append(hook)

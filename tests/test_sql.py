@@ -126,7 +126,7 @@ async def test_200_concurrent_calls_on_a_pool_of_5_all_succeed(
     text = ini(db_settings, db_max_conn=5, max_workers=40)
     async with running(write_config, text, "store") as services:
         ctx, service = store(services)
-        assert ctx.limiter.total_tokens == 5
+        assert ctx.workers.max_workers == 5
         results: list[object] = []
 
         async def save(i: int) -> None:

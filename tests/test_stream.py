@@ -18,6 +18,7 @@ import msgspec
 import pytest
 
 import farine.stream
+from farine._workers import WorkerPool
 from farine.discovery import ServiceDefinition, find_entrypoints
 from farine.entrypoints import ServiceContext
 from farine.exceptions import ConfigurationError
@@ -440,7 +441,7 @@ def bind(cls: type, settings: ServiceSettings) -> None:
         instance=cls(),
         module=__name__,
         settings=settings,
-        limiter=anyio.CapacityLimiter(1),
+        workers=WorkerPool(1),
         stopping=anyio.Event(),
     )
     for attr, spec in find_entrypoints(cls):

@@ -41,6 +41,14 @@ import anyio
 import trio
 from pamqp import commands as spec
 
+from farine._loop import (
+    Handoff,
+    LoopHandle,
+    Reply,
+    defer_wakes_on,
+    stop_deferring_wakes,
+    wait_future,
+)
 from farine._redact import redact
 from farine.amqp._errors import BrokerUnavailable, PublishError, PublishTimeout, UnroutableError
 from farine.amqp._message import Message, Outcome, Properties
@@ -56,14 +64,6 @@ from farine.amqp._transport._base import (
     Topology,
 )
 from farine.amqp._transport._driven import TrioDriver, run_blocking_on
-from farine.amqp._transport._loop import (
-    Handoff,
-    LoopHandle,
-    Reply,
-    defer_wakes_on,
-    stop_deferring_wakes,
-    wait_future,
-)
 from farine.exceptions import ConfigurationError
 
 if TYPE_CHECKING:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from farine._loop import Handoff, LoopHandle
 from farine.amqp._errors import PublishError, UnroutableError
 from farine.amqp._message import Message, Outcome, Properties
 from farine.amqp._transport._base import (
@@ -45,7 +46,6 @@ from farine.amqp._transport._base import (
     Topology,
     is_direct_reply_to,
 )
-from farine.amqp._transport._loop import Handoff, LoopHandle
 from farine.exceptions import ConfigurationError
 
 if TYPE_CHECKING:

@@ -202,7 +202,7 @@ async def attach_database(ctx: ServiceContext) -> None:
     ctx.exit_stack.callback(_release, ctx.module, entry)
 
     pool = settings.db_max_conn
-    if ctx.limiter.total_tokens > pool:
+    if ctx.workers.max_workers > pool:
         logger.info(
             "service %s: %d worker thread(s) at most, the database pool's size "
             "(db_max_conn; max_workers = %d)",
@@ -210,7 +210,7 @@ async def attach_database(ctx: ServiceContext) -> None:
             pool,
             settings.max_workers,
         )
-        ctx.limiter.total_tokens = pool
+        ctx.workers.max_workers = pool
     ctx.call_hooks.append(functools.partial(_call_scope, entry.db, settings.transaction))
     models = ", ".join(model.__name__ for model in entry.models) or "none"
     logger.info(

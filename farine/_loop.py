@@ -2,9 +2,11 @@
 
 Deliveries come from a broker connection that may run elsewhere (aiormq on its own
 asyncio loop in a thread, for scripts with no runtime; the in-memory broker called
-from a worker thread) and must land on the loop of the consumer that waits for them.
+from a worker thread) and must land on the loop of the consumer that waits for them;
+the results of `def` handlers come back from worker threads (`farine._workers`).
 `LoopHandle` schedules a callback on one loop from any thread; `Handoff` batches items
-for it, so a burst of deliveries (or acks) costs one crossing, not one per item.
+for it, so a burst of deliveries (or acks) costs one crossing, not one per item;
+`Reply` is one result, waited for by one task.
 """
 
 from __future__ import annotations
@@ -258,19 +260,30 @@ class Handoff(Generic[T]):
 
 
 class Reply(Generic[T]):
-    """The result of work done on another loop, for the trio task that waits for it.
+    """The result of work done in another thread, for the task that waits for it.
 
-    Created and awaited by one trio task. `send()` or `throw()` may be called once, from
-    any thread: the task is rescheduled through its loop's handle, together with the
-    other crossings of the same burst, with no `trio.Event` nor `Future` in between.
+    Created and awaited by one task (asyncio or trio). `send()` or `throw()` may be
+    called once, from any thread: the task is resumed through its loop's handle,
+    together with the other crossings of the same burst (on trio with no `trio.Event`
+    in between; on asyncio through one future).
     """
 
-    __slots__ = ("_done", "_home", "_task")
+    __slots__ = ("_done", "_future", "_home", "_task")
 
     def __init__(self) -> None:
-        self._home = LoopHandle.current()
-        self._task = trio.lowlevel.current_task()
+        self._home = home = LoopHandle.current()
         self._done = False
+        if home.is_asyncio:
+            self._future: asyncio.Future[T] | None = asyncio.get_running_loop().create_future()
+            self._task: trio.lowlevel.Task | None = None
+        else:
+            self._future = None
+            self._task = trio.lowlevel.current_task()
+
+    @property
+    def home(self) -> LoopHandle:
+        """The handle of the waiting task's loop."""
+        return self._home
 
     def send(self, value: T) -> None:
         """Resume the waiting task with `value`."""
@@ -281,12 +294,29 @@ class Reply(Generic[T]):
         self._home.call_soon(functools.partial(self._resume, outcome.Error(exc)))
 
     def _resume(self, result: outcome.Outcome[T]) -> None:
-        if not self._done:  # else the wait was cancelled: nobody wants the result
-            self._done = True
+        if self._done:  # the wait was cancelled: nobody wants the result
+            return
+        self._done = True
+        future = self._future
+        if future is None:
+            assert self._task is not None
             trio.lowlevel.reschedule(self._task, result)
+        elif isinstance(result, outcome.Error):
+            future.set_exception(result.error)
+        else:
+            future.set_result(result.unwrap())
 
     async def wait(self, on_cancel: Callable[[], object]) -> T:
         """Wait for the result; when cancelled, call `on_cancel()` and raise at once."""
+        future = self._future
+        if future is not None:
+            try:
+                return await future
+            except asyncio.CancelledError:
+                if not self._done:
+                    self._done = True
+                    on_cancel()
+                raise
 
         def abort(_: object) -> trio.lowlevel.Abort:
             self._done = True
