@@ -268,10 +268,17 @@ class ServiceContext:
         """Run a blocking `func` in one of the service's worker threads, hooks entered."""
 
         def in_thread() -> R:
-            with _sync_calls, self.activate(), contextlib.ExitStack() as stack:
-                for hook in self.call_hooks:
-                    stack.enter_context(hook())
-                return func(*args, **kwargs)
+            # Each call runs in a copy of the caller's context, dropped afterwards: the
+            # variable needs no reset.
+            _current_service.set(self)
+            with _sync_calls:
+                hooks = self.call_hooks
+                if not hooks:
+                    return func(*args, **kwargs)
+                with contextlib.ExitStack() as stack:
+                    for hook in hooks:
+                        stack.enter_context(hook())
+                    return func(*args, **kwargs)
 
         # A thread cannot be interrupted: when the caller is cancelled (once the shutdown
         # grace period is over), it returns at once and the thread finishes on its own.
