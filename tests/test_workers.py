@@ -141,21 +141,36 @@ async def test_lowering_max_workers_lets_extra_threads_exit() -> None:
     name = _unique("pool-shrink")
     pool = WorkerPool(2, name=name)
     both_in = threading.Barrier(3)
+    lowered = threading.Event()
+    threads: list[threading.Thread] = []
 
     def meet() -> None:
         both_in.wait(10)
+        lowered.wait(10)
 
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             tg.start_soon(pool.run, meet)
             tg.start_soon(pool.run, meet)
             await anyio.to_thread.run_sync(both_in.wait, 10)
-        assert pool.threads == 2
-        pool.max_workers = 1
-        await pool.run(lambda: None)  # a thread that finishes after the change exits
+            assert pool.threads == 2
+            threads.extend(_pool_threads(name))
+            pool.max_workers = 1  # while both threads are busy
+            lowered.set()
+        # The first thread to finish exits; the other one stays for the next calls.
+        await anyio.to_thread.run_sync(_wait_for_one_exit, threads, abandon_on_cancel=True)
     assert pool.threads == 1
+    assert await pool.run(threading.current_thread) in threads
     with pytest.raises(ValueError, match="max_workers"):
         pool.max_workers = 0
+
+
+def _wait_for_one_exit(threads: list[threading.Thread]) -> None:
+    """Block until one of `threads` has ended (each is joined in turn, briefly)."""
+    assert len(threads) == 2
+    while all(thread.is_alive() for thread in threads):
+        for thread in threads:
+            thread.join(0.01)
 
 
 async def test_idle_threads_exit(monkeypatch: pytest.MonkeyPatch) -> None:
