@@ -327,6 +327,58 @@ class Reply(Generic[T]):
         return result
 
 
+class Wakeup:
+    """A one-shot wake-up of one task, set by code on the same loop (asyncio or trio).
+
+    What `anyio.Event` does for one waiter, for less: a flag, and an asyncio future or
+    a trio task parked until it is set. `set()` may come before, during or after the
+    wait, even after the wait was cancelled (`is_set()` then tells). `wait()` returns at
+    once, with no checkpoint, when already set.
+    """
+
+    __slots__ = ("_flag", "_future", "_task")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._task: trio.lowlevel.Task | None = None
+        # None on trio (its asyncio engine loop only runs in steps of its own), cheaply.
+        loop = asyncio._get_running_loop()  # pyright: ignore[reportPrivateUsage]
+        self._future: asyncio.Future[None] | None = None if loop is None else loop.create_future()
+
+    def set(self) -> None:
+        """Wake the waiting task, if any (no-op once set)."""
+        if self._flag:
+            return
+        self._flag = True
+        future = self._future
+        if future is not None:
+            if not future.done():  # else its wait was cancelled
+                future.set_result(None)
+        elif self._task is not None:
+            task, self._task = self._task, None
+            trio.lowlevel.reschedule(task)
+
+    def is_set(self) -> bool:
+        """True once `set()` was called."""
+        return self._flag
+
+    async def wait(self) -> None:
+        """Return once set."""
+        if self._flag:
+            return
+        future = self._future
+        if future is not None:
+            await future
+            return
+        self._task = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+
 async def wait_future(future: concurrent.futures.Future[T]) -> T:
     """Await a `concurrent.futures.Future` from asyncio or trio; cancelling cancels it."""
     try:

@@ -30,6 +30,7 @@ import msgspec
 from farine import settings as farine_settings
 from farine._deadlines import Deadlines
 from farine._inject import injector
+from farine._loop import Wakeup
 from farine.amqp._connection import get_connection
 from farine.amqp._errors import (
     BrokerUnavailable,
@@ -120,7 +121,7 @@ class _UnaryCall:
 
     def __init__(self, correlation_id: str) -> None:
         self.correlation_id = correlation_id
-        self.arrived = anyio.Event()
+        self.arrived = Wakeup()
         self.message: Message | None = None
         self.control: str | None = None
         self.expired = False

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import anyio
 import anyio.lowlevel
 
+from farine._loop import Wakeup
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -276,7 +278,7 @@ class Connection(abc.ABC):
 class DeliveryQueue:
     """Messages delivered to one consumer, waiting for one of its tasks to take them.
 
-    A deque, and the tasks waiting for it in turn, each on an event of its own: the
+    A deque, and the tasks waiting for it in turn, each on a `Wakeup` of its own: the
     broker never has more than `prefetch` messages in flight on the channel, so no
     bound is needed here. (An anyio memory object stream did the same with a
     checkpoint, an event and a task-info record per message, a measurable share of a
@@ -291,7 +293,7 @@ class DeliveryQueue:
 
     def __init__(self) -> None:
         self._items: deque[Message] = deque()
-        self._waiters: deque[anyio.Event] = deque()
+        self._waiters: deque[Wakeup] = deque()
         self._closed = False
 
     @property
@@ -329,7 +331,7 @@ class DeliveryQueue:
             else:
                 if self._closed:
                     raise anyio.EndOfStream
-                woken = anyio.Event()
+                woken = Wakeup()
                 self._waiters.append(woken)
                 try:
                     await woken.wait()

@@ -1,0 +1,47 @@
+"""`farine._loop.Wakeup`: one task woken by code on its loop, on both backends."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from farine._loop import Wakeup
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_waiting_task_is_woken_by_set() -> None:
+    wakeup = Wakeup()
+    woken: list[bool] = []
+
+    async def waiter() -> None:
+        await wakeup.wait()
+        woken.append(wakeup.is_set())
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            assert woken == []  # still parked
+            wakeup.set()
+            wakeup.set()  # a second set changes nothing
+    assert woken == [True]
+
+
+async def test_a_wait_after_set_returns_at_once() -> None:
+    wakeup = Wakeup()
+    assert not wakeup.is_set()
+    wakeup.set()
+    with anyio.fail_after(5):
+        await wakeup.wait()
+    assert wakeup.is_set()
+
+
+async def test_a_cancelled_wait_can_still_be_set() -> None:
+    wakeup = Wakeup()
+    with anyio.move_on_after(0.01) as scope:
+        await wakeup.wait()
+    assert scope.cancelled_caught
+    assert not wakeup.is_set()
+    wakeup.set()  # nobody waits any more: no error, and the flag tells
+    assert wakeup.is_set()
