@@ -301,6 +301,8 @@ class Reply(Generic[T]):
         if future is None:
             assert self._task is not None
             trio.lowlevel.reschedule(self._task, result)
+        elif future.done():
+            return  # cancelled with its task, which has not run its `except` yet
         elif isinstance(result, outcome.Error):
             future.set_exception(result.error)
         else:

@@ -19,7 +19,6 @@ call records its loop where anyio's (and on trio, trio's) own worker threads do.
 from __future__ import annotations
 
 import contextvars
-import logging
 import queue
 import threading
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = ("IDLE_TIMEOUT", "WorkerPool")
-
-logger = logging.getLogger("farine.workers")
 
 R = TypeVar("R")
 
