@@ -212,6 +212,8 @@ KEYS: Final[tuple[Key, ...]] = (
         "Default deadline of an RPC call, in seconds."),
     Key("rpc_send_traceback", _parse_bool, True, "bool",
         "Include the server's traceback text in RPC error replies."),
+    Key("rpc_stream_window", _parse_positive_int, 256, "int",
+        "Items of an RPC stream the server may send ahead of its reader."),
     # -- SSE -------------------------------------------------------------------------
     Key("headers", _parse_dict, {}, "dict",
         "Extra HTTP headers for the SSE endpoint (e.g. Authorization); never logged.",
@@ -274,6 +276,7 @@ class ServiceSettings(Mapping[str, Any]):
     publish_timeout: float = 30.0
     rpc_timeout: float = 30.0
     rpc_send_traceback: bool = True
+    rpc_stream_window: int = 256
     headers: dict[str, Any] = field(default_factory=dict[str, Any])
     sse_retry: float = 3.0
     db_connector: str | None = None

@@ -46,6 +46,8 @@ from farine.rpc._protocol import (
     HEADER_CONTROL,
     HEADER_DEADLINE,
     HEADER_UNARY,
+    HEADER_WINDOW,
+    Control,
     decode_reply,
     encode_request,
     error_from_reply,
@@ -67,25 +69,32 @@ __all__ = ("AsyncClient", "Client", "client", "use_script_backend")
 
 logger = logging.getLogger("farine.rpc")
 
+_control_encoder = msgspec.json.Encoder()
+
 S = TypeVar("S")
 P = ParamSpec("P")
 R = TypeVar("R")
 
 CONTENT_TYPE: Final = "application/json"
-#: Replies a stream may buffer before its reader falls too far behind.
-STREAM_BUFFER: Final = 256
 
 
 class _Call:
-    """A streaming call in flight: where its replies go, and the stream's control queue."""
+    """A streaming call in flight: where its replies go, and the stream's control queue.
 
-    __slots__ = ("closed", "control", "correlation_id", "lost", "overflowed", "receive", "send")
+    Its buffer holds `window` items and the end (or error) reply: a farine server sends
+    no more than that ahead of the reader (it waits for the reader's credit).
+    """
 
-    def __init__(self, correlation_id: str) -> None:
+    __slots__ = (
+        "closed", "control", "correlation_id", "lost", "overflowed", "receive", "send", "window",
+    )  # fmt: skip
+
+    def __init__(self, correlation_id: str, window: int) -> None:
         self.correlation_id = correlation_id
+        self.window = window
         self.send: MemoryObjectSendStream[Message]
         self.receive: MemoryObjectReceiveStream[Message]
-        self.send, self.receive = anyio.create_memory_object_stream[Message](STREAM_BUFFER)
+        self.send, self.receive = anyio.create_memory_object_stream[Message](window + 1)
         self.control: str | None = None
         self.overflowed = False
         self.lost = False
@@ -95,8 +104,9 @@ class _Call:
         try:
             self.send.send_nowait(message)
         except anyio.WouldBlock:
-            # The reader is too slow: end the stream (it raises) rather than block the
-            # replies of every other call behind it.
+            # Only from a server that does not wait for its reader (a baguette-messaging
+            # one): end the stream (it raises) rather than block the replies of every
+            # other call behind it.
             self.overflowed = True
             self.send.close()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -241,11 +251,11 @@ class _Router:
         """Publish the request of a stream and yield the call whose replies arrive on
         `call.receive`."""
         correlation_id = f"{self._prefix}.{next(self._ids)}"
-        call = _Call(correlation_id)
+        call = _Call(correlation_id, settings.rpc_stream_window)
         self.calls[correlation_id] = call
         try:
             await self._publish(
-                correlation_id, settings, service, method, args, kwargs, limit, stream=True
+                correlation_id, settings, service, method, args, kwargs, limit, stream=call
             )
             yield call
         finally:
@@ -263,13 +273,15 @@ class _Router:
         kwargs: dict[str, Any],
         limit: float,
         *,
-        stream: bool = False,
+        stream: _Call | None = None,
     ) -> None:
         assert self.channel is not None, "the router is not running"
         body = encode_request(args, kwargs)
         headers: dict[str, Any] = {HEADER_DEADLINE: f"{time.time() + limit:.6f}"}
-        if not stream:
+        if stream is None:
             headers[HEADER_UNARY] = 1
+        else:
+            headers[HEADER_WINDOW] = stream.window
         properties = Properties(
             content_type=CONTENT_TYPE,
             correlation_id=correlation_id,
@@ -312,18 +324,27 @@ class _Router:
 
     async def cancel(self, call: _Call) -> None:
         """Ask the server streaming to `call` to stop (best effort)."""
-        if call.control is None:
-            return
-        correlation_id = call.correlation_id
-        body = msgspec.json.encode({"cancel": correlation_id})
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            try:
-                await self.connection.publish(
-                    "", call.control, body, Properties(content_type=CONTENT_TYPE),
-                    mandatory=False,
-                )  # fmt: skip
-            except PublishError:
-                logger.debug("could not send the cancel of %s", correlation_id, exc_info=True)
+            await self._control(call, Control(cancel=call.correlation_id))
+
+    async def credit(self, call: _Call, read: int) -> bool:
+        """Tell the server streaming to `call` that its reader has read `read` items.
+
+        Returns False when the server named no control queue (yet) to send it to.
+        """
+        return await self._control(call, Control(credit=call.correlation_id, read=read))
+
+    async def _control(self, call: _Call, order: Control) -> bool:
+        if call.control is None:
+            return False  # no first reply yet, or a baguette-messaging server
+        body = _control_encoder.encode(order)
+        try:
+            await self.connection.publish(
+                "", call.control, body, Properties(content_type=CONTENT_TYPE), mandatory=False
+            )
+        except PublishError:
+            logger.debug("could not send %r to %s", order, call.correlation_id, exc_info=True)
+        return True
 
 
 @contextlib.asynccontextmanager
@@ -448,6 +469,9 @@ class AsyncClient(_ClientBase):
         async with router.open_stream(
             self.settings, self.service, method, args, kwargs, limit
         ) as call:
+            # Credit goes to the server each time the reader has taken half a window.
+            read = credited = 0
+            step = max(1, call.window // 2)
             try:
                 while True:
                     message: Message | None = None
@@ -460,6 +484,9 @@ class AsyncClient(_ClientBase):
                         ended = True
                         raise error_from_reply(reply, where)
                     if reply.has_body:
+                        read += 1
+                        if read - credited >= step and await router.credit(call, read):
+                            credited = read
                         yield reply.body
                     if reply.end:
                         ended = True
@@ -483,7 +510,8 @@ async def _receive(call: _Call, where: str) -> Message:
             raise (_closed(where) if call.closed else _lost(where)) from None
         if call.overflowed:
             raise RPCError(
-                f"{where}: stream reader too slow: more than {STREAM_BUFFER} items buffered"
+                f"{where}: stream reader too slow: more than {call.window} items buffered "
+                "(the server does not wait for its reader)"
             ) from None
         raise RPCError(f"{where}: the reply stream ended unexpectedly") from None
 

@@ -14,6 +14,16 @@ Replies, published to `reply_to` with the request's `correlation_id`::
 farine adds, never removes: the `error` envelope; and, for a caller that announces it
 wants a single value (header `x-farine-unary`), the value and the end marker in one
 message `{"body": <value>, "__end__": true}`, which halves the replies of plain calls.
+
+Streams: the first reply names the server instance's control queue (header
+`x-farine-control`), where the caller sends, as JSON:
+
+    {"cancel": "<correlation id>"}                  stop the stream
+    {"credit": "<correlation id>", "read": <n>}     the caller has read n items
+
+A caller that announces a window (header `x-farine-window: <w>` on the request) is sent
+at most `read + w` items: the server waits for credit before producing more. Without the
+header (a baguette-messaging caller), the server sends items as fast as it makes them.
 """
 
 from __future__ import annotations
@@ -36,8 +46,10 @@ __all__ = (
     "HEADER_CONTROL",
     "HEADER_DEADLINE",
     "HEADER_UNARY",
+    "HEADER_WINDOW",
     "ArgumentBinder",
     "BadArguments",
+    "Control",
     "Reply",
     "encode_error",
     "encode_item",
@@ -52,6 +64,8 @@ HEADER_DEADLINE: Final = "x-farine-deadline"
 HEADER_UNARY: Final = "x-farine-unary"
 #: On a stream's first reply: the queue where the caller sends a cancel for this stream.
 HEADER_CONTROL: Final = "x-farine-control"
+#: On a stream request: how many unread items the caller lets the server send ahead.
+HEADER_WINDOW: Final = "x-farine-window"
 
 END: Final = b'{"__end__":true}'
 
@@ -94,6 +108,14 @@ class Reply(msgspec.Struct, omit_defaults=True):
     except_: str | None = msgspec.field(name="__except__", default=None)
     error: ErrorInfo | None = None
     has_body: bool = False
+
+
+class Control(msgspec.Struct, omit_defaults=True):
+    """A message of a stream's caller to the server's control queue."""
+
+    cancel: str | None = None
+    credit: str | None = None
+    read: int = 0
 
 
 _request_decoder = msgspec.json.Decoder(_Request)

@@ -46,8 +46,10 @@ from farine.rpc._protocol import (
     HEADER_CONTROL,
     HEADER_DEADLINE,
     HEADER_UNARY,
+    HEADER_WINDOW,
     ArgumentBinder,
     BadArguments,
+    Control,
     encode_error,
     encode_item,
     routing_key,
@@ -73,11 +75,7 @@ _STOP = object()
 _NO_VALUE = object()
 
 
-class _Cancel(msgspec.Struct):
-    cancel: str
-
-
-_cancel_decoder = msgspec.json.Decoder(_Cancel)
+_control_decoder = msgspec.json.Decoder(Control)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,9 +164,10 @@ class _RpcMethod(Entrypoint):
         self.prefetch = spec.prefetch or settings.prefetch
         self.is_async_gen = inspect.isasyncgenfunction(handler)
         self.is_gen = inspect.isgeneratorfunction(handler)
-        # Cancels of streams this instance serves arrive on a queue of its own.
+        # Cancels and credits of streams this instance serves arrive on a queue of its own.
         self.control_queue = f"{self.queue}.control.{uuid.uuid4().hex[:12]}"
         self._streams: dict[str, anyio.CancelScope] = {}
+        self._flows: dict[str, _Flow] = {}
         # The scopes of the calls running, cancelled once their caller's deadline passed.
         self._deadlines = Deadlines[anyio.CancelScope](_cancel)
         exchange = ExchangeSpec(
@@ -205,7 +204,7 @@ class _RpcMethod(Entrypoint):
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._cancel_on_stop, consumer)
-                tg.start_soon(self._read_cancels, control)
+                tg.start_soon(self._read_control, control)
                 tg.start_soon(self._deadlines.run)
                 task_status.started()
                 # One task per call the broker may hand over at once (the prefetch),
@@ -227,18 +226,23 @@ class _RpcMethod(Entrypoint):
         logger.info("%s: no longer taking calls", self.qualname)
         await consumer.cancel()
 
-    async def _read_cancels(self, control: Consumer) -> None:
+    async def _read_control(self, control: Consumer) -> None:
         async for message in control:
             message.ack()
             try:
-                correlation_id = _cancel_decoder.decode(message.body).cancel
+                order = _control_decoder.decode(message.body)
             except (msgspec.DecodeError, msgspec.ValidationError):
-                logger.warning("%s: ignoring a malformed cancel message", self.qualname)
+                logger.warning("%s: ignoring a malformed control message", self.qualname)
                 continue
-            scope = self._streams.get(correlation_id)
-            if scope is not None:
-                logger.info("%s: caller stopped stream %s", self.qualname, correlation_id)
-                scope.cancel()
+            if order.credit is not None:
+                flow = self._flows.get(order.credit)
+                if flow is not None:
+                    flow.grant(order.read)
+            if order.cancel is not None:
+                scope = self._streams.get(order.cancel)
+                if scope is not None:
+                    logger.info("%s: caller stopped stream %s", self.qualname, order.cancel)
+                    scope.cancel()
 
     async def _take_calls(self, consumer: Consumer, connection: Connection) -> None:
         # Set once for every call this task makes (each task has a context of its own);
@@ -276,6 +280,8 @@ class _RpcMethod(Entrypoint):
         correlation_id = message.correlation_id
         if correlation_id is not None:
             self._streams[correlation_id] = scope
+            if reply.flow is not None:
+                self._flows[correlation_id] = reply.flow
         result: Any = _NO_VALUE
         try:
             with scope:
@@ -294,6 +300,7 @@ class _RpcMethod(Entrypoint):
             self._deadlines.discard(scope)
             if correlation_id is not None:
                 self._streams.pop(correlation_id, None)
+                self._flows.pop(correlation_id, None)
         if scope.cancelled_caught:
             past = anyio.current_time() >= deadline
             reason = "its deadline passed" if past else "its caller stopped it"
@@ -323,6 +330,50 @@ def _cancel(scope: anyio.CancelScope) -> None:
     scope.cancel()
 
 
+class _Flow:
+    """The pace of a stream whose caller announced a window (header `x-farine-window`).
+
+    The server sends at most `read + window` items, `read` being what the caller said it
+    has read (its credit messages): a slow reader holds the generator back instead of
+    letting items pile up in its buffer.
+    """
+
+    __slots__ = ("_room", "read", "sent", "window")
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.read = 0
+        self.sent = 0
+        self._room: anyio.Event | None = None
+
+    def grant(self, read: int) -> None:
+        if read > self.read:
+            self.read = read
+            if self._room is not None:
+                self._room.set()
+
+    async def wait_for_room(self, replier: _Replier) -> None:
+        """Return once another item may be sent (at once, unless the caller is behind)."""
+        while self.sent >= self.read + self.window:
+            logger.debug(
+                "%s: stream %s waits for its caller (%d items unread)",
+                replier.method.qualname, replier.correlation_id, self.sent - self.read,
+            )  # fmt: skip
+            self._room = anyio.Event()
+            try:
+                await self._room.wait()
+            finally:
+                self._room = None
+
+
+def _window(message: Message) -> int | None:
+    """The window a stream's caller announced, if it did (and it makes sense)."""
+    window = message.headers.get(HEADER_WINDOW)
+    if isinstance(window, int) and not isinstance(window, bool) and window > 0:
+        return window
+    return None
+
+
 class _Replier:
     """Publishes the replies of one call to its `reply_to`."""
 
@@ -339,6 +390,8 @@ class _Replier:
         # Only a stream can be stopped by its caller: a unary call's reply needs no
         # control queue (and is cheaper to encode and decode without headers).
         self._first = not self.unary
+        window = None if self.unary or self.reply_to is None else _window(message)
+        self.flow = None if window is None else _Flow(window)
 
     async def _send(self, body: bytes, *, shield: bool = True) -> None:
         if self.reply_to is None or self.gone:
@@ -397,10 +450,22 @@ class _Replier:
                 self.method.qualname, self.correlation_id, exc_info=True,
             )  # fmt: skip
 
+    async def _send_item(self, item: Any) -> None:
+        await self._send(encode_item(item))
+        if self.flow is not None:
+            self.flow.sent += 1
+
     async def stream_async(self, items: AsyncIterator[Any]) -> None:
+        flow = self.flow
         try:
-            async for item in items:
-                await self._send(encode_item(item))
+            while True:
+                if flow is not None:
+                    await flow.wait_for_room(self)
+                try:
+                    item = await anext(items)
+                except StopAsyncIteration:
+                    break
+                await self._send_item(item)
             await self._send(END)
         except _CallerGone:
             pass
@@ -412,12 +477,15 @@ class _Replier:
 
     async def stream_sync(self, items: Iterator[Any]) -> None:
         service = self.method.service
+        flow = self.flow
         try:
             while True:
+                if flow is not None:
+                    await flow.wait_for_room(self)
                 item = await service.run_sync(next, items, _STOP)
                 if item is _STOP:
                     break
-                await self._send(encode_item(item))
+                await self._send_item(item)
             await self._send(END)
         except _CallerGone:
             pass

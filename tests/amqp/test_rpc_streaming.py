@@ -1,49 +1,172 @@
-"""The bounded reply buffer of an RPC stream (docs/rpc-streaming.md, "Deadline and buffer")."""
+"""The pace of an RPC stream (docs/rpc-streaming.md, "Deadline and pace").
+
+A farine server sends at most a window of items ahead of its reader (the reader's credit
+messages open it); a server that does not wait for its reader (baguette-messaging's)
+ends the stream with an error once the reader's buffer is full.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+import threading
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
+import farine.amqp
 import farine.rpc
 from farine import settings
+from farine.amqp._connection import get_connection
+from farine.amqp._message import Message, Properties
 from farine.exceptions import RPCError
-from farine.rpc._client import STREAM_BUFFER
-from tests.amqp.conftest import Broker, Recorder, running
+from farine.rpc._protocol import encode_item
+from tests.amqp.conftest import Broker, LogWatcher, Recorder, running
+from tests.amqp.test_rpc import serve, unique
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator
+    from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator
 
 pytestmark = pytest.mark.anyio
 
+WINDOW = 8
+
 
 class Firehose:
+    """Streams `n` items as fast as the caller lets it, counting what it produced."""
+
     def __init__(self) -> None:
-        self.finished = Recorder()
+        self.lock = threading.Lock()
+        self.produced = 0
+        self.closed = Recorder()
+
+    def _made(self) -> None:
+        with self.lock:
+            self.produced += 1
 
     @farine.rpc.method()
-    async def items(self, n: int) -> AsyncGenerator[int]:
-        for i in range(n):
-            yield i
-        self.finished.add(n)
+    def items(self, n: int) -> Generator[int]:
+        try:
+            for i in range(n):
+                self._made()
+                yield i
+        finally:
+            self.closed.add("items")
+
+    @farine.rpc.method()
+    async def aitems(self, n: int) -> AsyncGenerator[int]:
+        try:
+            for i in range(n):
+                self._made()
+                yield i
+        finally:
+            self.closed.add("aitems")
 
 
-async def test_reader_more_than_256_items_behind_gets_an_error_after_the_buffered_ones() -> None:
-    # memory:// only: with everything on one event loop, `wait_all_tasks_blocked` tells
-    # when the server has sent all it will and the client has buffered all it can.
-    broker = Broker("memory")
-    config = broker.config()
-    settings.use(config)
-    assert STREAM_BUFFER == 256
+@pytest.mark.parametrize("method", ["items", "aitems"])
+async def test_a_slow_reader_holds_the_server_back_and_gets_every_item(
+    broker: Broker, method: str, watch_log: Callable[[str], LogWatcher]
+) -> None:
+    svc = unique(Firehose, broker)
+    waits = watch_log("waits for its caller")
+    count = 5 * WINDOW + 3
     async with (
-        running(Firehose, config=config) as runtime,
-        farine.rpc.Client("firehose", timeout=30) as rpc,
+        serve(svc, broker=broker, rpc_stream_window=WINDOW) as runtime,
+        farine.rpc.Client(svc.__name__, timeout=30) as rpc,
     ):
-        instance = runtime.services["firehose"].instance
+        instance = runtime.services[svc.__name__].instance
         assert isinstance(instance, Firehose)
+        with anyio.fail_after(30):
+            async with contextlib.aclosing(rpc.call(method, count, __stream__=True)) as stream:
+                got = [await stream.__anext__()]
+                # The reader stops reading: the server fills the window and waits.
+                await waits.wait()
+                assert instance.produced == WINDOW
+                got += [item async for item in stream]
+    assert got == list(range(count))
+    # Past the first window, only the reader's credits let the server go on.
+    assert instance.closed.items == [method]
+
+
+@pytest.mark.parametrize("method", ["items", "aitems"])
+async def test_a_reader_that_leaves_while_the_server_waits_stops_it(
+    broker: Broker, method: str, watch_log: Callable[[str], LogWatcher]
+) -> None:
+    svc = unique(Firehose, broker)
+    waits = watch_log("waits for its caller")
+    stopped = watch_log("caller stopped stream")
+    async with (
+        serve(svc, broker=broker, rpc_stream_window=WINDOW) as runtime,
+        farine.rpc.Client(svc.__name__, timeout=30) as rpc,
+    ):
+        instance = runtime.services[svc.__name__].instance
+        assert isinstance(instance, Firehose)
+        with anyio.fail_after(30):
+            stream = rpc.call(method, 1_000_000, __stream__=True)
+            assert await stream.__anext__() == 0
+            await waits.wait()
+            await stream.aclose()
+            await stopped.wait()
+            assert await instance.closed.wait_for(1) == [method]
+            assert await rpc.items(2) == 0  # still serving
+    assert instance.produced == WINDOW + 2
+
+
+async def test_a_deadline_passing_while_the_server_waits_ends_both_sides(
+    broker: Broker, watch_log: Callable[[str], LogWatcher]
+) -> None:
+    svc = unique(Firehose, broker)
+    waits = watch_log("waits for its caller")
+    async with (
+        serve(svc, broker=broker, rpc_stream_window=WINDOW) as runtime,
+        farine.rpc.Client(svc.__name__, timeout=1) as rpc,
+    ):
+        instance = runtime.services[svc.__name__].instance
+        assert isinstance(instance, Firehose)
+        with anyio.fail_after(30):
+            async with contextlib.aclosing(rpc.aitems(1_000_000, __stream__=True)) as stream:
+                assert await stream.__anext__() == 0
+                await waits.wait()
+                with pytest.raises(RPCError, match="timeout"):
+                    async for _ in stream:
+                        pass
+            # The server's generator is closed by the deadline, or by the cancel.
+            assert await instance.closed.wait_for(1) == ["aitems"]
+
+
+class Unpaced:
+    """A server that does not wait for its reader, as baguette-messaging's did."""
+
+    def __init__(self) -> None:
+        self.sent = Recorder()
+
+    @farine.amqp.consume(exchange="unpaced", routing_key="unpaced__items")
+    async def items(self, body: dict[str, Any], message: Message) -> None:
+        [n] = body["args"]
+        assert message.reply_to is not None
+        connection = await get_connection(settings.get("unpaced"))
+        properties = Properties(correlation_id=message.correlation_id)
+        for i in range(n):
+            await connection.publish(
+                "", message.reply_to, encode_item(i), properties, mandatory=False
+            )
+        self.sent.add(n)
+
+
+async def test_a_reader_too_slow_for_an_unpaced_server_gets_an_error_after_the_buffered_items() -> (
+    None
+):
+    # memory:// only: with everything on one event loop, `wait_all_tasks_blocked` tells
+    # when the client has buffered all it can.
+    broker = Broker("memory")
+    config = broker.config(rpc_stream_window=WINDOW)
+    settings.use(config)
+    async with (
+        running(Unpaced, config=config) as runtime,
+        farine.rpc.Client("unpaced", timeout=30) as rpc,
+    ):
+        instance = runtime.services["unpaced"].instance
+        assert isinstance(instance, Unpaced)
         got: list[int] = []
 
         async def read_on(stream: AsyncIterator[int]) -> None:
@@ -51,11 +174,13 @@ async def test_reader_more_than_256_items_behind_gets_an_error_after_the_buffere
                 got.append(item)  # noqa: PERF401 - keep the items read before the error
 
         with anyio.fail_after(30):
-            async with contextlib.aclosing(rpc.items(STREAM_BUFFER * 2, __stream__=True)) as stream:
+            async with contextlib.aclosing(rpc.items(WINDOW * 3, __stream__=True)) as stream:
                 got.append(await stream.__anext__())
-                await instance.finished.wait_for(1)  # the server sent all 512 items
+                await instance.sent.wait_for(1)  # the server sent every item
                 await anyio.wait_all_tasks_blocked()  # and the client took in what it could
-                with pytest.raises(RPCError, match="stream reader too slow: more than 256 items"):
+                with pytest.raises(
+                    RPCError, match=f"stream reader too slow: more than {WINDOW} items buffered"
+                ):
                     await read_on(stream)
-            assert [i async for i in rpc.items(3, __stream__=True)] == [0, 1, 2]  # still serving
-    assert got == list(range(STREAM_BUFFER + 1))  # the first item, then the buffered ones
+    # The first item, then a full buffer: the window, and one more (room for the end).
+    assert got == list(range(WINDOW + 2))
