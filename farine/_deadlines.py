@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Generic, NoReturn, TypeVar
 
 import anyio
 
+from farine import _loop
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -25,8 +27,8 @@ class Deadlines(Generic[T]):
     wakes at the deadline of an item long gone, and goes back to sleep; an item with
     an earlier deadline than every other one wakes it at once.
 
-    Every method runs on the event loop of `run()`'s task. `current_time()` is
-    `anyio.current_time()`.
+    Every method runs on the event loop of `run()`'s task; deadlines are on its clock
+    (`anyio.current_time()`, or `farine._loop.now()`, the same for less).
 
     Args:
         expired: Called with each item whose deadline passed (it is removed first).
@@ -53,7 +55,7 @@ class Deadlines(Generic[T]):
     async def run(self) -> NoReturn:
         """Expire items as their deadlines pass, until cancelled."""
         while True:
-            now = anyio.current_time()
+            now = _loop.now()
             earliest = math.inf
             for item, deadline in list(self._items.items()):
                 if deadline <= now:

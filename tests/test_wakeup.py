@@ -1,11 +1,11 @@
-"""`farine._loop.Wakeup`: one task woken by code on its loop, on both backends."""
+"""`farine._loop.Wakeup` (one task woken by code on its loop) and `now()`, on both backends."""
 
 from __future__ import annotations
 
 import anyio
 import pytest
 
-from farine._loop import Wakeup
+from farine._loop import Wakeup, now
 
 pytestmark = pytest.mark.anyio
 
@@ -45,3 +45,11 @@ async def test_a_cancelled_wait_can_still_be_set() -> None:
     assert not wakeup.is_set()
     wakeup.set()  # nobody waits any more: no error, and the flag tells
     assert wakeup.is_set()
+
+
+async def test_now_reads_the_clock_of_anyio_current_time() -> None:
+    before = anyio.current_time()
+    await anyio.sleep(0.01)
+    during = now()
+    after = anyio.current_time()
+    assert before + 0.01 <= during <= after

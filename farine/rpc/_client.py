@@ -30,7 +30,7 @@ import msgspec
 from farine import settings as farine_settings
 from farine._deadlines import Deadlines
 from farine._inject import injector
-from farine._loop import Wakeup
+from farine._loop import Wakeup, now
 from farine.amqp._connection import get_connection
 from farine.amqp._errors import (
     BrokerUnavailable,
@@ -225,7 +225,7 @@ class _Router:
         correlation_id = f"{self._prefix}.{next(self._ids)}"
         call = _UnaryCall(correlation_id)
         self.calls[correlation_id] = call
-        self._deadlines.add(call, anyio.current_time() + limit)
+        self._deadlines.add(call, now() + limit)
         try:
             await self._publish(correlation_id, settings, service, method, args, kwargs, limit)
             await call.arrived.wait()
@@ -464,7 +464,7 @@ class AsyncClient(_ClientBase):
     ) -> AsyncGenerator[Any]:
         router = await self._get_router()
         where = f"{self.service}.{method}"
-        deadline = anyio.current_time() + limit
+        deadline = now() + limit
         ended = False
         async with router.open_stream(
             self.settings, self.service, method, args, kwargs, limit
@@ -475,7 +475,7 @@ class AsyncClient(_ClientBase):
             try:
                 while True:
                     message: Message | None = None
-                    with anyio.move_on_after(deadline - anyio.current_time()):
+                    with anyio.move_on_after(deadline - now()):
                         message = await _receive(call, where)
                     if message is None:
                         raise RPCError(f"{where}: timeout: stream not finished within {limit:g}s")

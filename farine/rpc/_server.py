@@ -23,6 +23,7 @@ import anyio
 import msgspec
 
 from farine._deadlines import Deadlines
+from farine._loop import now
 from farine.amqp._connection import get_connection
 from farine.amqp._errors import PublishError, UnroutableError
 from farine.amqp._message import Properties
@@ -274,7 +275,7 @@ class _RpcMethod(Entrypoint):
             message.ack()
             return
         scope = anyio.CancelScope()
-        deadline = math.inf if remaining is None else anyio.current_time() + remaining
+        deadline = math.inf if remaining is None else now() + remaining
         if remaining is not None:
             self._deadlines.add(scope, deadline)
         correlation_id = message.correlation_id
@@ -302,7 +303,7 @@ class _RpcMethod(Entrypoint):
                 self._streams.pop(correlation_id, None)
                 self._flows.pop(correlation_id, None)
         if scope.cancelled_caught:
-            past = anyio.current_time() >= deadline
+            past = now() >= deadline
             reason = "its deadline passed" if past else "its caller stopped it"
             logger.info("%s: call %s cancelled: %s", self.qualname, correlation_id, reason)
         if not message.settled:
