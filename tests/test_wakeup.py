@@ -52,4 +52,5 @@ async def test_now_reads_the_clock_of_anyio_current_time() -> None:
     await anyio.sleep(0.01)
     during = now()
     after = anyio.current_time()
-    assert before + 0.01 <= during <= after
+    # asyncio may run a timer up to its clock resolution early: hence 0.009.
+    assert before + 0.009 <= during <= after
