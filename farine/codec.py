@@ -1,9 +1,14 @@
-"""Bodies on the wire: JSON through msgspec, decoded into the handler's annotations.
+"""Bodies on the wire: JSON (or msgpack) through msgspec, decoded into the handler's annotations.
 
 A handler's annotation (`body: Order`, `data: list[int]`, `x: int | None`) picks the
 decoded type; no annotation means `Any` (a JSON object arrives as a `dict`, as in
 baguette-messaging). Decoders are built once per handler, when it is bound, and an
 annotation msgspec cannot decode is reported then, naming the handler.
+
+A message's `content_type` picks the format: JSON when it has none or says JSON, msgpack
+when it says msgpack; text (`text/*`) for a `str` or unannotated body and raw bytes
+(`application/octet-stream`) for a `bytes` or unannotated one, as kombu handed such
+bodies to baguette-messaging's handlers. Anything else is a bad body.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ if typing.TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = (
+    "CONTENT_TYPES",
     "BadBody",
     "BodyDecoder",
     "annotation_of",
@@ -34,6 +40,21 @@ __all__ = (
 DEFAULT_MAX_BODY_SIZE: Final = 16 * 1024 * 1024
 
 _encoder = msgspec.json.Encoder()
+_msgpack_encoder = msgspec.msgpack.Encoder()
+
+#: The content type (and content encoding) a body is published with, by serializer
+#: (the `serializer` setting); kombu's names, so baguette-messaging reads them too.
+CONTENT_TYPES: Final = {
+    "json": ("application/json", "utf-8"),
+    "msgpack": ("application/x-msgpack", "binary"),
+}
+
+_JSON_TYPES: Final = frozenset({"application/json", "text/json", "application/x-json"})
+_MSGPACK_TYPES: Final = frozenset(
+    {"application/x-msgpack", "application/msgpack", "application/vnd.msgpack"}
+)
+#: Content encodings of bodies that are not compressed (kombu's, and none).
+_PLAIN_ENCODINGS: Final = frozenset({"", "utf-8", "utf8", "binary", "identity"})
 
 
 def check_decodable(tp: Any) -> None:
@@ -73,15 +94,20 @@ def _walk(info: msgspec.inspect.Type, seen: set[int]) -> None:
 
 
 class BadBody(FarineError):
-    """A body that cannot be decoded: invalid JSON, wrong type, too large, too deep."""
+    """A body that cannot be decoded: invalid JSON, wrong type, too large, too deep, or a
+    content type farine does not read."""
 
 
-def encode(value: object) -> bytes:
-    """Encode `value` as JSON: builtins, Structs, dataclasses, datetimes, UUIDs, Decimals..."""
+def encode(value: object, serializer: str = "json") -> bytes:
+    """Encode `value` as JSON (or msgpack): builtins, Structs, dataclasses, datetimes,
+    UUIDs, Decimals..."""
     try:
-        return _encoder.encode(value)
+        if serializer == "json":
+            return _encoder.encode(value)
+        return _msgpack_encoder.encode(value)
     except (TypeError, msgspec.EncodeError) as exc:
-        raise TypeError(f"cannot encode a {type(value).__name__} as JSON: {exc}") from None
+        name = "JSON" if serializer == "json" else serializer
+        raise TypeError(f"cannot encode a {type(value).__name__} as {name}: {exc}") from None
 
 
 def to_builtins(value: object) -> Any:
@@ -133,7 +159,9 @@ def _name(func: Callable[..., Any]) -> str:
 
 
 class BodyDecoder:
-    """Decode JSON bodies into one type, with a size limit and clear errors.
+    """Decode bodies into one type, with a size limit and clear errors.
+
+    JSON, unless the message's content type says otherwise (see the module's docstring).
 
     Args:
         type: The target type (a Struct, dataclass, TypedDict, builtins, generics, unions).
@@ -141,7 +169,7 @@ class BodyDecoder:
         max_size: Bodies larger than this many bytes are rejected before decoding.
     """
 
-    __slots__ = ("_decoder", "max_size", "type")
+    __slots__ = ("_decoder", "_msgpack", "max_size", "type")
 
     def __init__(
         self, type: Any = Any, *, where: str = "", max_size: int = DEFAULT_MAX_BODY_SIZE
@@ -155,15 +183,33 @@ class BodyDecoder:
             ) from None
         self.type = type
         self.max_size = max_size
+        self._msgpack: msgspec.msgpack.Decoder[Any] | None = None
 
-    def decode(self, data: bytes | bytearray | memoryview | str) -> Any:
-        """Decode `data` into the target type.
+    def decode(
+        self,
+        data: bytes | bytearray | memoryview | str,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+    ) -> Any:
+        """Decode `data` into the target type, as its `content_type` says (default: JSON).
 
         Raises:
-            BadBody: With the reason (too large, invalid JSON, wrong type, too deep).
+            BadBody: With the reason (too large, invalid JSON, wrong type, too deep, a
+                content type or encoding farine does not read).
         """
         if len(data) > self.max_size:
             raise BadBody(f"body of {len(data)} bytes exceeds max_body_size ({self.max_size})")
+        if (
+            content_encoding
+            and content_encoding != "utf-8"
+            and content_encoding.lower() not in _PLAIN_ENCODINGS
+        ):
+            raise BadBody(f"unsupported content encoding {content_encoding!r}")
+        if content_type and content_type != "application/json":
+            return self._decode_as(data, content_type)
+        return self._json(data)
+
+    def _json(self, data: bytes | bytearray | memoryview | str) -> Any:
         try:
             return self._decoder.decode(data)
         except msgspec.ValidationError as exc:
@@ -172,6 +218,45 @@ class BodyDecoder:
             raise BadBody(f"invalid JSON: {exc}") from None
         except RecursionError:
             raise BadBody("JSON nested too deeply") from None
+
+    def _decode_as(self, data: bytes | bytearray | memoryview | str, content_type: str) -> Any:
+        media, _, params = content_type.partition(";")
+        media = media.strip().lower()
+        if media in _JSON_TYPES or media.endswith("+json"):
+            return self._json(data)
+        if media in _MSGPACK_TYPES:
+            return self._msgpack_decode(data)
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        if media.startswith("text/") and self.type in (str, Any):
+            charset = "utf-8"
+            for param in params.split(";"):
+                key, _, value = param.partition("=")
+                if key.strip().lower() == "charset" and value.strip():
+                    charset = value.strip().strip('"')
+            try:
+                return raw.decode(charset)
+            except (LookupError, UnicodeDecodeError) as exc:
+                raise BadBody(f"undecodable {media} text: {exc}") from None
+        if media == "application/octet-stream" and self.type in (bytes, Any):
+            return raw
+        wants = _type_name(self.type)
+        raise BadBody(
+            f"unsupported content type {content_type!r} for a {wants} body (farine reads "
+            "JSON and msgpack; text/* into str and application/octet-stream into bytes)"
+        )
+
+    def _msgpack_decode(self, data: bytes | bytearray | memoryview | str) -> Any:
+        decoder = self._msgpack
+        if decoder is None:
+            decoder = self._msgpack = msgspec.msgpack.Decoder(self.type)
+        try:
+            return decoder.decode(data.encode() if isinstance(data, str) else data)
+        except msgspec.ValidationError as exc:
+            raise BadBody(f"does not match {_type_name(self.type)}: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise BadBody(f"invalid msgpack: {exc}") from None
+        except RecursionError:
+            raise BadBody("msgpack nested too deeply") from None
 
 
 def _type_name(tp: Any) -> str:

@@ -177,8 +177,9 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("retry_policy", _parse_dict, {"max_retries": 5}, "dict",
         "How publishing retries: `max_retries` (and `interval_start`, `interval_step`, "
         "`interval_max` in seconds)."),
-    Key("serializer", _choice("json"), "json", "str",
-        "Body encoding; JSON (msgspec) is the wire format."),
+    Key("serializer", _choice("json", "msgpack"), "json", "str",
+        "Encoding of published bodies: `json`, or `msgpack` (for farine consumers); "
+        "RPC is always JSON."),
     Key("amqp_uri", _parse_amqp_uri, "memory://", "str",
         "Broker URI: `amqp://user:password@host:port/vhost`, `amqps://...`, or `memory://` "
         "for the in-process broker. Its password is masked in logs."),

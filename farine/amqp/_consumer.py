@@ -277,7 +277,10 @@ class _ConsumerEntrypoint(Entrypoint):
             message.nack(requeue=True)
             return
         try:
-            body = self.decoder.decode(message.body)
+            properties = message.properties
+            body = self.decoder.decode(
+                message.body, properties.content_type, properties.content_encoding
+            )
         except BadBody as exc:
             logger.error(
                 "%s: rejecting message %s from exchange %r (routing key %r): bad body: %s",

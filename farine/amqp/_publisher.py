@@ -12,7 +12,7 @@ from farine._inject import injector
 from farine.amqp._connection import get_connection, get_connection_blocking
 from farine.amqp._message import Properties
 from farine.amqp._transport import ExchangeSpec
-from farine.codec import encode
+from farine.codec import CONTENT_TYPES, encode
 from farine.entrypoints import current_service
 
 if TYPE_CHECKING:
@@ -27,8 +27,6 @@ logger = logging.getLogger("farine.amqp")
 S = TypeVar("S")
 P = ParamSpec("P")
 R = TypeVar("R")
-
-CONTENT_TYPE = "application/json"
 
 
 def _settings_for(name: str) -> ServiceSettings:
@@ -87,9 +85,11 @@ class _BasePublisher:
         routing_keys = [keys] if isinstance(keys, str) else list(keys)
         if isinstance(expiration, int | float):
             expiration = str(max(0, int(expiration * 1000)))
+        serializer = self.settings.serializer
+        content_type, content_encoding = CONTENT_TYPES[serializer]
         properties = Properties(
-            content_type=CONTENT_TYPE,
-            content_encoding="utf-8",
+            content_type=content_type,
+            content_encoding=content_encoding,
             headers=dict(headers) if headers else None,
             delivery_mode=delivery_mode or self.settings.delivery_mode,
             correlation_id=correlation_id,
@@ -98,7 +98,7 @@ class _BasePublisher:
             expiration=expiration,
             timestamp=datetime.datetime.now(datetime.UTC).replace(microsecond=0),
         )
-        return routing_keys, encode(body), properties
+        return routing_keys, encode(body, serializer), properties
 
 
 class Publisher(_BasePublisher):
@@ -139,7 +139,8 @@ class Publisher(_BasePublisher):
         """Publish `body` (a dict, Struct, dataclass...: encoded as JSON) and wait for the confirm.
 
         Args:
-            body: The message body; encoded with msgspec.
+            body: The message body; encoded with msgspec, as JSON (or msgpack, with the
+                `serializer = msgpack` setting).
             routing_key: Overrides the routing key; a list publishes once per key.
             headers: Application headers.
             correlation_id: The `correlation_id` property.

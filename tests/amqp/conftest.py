@@ -148,11 +148,13 @@ class Recorder:
 
 
 class LogWatcher(logging.Handler):
-    """Sets an event when a log record containing `text` is emitted (from any thread)."""
+    """Sets an event once `count` log records containing `text` were emitted (from any
+    thread)."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, count: int = 1) -> None:
         super().__init__(logging.DEBUG)
         self.text = text
+        self.count = count
         self.event = anyio.Event()
         self.records: list[logging.LogRecord] = []
         self._token = anyio.lowlevel.current_token()
@@ -162,6 +164,8 @@ class LogWatcher(logging.Handler):
         if self.text not in record.getMessage():
             return
         self.records.append(record)
+        if len(self.records) < self.count:
+            return
         if threading.get_ident() == self._thread:
             self.event.set()
         else:
@@ -174,15 +178,15 @@ class LogWatcher(logging.Handler):
 
 
 @pytest.fixture
-def watch_log() -> Iterator[Callable[[str], LogWatcher]]:
+def watch_log() -> Iterator[Callable[..., LogWatcher]]:
     """Watch farine's log for a message."""
     watchers: list[LogWatcher] = []
     root = logging.getLogger("farine")
     previous = root.level
     root.setLevel(logging.DEBUG)
 
-    def watch(text: str) -> LogWatcher:
-        watcher = LogWatcher(text)
+    def watch(text: str, count: int = 1) -> LogWatcher:
+        watcher = LogWatcher(text, count)
         root.addHandler(watcher)
         watchers.append(watcher)
         return watcher

@@ -202,6 +202,70 @@ async def test_bad_bodies_are_rejected_and_the_consumer_goes_on(
     assert await broker.ready(queue) == 0
 
 
+async def test_content_types_pick_the_format_and_unknown_ones_are_rejected(
+    broker: Broker, watch_log: Any
+) -> None:
+    exchange = broker.exchange()
+    seen = Recorder()
+    log = watch_log("bad body", count=3)
+
+    class Formats:
+        @farine.amqp.consume(exchange=exchange, routing_key="order", queue=broker.queue("o"))
+        async def order(self, body: Order, message: Message) -> None:
+            seen.add(("order", body, message.properties.content_type))
+
+        @farine.amqp.consume(exchange=exchange, routing_key="text", queue=broker.queue("t"))
+        def text(self, body: str, message: Message) -> None:
+            seen.add(("text", body, message.properties.content_type))
+
+        @farine.amqp.consume(exchange=exchange, routing_key="blob", queue=broker.queue("b"))
+        async def blob(self, body: bytes, message: Message) -> None:
+            seen.add(("blob", body, message.properties.content_type))
+
+        @farine.amqp.consume(exchange=exchange, routing_key="any", queue=broker.queue("a"))
+        async def anything(self, body, message: Message) -> None:  # pyright: ignore[reportMissingParameterType, reportUnknownParameterType]
+            seen.add(("any", body, message.properties.content_type))
+
+    config = broker.config("[packed]\nserializer = msgpack\n")
+    async with running(Formats, config=config) as runtime:
+        assert runtime.config is not None
+        packed = AsyncPublisher(exchange, "order", settings=runtime.config.service("packed"))
+        await packed(Order(1, "bread"))
+        await packed({"k": [1, 2]}, routing_key="any")
+        raw = [
+            ("order", b'{"id": 2, "item": "jam"}', "application/json; charset=utf-8", None),
+            ("text", "caf\u00e9".encode("latin-1"), "text/plain; charset=latin-1", None),
+            ("any", b"plain words", "text/plain", None),
+            ("blob", b"\x00\x01", "application/octet-stream", "binary"),
+            ("any", b"\x00\x02", "application/octet-stream", None),
+            ("order", b"\x80\x04K\x01.", "application/x-python-serialize", None),  # pickle
+            ("order", b'{"id": 3, "item": "x"}', "application/json", "gzip"),
+            ("text", b"1", "application/json", None),  # a JSON number is no str
+        ]
+        connection = await get_connection(runtime.config.service("tests"))
+        for key, body, content_type, encoding in raw:
+            properties = Properties(content_type=content_type, content_encoding=encoding)
+            await connection.publish(exchange, key, body, properties)
+        items = await seen.wait_for(7)
+        await log.wait()
+    assert sorted(items, key=repr) == sorted(
+        [
+            ("order", Order(1, "bread"), "application/x-msgpack"),
+            ("any", {"k": [1, 2]}, "application/x-msgpack"),
+            ("order", Order(2, "jam"), "application/json; charset=utf-8"),
+            ("text", "caf\u00e9", "text/plain; charset=latin-1"),
+            ("any", "plain words", "text/plain"),
+            ("blob", b"\x00\x01", "application/octet-stream"),
+            ("any", b"\x00\x02", "application/octet-stream"),
+        ],
+        key=repr,
+    )
+    reasons = " | ".join(r.getMessage() for r in log.records)
+    assert "unsupported content type 'application/x-python-serialize' for a Order body" in reasons
+    assert "unsupported content encoding 'gzip'" in reasons
+    assert "does not match str" in reasons
+
+
 async def test_handler_exception_requeues_once_then_rejects(broker: Broker) -> None:
     exchange, dead_exchange = broker.exchange(), broker.exchange("dlx")
     calls, dead = Recorder(), Recorder()
