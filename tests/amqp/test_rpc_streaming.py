@@ -20,16 +20,23 @@ from farine import settings
 from farine.amqp._connection import get_connection
 from farine.amqp._message import Message, Properties
 from farine.exceptions import RPCError
+from farine.rpc._client import _ScriptLoop  # pyright: ignore[reportPrivateUsage]
 from farine.rpc._protocol import encode_item
 from tests.amqp.conftest import Broker, LogWatcher, Recorder, running
 from tests.amqp.test_rpc import serve, unique
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator
+    from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 
 pytestmark = pytest.mark.anyio
 
 WINDOW = 8
+
+
+@pytest.fixture(autouse=True)
+def _close_script_loop() -> Iterator[None]:
+    yield
+    _ScriptLoop.close()
 
 
 class Firehose:
@@ -86,6 +93,31 @@ async def test_a_slow_reader_holds_the_server_back_and_gets_every_item(
     assert got == list(range(count))
     # Past the first window, only the reader's credits let the server go on.
     assert instance.closed.items == [method]
+
+
+async def test_a_slow_blocking_reader_holds_the_server_back_too(
+    broker: Broker, watch_log: Callable[[str], LogWatcher]
+) -> None:
+    svc = unique(Firehose, broker)
+    waits = watch_log("waits for its caller")
+    count = 3 * WINDOW
+    async with serve(svc, broker=broker, rpc_stream_window=WINDOW) as runtime:
+        instance = runtime.services[svc.__name__].instance
+        assert isinstance(instance, Firehose)
+
+        def read() -> tuple[list[int], int]:
+            # As a `def` method or a script reads a stream: a plain generator.
+            items = farine.rpc.Client(svc.__name__, timeout=30).items(count, __stream__=True)
+            got = [next(items)]
+            anyio.from_thread.run(waits.wait)
+            produced = instance.produced
+            got += list(items)
+            return got, produced
+
+        with anyio.fail_after(30):
+            got, produced_while_waiting = await anyio.to_thread.run_sync(read)
+    assert produced_while_waiting == WINDOW
+    assert got == list(range(count))
 
 
 @pytest.mark.parametrize("method", ["items", "aitems"])
