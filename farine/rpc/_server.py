@@ -451,6 +451,11 @@ class _Replier:
                 self.method.qualname, self.correlation_id, exc_info=True,
             )  # fmt: skip
 
+    async def _send_first(self, item: Any) -> None:
+        """Send a generator's first item as the value of a unary call (the caller reads no
+        more); the generator is then closed."""
+        await self._send(encode_item(item, end=True))
+
     async def _send_item(self, item: Any) -> None:
         await self._send(encode_item(item))
         if self.flow is not None:
@@ -466,6 +471,9 @@ class _Replier:
                     item = await anext(items)
                 except StopAsyncIteration:
                     break
+                if self.unary:
+                    await self._send_first(item)
+                    return
                 await self._send_item(item)
             await self._send(END)
         except _CallerGone:
@@ -486,6 +494,9 @@ class _Replier:
                 item = await service.run_sync(next, items, _STOP)
                 if item is _STOP:
                     break
+                if self.unary:
+                    await self._send_first(item)
+                    return
                 await self._send_item(item)
             await self._send(END)
         except _CallerGone:

@@ -172,6 +172,22 @@ async def test_leaving_a_stream_early_closes_the_servers_generator(broker: Broke
             assert await rpc.add(2, 2) == 4
 
 
+async def test_a_plain_call_of_a_generator_method_stops_it_after_the_first_item(
+    broker: Broker,
+) -> None:
+    svc = unique(Calc, broker)
+    async with serve(svc, broker=broker) as runtime:
+        instance = runtime.services[svc.__name__].instance
+        assert isinstance(instance, Calc)
+        async with farine.rpc.Client(svc.__name__, timeout=30) as rpc:
+            with anyio.fail_after(10):  # not the call's 30 s deadline
+                assert await rpc.count(1_000_000) == 0
+                assert await instance.closed.wait_for(1) == ["count"]
+                assert await rpc.acount(1_000_000) == {"i": 0}
+                assert await instance.closed.wait_for(2) == ["count", "acount"]
+                assert await rpc.count(0) is None  # an empty stream: no value
+
+
 async def test_exceptions_reach_the_caller_with_type_message_and_traceback(
     broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
