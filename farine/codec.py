@@ -210,14 +210,17 @@ class BodyDecoder:
         return self._json(data)
 
     def _json(self, data: bytes | bytearray | memoryview | str) -> Any:
+        return self._with(self._decoder.decode, data, "JSON")
+
+    def _with(self, decode: Callable[[Any], Any], data: object, format: str) -> Any:
         try:
-            return self._decoder.decode(data)
+            return decode(data)
         except msgspec.ValidationError as exc:
             raise BadBody(f"does not match {_type_name(self.type)}: {exc}") from None
         except msgspec.DecodeError as exc:
-            raise BadBody(f"invalid JSON: {exc}") from None
+            raise BadBody(f"invalid {format}: {exc}") from None
         except RecursionError:
-            raise BadBody("JSON nested too deeply") from None
+            raise BadBody(f"{format} nested too deeply") from None
 
     def _decode_as(self, data: bytes | bytearray | memoryview | str, content_type: str) -> Any:
         media, _, params = content_type.partition(";")
@@ -249,14 +252,9 @@ class BodyDecoder:
         decoder = self._msgpack
         if decoder is None:
             decoder = self._msgpack = msgspec.msgpack.Decoder(self.type)
-        try:
-            return decoder.decode(data.encode() if isinstance(data, str) else data)
-        except msgspec.ValidationError as exc:
-            raise BadBody(f"does not match {_type_name(self.type)}: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise BadBody(f"invalid msgpack: {exc}") from None
-        except RecursionError:
-            raise BadBody("msgpack nested too deeply") from None
+        return self._with(
+            decoder.decode, data.encode() if isinstance(data, str) else data, "msgpack"
+        )
 
 
 def _type_name(tp: Any) -> str:

@@ -70,19 +70,27 @@ class Firehose:
             self.closed.add("aitems")
 
 
+@contextlib.asynccontextmanager
+async def firehose(broker: Broker, deadline: float = 30) -> AsyncGenerator[tuple[Firehose, Any]]:
+    """Serve a `Firehose` with a window of `WINDOW`; yield it and a client (calls of
+    `deadline` seconds)."""
+    svc = unique(Firehose, broker)
+    async with (
+        serve(svc, broker=broker, rpc_stream_window=WINDOW) as runtime,
+        farine.rpc.Client(svc.__name__, timeout=deadline) as rpc,
+    ):
+        instance = runtime.services[svc.__name__].instance
+        assert isinstance(instance, Firehose)
+        yield instance, rpc
+
+
 @pytest.mark.parametrize("method", ["items", "aitems"])
 async def test_a_slow_reader_holds_the_server_back_and_gets_every_item(
     broker: Broker, method: str, watch_log: Callable[[str], LogWatcher]
 ) -> None:
-    svc = unique(Firehose, broker)
     waits = watch_log("waits for its caller")
     count = 5 * WINDOW + 3
-    async with (
-        serve(svc, broker=broker, rpc_stream_window=WINDOW) as runtime,
-        farine.rpc.Client(svc.__name__, timeout=30) as rpc,
-    ):
-        instance = runtime.services[svc.__name__].instance
-        assert isinstance(instance, Firehose)
+    async with firehose(broker) as (instance, rpc):
         with anyio.fail_after(30):
             async with contextlib.aclosing(rpc.call(method, count, __stream__=True)) as stream:
                 got = [await stream.__anext__()]
@@ -98,16 +106,14 @@ async def test_a_slow_reader_holds_the_server_back_and_gets_every_item(
 async def test_a_slow_blocking_reader_holds_the_server_back_too(
     broker: Broker, watch_log: Callable[[str], LogWatcher]
 ) -> None:
-    svc = unique(Firehose, broker)
     waits = watch_log("waits for its caller")
     count = 3 * WINDOW
-    async with serve(svc, broker=broker, rpc_stream_window=WINDOW) as runtime:
-        instance = runtime.services[svc.__name__].instance
-        assert isinstance(instance, Firehose)
+    async with firehose(broker) as (instance, rpc):
+        name = rpc.service
 
         def read() -> tuple[list[int], int]:
             # As a `def` method or a script reads a stream: a plain generator.
-            items = farine.rpc.Client(svc.__name__, timeout=30).items(count, __stream__=True)
+            items = farine.rpc.Client(name, timeout=30).items(count, __stream__=True)
             got = [next(items)]
             anyio.from_thread.run(waits.wait)
             produced = instance.produced
@@ -124,15 +130,9 @@ async def test_a_slow_blocking_reader_holds_the_server_back_too(
 async def test_a_reader_that_leaves_while_the_server_waits_stops_it(
     broker: Broker, method: str, watch_log: Callable[[str], LogWatcher]
 ) -> None:
-    svc = unique(Firehose, broker)
     waits = watch_log("waits for its caller")
     stopped = watch_log("caller stopped stream")
-    async with (
-        serve(svc, broker=broker, rpc_stream_window=WINDOW) as runtime,
-        farine.rpc.Client(svc.__name__, timeout=30) as rpc,
-    ):
-        instance = runtime.services[svc.__name__].instance
-        assert isinstance(instance, Firehose)
+    async with firehose(broker) as (instance, rpc):
         with anyio.fail_after(30):
             stream = rpc.call(method, 1_000_000, __stream__=True)
             assert await stream.__anext__() == 0
@@ -147,14 +147,8 @@ async def test_a_reader_that_leaves_while_the_server_waits_stops_it(
 async def test_a_deadline_passing_while_the_server_waits_ends_both_sides(
     broker: Broker, watch_log: Callable[[str], LogWatcher]
 ) -> None:
-    svc = unique(Firehose, broker)
     waits = watch_log("waits for its caller")
-    async with (
-        serve(svc, broker=broker, rpc_stream_window=WINDOW) as runtime,
-        farine.rpc.Client(svc.__name__, timeout=1) as rpc,
-    ):
-        instance = runtime.services[svc.__name__].instance
-        assert isinstance(instance, Firehose)
+    async with firehose(broker, deadline=1) as (instance, rpc):
         with anyio.fail_after(30):
             async with contextlib.aclosing(rpc.aitems(1_000_000, __stream__=True)) as stream:
                 assert await stream.__anext__() == 0
