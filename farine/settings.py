@@ -100,6 +100,14 @@ def _parse_dict(raw: str) -> dict[str, Any]:
     return {str(k): v for k, v in items}
 
 
+def _parse_names(raw: str) -> tuple[str, ...]:
+    names = tuple(name for name in raw.replace(",", " ").split() if name)
+    for name in names:
+        if not name.isidentifier():
+            raise ValueError(f"expected service names separated by commas, got {name!r}")
+    return names
+
+
 def _parse_optional_str(raw: str) -> str | None:
     value = raw.strip()
     return value or None
@@ -215,6 +223,9 @@ KEYS: Final[tuple[Key, ...]] = (
         "Include the server's traceback text in RPC error replies."),
     Key("rpc_stream_window", _parse_positive_int, 256, "int",
         "Items of an RPC stream the server may send ahead of its reader."),
+    Key("rpc_legacy_servers", _parse_names, (), "list",
+        "Services served by baguette-messaging (comma-separated): calls to them get their "
+        "replies through a reply queue bound to the service's exchange."),
     # -- SSE -------------------------------------------------------------------------
     Key("headers", _parse_dict, {}, "dict",
         "Extra HTTP headers for the SSE endpoint (e.g. Authorization); never logged.",
@@ -278,6 +289,7 @@ class ServiceSettings(Mapping[str, Any]):
     rpc_timeout: float = 30.0
     rpc_send_traceback: bool = True
     rpc_stream_window: int = 256
+    rpc_legacy_servers: tuple[str, ...] = ()
     headers: dict[str, Any] = field(default_factory=dict[str, Any])
     sse_retry: float = 3.0
     db_connector: str | None = None
@@ -477,7 +489,12 @@ def reference_table() -> str:
     """Render every key as a Markdown table (the configuration reference's source)."""
     rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     for key in KEYS:
-        default = "*(unset)*" if key.default is None else f"`{_render_default(key.default)}`"
+        if key.default is None:
+            default = "*(unset)*"
+        elif key.default == ():
+            default = "*(none)*"
+        else:
+            default = f"`{_render_default(key.default)}`"
         rows.append(f"| `{key.name}` | {key.type} | {default} | {key.doc} |")
     return "\n".join(rows) + "\n"
 
@@ -487,4 +504,6 @@ def _render_default(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, dict):
         return json.dumps(value)
+    if isinstance(value, tuple):
+        return ", ".join(cast(tuple[str, ...], value))
     return str(value)

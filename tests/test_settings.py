@@ -47,6 +47,7 @@ retry_policy = {'max_retries': 3, 'interval_start': 0}
 headers = {"Authorization": "Bearer x"}
 Type = Topic
 my_own_key = 42
+rpc_legacy_servers = billing,  stock
 """
     )
     s = settings.get("consume")
@@ -58,6 +59,8 @@ my_own_key = 42
     assert s.retry_policy == {"max_retries": 3, "interval_start": 0}
     assert s.headers == {"Authorization": "Bearer x"}
     assert s.type == "topic"  # keys and choices are case-insensitive
+    assert s.rpc_legacy_servers == ("billing", "stock")
+    assert settings.get("other").rpc_legacy_servers == ()
     assert s.extra == {"my_own_key": "42"}
     assert s["my_own_key"] == "42"
     assert s["durable"] is False
@@ -117,6 +120,8 @@ def test_loading_is_lazy_and_load_is_kept(write_config: Callable[[str], Path]) -
         ("amqp_uri", "http://x", "expected an amqp://"),
         ("log_level", "loud", "expected DEBUG"),
         ("db_port", "x", "expected an integer"),
+        ("rpc_legacy_servers", "billing; stock", "expected service names separated by commas"),
+        ("serializer", "pickle", "expected one of json, msgpack"),
     ],
 )
 def test_bad_value_names_file_section_key_and_value(

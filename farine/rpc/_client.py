@@ -39,9 +39,15 @@ from farine.amqp._errors import (
     UnroutableError,
 )
 from farine.amqp._message import Message, Properties
-from farine.amqp._transport import DIRECT_REPLY_TO, ExchangeSpec
+from farine.amqp._transport import (
+    DIRECT_REPLY_TO,
+    Binding,
+    ExchangeSpec,
+    QueueSpec,
+    Topology,
+)
 from farine.entrypoints import current_service
-from farine.exceptions import RPCError
+from farine.exceptions import ConfigurationError, RPCError
 from farine.rpc._protocol import (
     HEADER_CONTROL,
     HEADER_DEADLINE,
@@ -59,10 +65,10 @@ if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
     from concurrent.futures import Future
 
-    from anyio.abc import TaskStatus
+    from anyio.abc import TaskGroup, TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-    from farine.amqp._transport import Connection, ReplyChannel
+    from farine.amqp._transport import Connection, Consumer, ReplyChannel
     from farine.settings import ServiceSettings
 
 __all__ = ("AsyncClient", "Client", "client", "use_script_backend")
@@ -159,6 +165,11 @@ class _Router:
     Requests are published on a reply channel (RabbitMQ's direct reply-to): replies
     come back on it without a reply queue or acks, and the transport hands them to
     `_on_replies` on this loop, which gives each to its call by correlation id.
+
+    A baguette-messaging server publishes its replies to its service's exchange (with
+    the caller's `reply_to` as routing key), where direct reply-to cannot receive them:
+    calls to such a service (the `rpc_legacy_servers` setting) name a reply queue of
+    this router bound to that exchange instead, one per service, declared on first use.
     """
 
     def __init__(self, connection: Connection) -> None:
@@ -173,12 +184,18 @@ class _Router:
         # passed.
         self._deadlines = Deadlines[_UnaryCall](_UnaryCall.expire)
         self.closed = False
+        # Reply queues for baguette-messaging servers, by service (see the docstring).
+        self._reply_queues: dict[str, str] = {}
+        self._reply_queues_lock = anyio.Lock()
+        self._tasks: TaskGroup | None = None
 
     async def run(self, *, task_status: TaskStatus[_Router]) -> None:
         self.channel = await self.connection.open_reply_channel(self._on_replies, self._on_lost)
         try:
-            task_status.started(self)
-            await self._deadlines.run()
+            async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
+                task_status.started(self)
+                await self._deadlines.run()
         finally:
             # The deadlines are no longer kept: calls still waiting end now.
             self.closed = True
@@ -204,6 +221,46 @@ class _Router:
     def _on_lost(self) -> None:
         for call in list(self.calls.values()):
             call.fail_lost()
+
+    async def _reply_to(self, service: str, settings: ServiceSettings) -> str:
+        """The reply queue of calls to baguette-messaging server `service`."""
+        queue = self._reply_queues.get(service)
+        if queue is not None:
+            return queue
+        async with self._reply_queues_lock:
+            queue = self._reply_queues.get(service)
+            if queue is None:
+                queue = await self._open_reply_queue(service, settings)
+                self._reply_queues[service] = queue
+        return queue
+
+    async def _open_reply_queue(self, service: str, settings: ServiceSettings) -> str:
+        assert self._tasks is not None, "the router is not running"
+        queue = f"farine-rpc-replies-{self._prefix}-{service}"
+        exchanges = (ExchangeSpec(service, "direct", durable=settings.durable),)
+        topology = Topology(
+            exchanges=exchanges if settings.auto_declare else (),
+            queues=(QueueSpec(queue, durable=False, auto_delete=True, exclusive=True),),
+            # The seed's server publishes to its exchange, routing key `reply_to`; a
+            # farine server publishes to the default exchange: both reach the queue.
+            bindings=(Binding(queue, service, queue),),
+        )
+        try:
+            consumer = await self.connection.consume(queue, prefetch=256, topology=topology)
+        except (BrokerUnavailable, ConfigurationError) as exc:
+            raise RPCError(f"{service}: cannot open a reply queue: {exc}") from None
+        logger.info("replies of calls to %s (baguette-messaging) come through %s", service, queue)
+        self._tasks.start_soon(self._read_replies, consumer)
+        return queue
+
+    async def _read_replies(self, consumer: Consumer) -> None:
+        try:
+            async for message in consumer:
+                message.ack()
+                self._on_replies([message])
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await consumer.aclose()
 
     # -- one call -----------------------------------------------------------------------
 
@@ -277,6 +334,12 @@ class _Router:
     ) -> None:
         assert self.channel is not None, "the router is not running"
         body = encode_request(args, kwargs)
+        reply_to = DIRECT_REPLY_TO
+        if service in settings.rpc_legacy_servers:
+            with anyio.move_on_after(limit):
+                reply_to = await self._reply_to(service, settings)
+            if reply_to == DIRECT_REPLY_TO:
+                raise _timeout(f"{service}.{method}", limit)
         headers: dict[str, Any] = {HEADER_DEADLINE: f"{time.time() + limit:.6f}"}
         if stream is None:
             headers[HEADER_UNARY] = 1
@@ -285,7 +348,7 @@ class _Router:
         properties = Properties(
             content_type=CONTENT_TYPE,
             correlation_id=correlation_id,
-            reply_to=DIRECT_REPLY_TO,
+            reply_to=reply_to,
             expiration=str(max(1, math.ceil(limit * 1000))),
             headers=headers,
             delivery_mode=settings.delivery_mode,

@@ -165,13 +165,17 @@ async def seed_call(service: str, method: str, body: bytes) -> list[dict[str, An
 
 @contextlib.asynccontextmanager
 async def seed_server(
-    service: str, methods: Mapping[str, Callable[[dict[str, Any]], list[dict[str, Any]]]]
+    service: str,
+    methods: Mapping[str, Callable[[dict[str, Any]], list[dict[str, Any]]]],
+    *,
+    reply_exchange: str = "",
 ) -> AsyncGenerator[list[dict[str, Any]]]:
     """Serve `service` as a baguette-messaging server does, until the block ends.
 
-    Each method maps a decoded request to the reply bodies sent back, in order. The
-    server runs on an asyncio loop in a thread of its own; the block receives the list
-    of requests as they arrive.
+    Each method maps a decoded request to the reply bodies sent back, in order, to
+    `reply_exchange` with the request's `reply_to` as routing key (baguette-messaging
+    0.19 publishes to the service's exchange). The server runs on an asyncio loop in a
+    thread of its own; the block receives the list of requests as they arrive.
     """
     requests: list[dict[str, Any]] = []
     ready = threading.Event()
@@ -201,6 +205,7 @@ async def seed_server(
                     for body in reply(request):
                         await message.channel.basic_publish(
                             json.dumps(body).encode(),
+                            exchange=reply_exchange,
                             routing_key=properties.reply_to or "",
                             properties=Basic.Properties(
                                 content_type="application/json",

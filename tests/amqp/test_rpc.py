@@ -188,6 +188,39 @@ async def test_a_plain_call_of_a_generator_method_stops_it_after_the_first_item(
                 assert await rpc.count(0) is None  # an empty stream: no value
 
 
+async def test_calls_to_a_legacy_server_take_replies_through_a_reply_queue(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A farine server replies to the default exchange: the reply queue gets that too.
+    caplog.set_level(logging.INFO, logger="farine.rpc")
+    svc = unique(Calc, broker)
+    name = svc.__name__
+    async with (
+        serve(svc, broker=broker, rpc_legacy_servers=name) as runtime,
+        farine.rpc.Client(name, timeout=10) as rpc,
+    ):
+        instance = runtime.services[name].instance
+        assert isinstance(instance, Calc)
+        results: dict[int, int] = {}
+
+        async def one(i: int) -> None:
+            results[i] = await rpc.add(i, 1)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for i in range(20):  # the first ones all wait for the reply queue
+                    tg.start_soon(one, i)
+            assert results == {i: i + 1 for i in range(20)}
+            assert [i async for i in rpc.count(3, __stream__=True)] == [0, 1, 2]
+            stream = rpc.acount(1_000_000, __stream__=True)
+            assert await stream.__anext__() == {"i": 0}
+            await stream.aclose()
+            assert await instance.closed.wait_for(2) == ["count", "acount"]
+    opened = [r.getMessage() for r in caplog.records if "come through" in r.getMessage()]
+    assert len(opened) == 1  # one reply queue, opened by the first call
+    assert f"calls to {name} (baguette-messaging) come through farine-rpc-replies-" in opened[0]
+
+
 async def test_exceptions_reach_the_caller_with_type_message_and_traceback(
     broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:

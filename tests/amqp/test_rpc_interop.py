@@ -165,3 +165,29 @@ async def test_farine_client_reads_a_seed_servers_replies(rabbitmq: Broker) -> N
     assert error.remote_message == "x"
     assert error.remote_traceback == SEED_TRACEBACK
     assert str(error) == f"{name}.broken failed: ValueError: x"
+
+
+async def test_a_seed_server_replying_through_its_exchange_is_called_as_a_legacy_server(
+    rabbitmq: Broker,
+) -> None:
+    methods = seed_methods()
+    name = unique_name(rabbitmq, list(methods))
+    # baguette-messaging 0.19's server publishes its replies to its own exchange.
+    async with _rabbit.seed_server(name, methods, reply_exchange=name) as requests:
+        with anyio.fail_after(30):
+            settings.use(rabbitmq.config())
+            async with farine.rpc.Client(name, timeout=1) as rpc:
+                # Direct reply-to cannot receive them: the call runs, its reply is lost.
+                with pytest.raises(RPCError, match="timeout"):
+                    await rpc.echo(0)
+            settings.use(rabbitmq.config(rpc_legacy_servers=f"other, {name}"))
+            async with farine.rpc.Client(name, timeout=10) as rpc:
+                assert await rpc.echo(1, k=2) == {"args": [1], "kwargs": {"k": 2}}
+                assert [item async for item in rpc.letters(__stream__=True)] == ["a", "b"]
+                with pytest.raises(RPCError, match="ValueError: x"):
+                    await rpc.broken()
+            blocking = farine.rpc.Client(name, timeout=10)
+            assert await anyio.to_thread.run_sync(
+                lambda: list(blocking.letters(__stream__=True))
+            ) == ["a", "b"]
+    assert requests[:2] == [{"args": [0], "kwargs": {}}, {"args": [1], "kwargs": {"k": 2}}]
