@@ -82,6 +82,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 CONTENT_TYPE: Final = "application/json"
+#: Seconds a stream's cancel or credit may wait to be sent.
+CONTROL_TIMEOUT: Final = 5.0
 
 
 class _Call:
@@ -387,7 +389,8 @@ class _Router:
 
     async def cancel(self, call: _Call) -> None:
         """Ask the server streaming to `call` to stop (best effort)."""
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+        # Shielded (the caller may be leaving because it was cancelled), so bounded.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CONTROL_TIMEOUT + 1):
             await self._control(call, Control(cancel=call.correlation_id))
 
     async def credit(self, call: _Call, read: int) -> bool:
@@ -402,9 +405,11 @@ class _Router:
             return False  # no first reply yet, or a baguette-messaging server
         body = _control_encoder.encode(order)
         try:
+            # Bounded: with the connection down, the stream itself is lost anyway.
             await self.connection.publish(
-                "", call.control, body, Properties(content_type=CONTENT_TYPE), mandatory=False
-            )
+                "", call.control, body, Properties(content_type=CONTENT_TYPE),
+                mandatory=False, timeout=CONTROL_TIMEOUT,
+            )  # fmt: skip
         except PublishError:
             logger.debug("could not send %r to %s", order, call.correlation_id, exc_info=True)
         return True
