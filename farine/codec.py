@@ -8,7 +8,8 @@ annotation msgspec cannot decode is reported then, naming the handler.
 A message's `content_type` picks the format: JSON when it has none or says JSON, msgpack
 when it says msgpack; text (`text/*`) for a `str` or unannotated body and raw bytes
 (`application/octet-stream`) for a `bytes` or unannotated one, as kombu handed such
-bodies to baguette-messaging's handlers. Anything else is a bad body.
+bodies to baguette-messaging's handlers (text for any other annotation is read as JSON:
+some tools label JSON as text). Anything else is a bad body.
 """
 
 from __future__ import annotations
@@ -242,10 +243,12 @@ class BodyDecoder:
                 raise BadBody(f"undecodable {media} text: {exc}") from None
         if media == "application/octet-stream" and self.type in (bytes, Any):
             return raw
+        if media.startswith("text/"):
+            return self._json(data)  # some tools label JSON as text
         wants = _type_name(self.type)
         raise BadBody(
             f"unsupported content type {content_type!r} for a {wants} body (farine reads "
-            "JSON and msgpack; text/* into str and application/octet-stream into bytes)"
+            "JSON, msgpack and text; application/octet-stream into bytes)"
         )
 
     def _msgpack_decode(self, data: bytes | bytearray | memoryview | str) -> Any:

@@ -29,7 +29,8 @@ def test_what_a_serializer_encodes_decodes_under_its_content_type(serializer: st
         ("application/x-msgpack", b"\xc1", "invalid msgpack"),
         ("application/msgpack", msgspec.msgpack.encode({"id": "one"}), "does not match Order"),
         ("application/problem+json", b"{", "invalid JSON"),
-        ("text/plain", b"words", "unsupported content type 'text/plain' for a Order body"),
+        ("text/plain", b"words", "invalid JSON"),
+        ("application/octet-stream", b"{}", "unsupported content type 'application/octet"),
         ("image/png", b"\x89PNG", "unsupported content type 'image/png'"),
     ],
 )
@@ -46,6 +47,10 @@ def test_text_is_decoded_with_its_charset() -> None:
         text.decode(b"\xff", "text/plain")
     with pytest.raises(BadBody, match="undecodable text/plain text"):
         text.decode(b"x", "text/plain; charset=no-such-charset")
+
+
+def test_json_labelled_as_text_still_decodes_into_other_types() -> None:
+    assert BodyDecoder(Order).decode(b'{"id": 1, "item": "x"}', "text/plain") == Order(1, "x")
 
 
 def test_unannotated_bodies_take_text_and_bytes_as_kombu_gave_them() -> None:

@@ -249,7 +249,7 @@ class _Router:
         )
         try:
             consumer = await self.connection.consume(queue, prefetch=256, topology=topology)
-        except (BrokerUnavailable, ConfigurationError) as exc:
+        except (BrokerUnavailable, ConfigurationError, PublishError) as exc:
             raise RPCError(f"{service}: cannot open a reply queue: {exc}") from None
         logger.info("replies of calls to %s (baguette-messaging) come through %s", service, queue)
         self._tasks.start_soon(self._read_replies, consumer)
