@@ -108,6 +108,10 @@ class _Job(Generic[R]):
             _release(self.trio_token)
 
 
+#: Queued by the `max_workers` setter: an idle thread that takes it exits.
+_LEAVE: Final[Any] = object()
+
+
 class WorkerPool:
     """Runs blocking calls in worker threads, at most `max_workers` at once.
 
@@ -133,7 +137,8 @@ class WorkerPool:
 
     @property
     def max_workers(self) -> int:
-        """Most calls running at once. Lowering it lets extra threads exit as they finish."""
+        """Most calls running at once. Lowering it makes extra idle threads exit at once,
+        and extra busy ones as they finish their call."""
         return self._max
 
     @max_workers.setter
@@ -142,6 +147,13 @@ class WorkerPool:
             raise ValueError("max_workers must be >= 1")
         with self._lock:
             self._max = value
+            # Idle threads beyond the new bound leave now (busy ones as they finish).
+            leaving = min(self._idle, self._threads - value)
+            if leaving > 0:
+                self._idle -= leaving
+                self._threads -= leaving
+        for _ in range(leaving):
+            self._jobs.put(_LEAVE)
 
     @property
     def threads(self) -> int:
@@ -189,11 +201,13 @@ class WorkerPool:
                 job = jobs.get(timeout=IDLE_TIMEOUT)
             except queue.Empty:
                 with lock:
-                    if self._idle:  # else a job was just promised to this thread
+                    if self._idle:  # else a job (or a leave) was just promised to this thread
                         self._idle -= 1
                         self._threads -= 1
                         return
                 continue
+            if job is _LEAVE:
+                return  # counted out by the `max_workers` setter
             job.run()
             del job  # its result and traceback are the caller's now
             with lock:

@@ -158,17 +158,39 @@ async def test_lowering_max_workers_lets_extra_threads_exit() -> None:
             pool.max_workers = 1  # while both threads are busy
             lowered.set()
         # The first thread to finish exits; the other one stays for the next calls.
-        await anyio.to_thread.run_sync(_wait_for_one_exit, threads, abandon_on_cancel=True)
+        assert len(threads) == 2
+        await anyio.to_thread.run_sync(_wait_for_exits, threads, 1, abandon_on_cancel=True)
     assert pool.threads == 1
     assert await pool.run(threading.current_thread) in threads
     with pytest.raises(ValueError, match="max_workers"):
         pool.max_workers = 0
 
 
-def _wait_for_one_exit(threads: list[threading.Thread]) -> None:
-    """Block until one of `threads` has ended (each is joined in turn, briefly)."""
-    assert len(threads) == 2
-    while all(thread.is_alive() for thread in threads):
+async def test_lowering_max_workers_lets_extra_idle_threads_exit_at_once() -> None:
+    name = _unique("pool-shrink-idle")
+    pool = WorkerPool(3, name=name)
+    all_in = threading.Barrier(4)
+
+    def meet() -> None:
+        all_in.wait(10)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(pool.run, meet)
+            await anyio.to_thread.run_sync(all_in.wait, 10)
+        threads = _pool_threads(name)
+        assert len(threads) == 3
+        pool.max_workers = 1  # all three are idle now (their idle timeout is 10 s)
+        assert pool.threads == 1
+        await anyio.to_thread.run_sync(_wait_for_exits, threads, 2, abandon_on_cancel=True)
+        assert await pool.run(threading.current_thread) in threads
+    assert len(_pool_threads(name)) == 1
+
+
+def _wait_for_exits(threads: list[threading.Thread], count: int) -> None:
+    """Block until `count` of `threads` have ended (each is joined in turn, briefly)."""
+    while sum(not thread.is_alive() for thread in threads) < count:
         for thread in threads:
             thread.join(0.01)
 
