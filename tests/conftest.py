@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from farine import settings
+from farine.rpc._client import _ScriptLoop  # pyright: ignore[reportPrivateUsage]
 from tests._db import db_settings as db_settings
 from tests._db import pg_database as pg_database
 
@@ -43,3 +44,10 @@ def write_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[s
         return path
 
     return write
+
+
+@pytest.fixture
+def close_script_loop() -> Iterator[None]:
+    """Stop the loop behind blocking RPC clients called outside a runtime, after the test."""
+    yield
+    _ScriptLoop.close()

@@ -28,7 +28,6 @@ from farine.amqp._transport import get_broker
 from farine.connectors.sql import WithDatabase
 from farine.discovery import ServiceDefinition, find_entrypoints
 from farine.exceptions import ConfigurationError, RPCError
-from farine.rpc._client import _ScriptLoop  # pyright: ignore[reportPrivateUsage]
 from farine.runtime import Runtime
 from farine.settings import Config
 from tests._sse_server import Reply, serve_sse
@@ -41,7 +40,7 @@ if TYPE_CHECKING:
 
     from farine.amqp import Message
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("close_script_loop")]
 
 APP = "tests.sqlapp"
 EXCHANGE = "ledger"
@@ -79,12 +78,6 @@ async def publish(runtime: Runtime, *bodies: dict[str, Any]) -> None:
 
 def count_people() -> int:
     return Person.select().count()
-
-
-@pytest.fixture(autouse=True)
-def _close_script_loop() -> Iterator[None]:
-    yield
-    _ScriptLoop.close()  # the loop behind blocking clients called from plain threads
 
 
 # -- the seed's flow: RPC save, then count -------------------------------------------

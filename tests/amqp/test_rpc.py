@@ -22,16 +22,15 @@ from farine.discovery import find_entrypoints
 from farine.exceptions import RPCError
 from farine.rpc._client import (
     _open_router,  # pyright: ignore[reportPrivateUsage]
-    _ScriptLoop,  # pyright: ignore[reportPrivateUsage]
 )
 from tests.amqp.conftest import Broker, Recorder, running
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Generator, Iterator
+    from collections.abc import AsyncGenerator, Generator
 
     from farine.runtime import Runtime
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("close_script_loop")]
 
 
 class Point(msgspec.Struct):
@@ -52,12 +51,6 @@ def unique(cls: type, broker: Broker) -> type:
     broker.exchanges.append(name)
     broker.queues.extend(f"{name}__{attr}" for attr, _ in find_entrypoints(new))
     return new
-
-
-@pytest.fixture(autouse=True)
-def _close_script_loop() -> Iterator[None]:
-    yield
-    _ScriptLoop.close()
 
 
 @contextlib.asynccontextmanager

@@ -17,7 +17,6 @@ import farine.rpc
 from farine import settings
 from farine.discovery import find_entrypoints
 from farine.exceptions import RPCError
-from farine.rpc._client import _ScriptLoop  # pyright: ignore[reportPrivateUsage]
 from tests.amqp import _rabbit
 from tests.amqp.conftest import running
 
@@ -26,13 +25,11 @@ if TYPE_CHECKING:
 
     from tests.amqp.conftest import Broker
 
-pytestmark = [pytest.mark.anyio, pytest.mark.rabbitmq]
-
-
-@pytest.fixture(autouse=True)
-def _close_script_loop() -> Iterator[None]:
-    yield
-    _ScriptLoop.close()
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.rabbitmq,
+    pytest.mark.usefixtures("close_script_loop"),
+]
 
 
 def unique_name(broker: Broker, methods: list[str]) -> str:

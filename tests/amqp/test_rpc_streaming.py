@@ -20,23 +20,16 @@ from farine import settings
 from farine.amqp._connection import get_connection
 from farine.amqp._message import Message, Properties
 from farine.exceptions import RPCError
-from farine.rpc._client import _ScriptLoop  # pyright: ignore[reportPrivateUsage]
 from farine.rpc._protocol import encode_item
 from tests.amqp.conftest import Broker, LogWatcher, Recorder, running
 from tests.amqp.test_rpc import serve, unique
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+    from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("close_script_loop")]
 
 WINDOW = 8
-
-
-@pytest.fixture(autouse=True)
-def _close_script_loop() -> Iterator[None]:
-    yield
-    _ScriptLoop.close()
 
 
 class Firehose:
