@@ -6,7 +6,7 @@ import contextlib
 import logging
 import threading
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -195,6 +195,16 @@ def watch_log() -> Iterator[Callable[..., LogWatcher]]:
     for watcher in watchers:
         root.removeHandler(watcher)
     root.setLevel(previous)
+
+
+T = TypeVar("T")
+
+
+def instance_of(runtime: Runtime, name: str, kind: type[T]) -> T:
+    """The running instance of service `name`, checked to be a `kind`."""
+    instance = runtime.services[name].instance
+    assert isinstance(instance, kind)
+    return instance
 
 
 @contextlib.asynccontextmanager

@@ -23,7 +23,7 @@ from farine.exceptions import RPCError
 from farine.rpc._client import (
     _open_router,  # pyright: ignore[reportPrivateUsage]
 )
-from tests.amqp.conftest import Broker, Recorder, running
+from tests.amqp.conftest import Broker, Recorder, instance_of, running
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Generator
@@ -150,8 +150,7 @@ async def test_streams_from_generators_and_async_generators(broker: Broker) -> N
 async def test_leaving_a_stream_early_closes_the_servers_generator(broker: Broker) -> None:
     svc = unique(Calc, broker)
     async with serve(svc, broker=broker) as runtime:
-        instance = runtime.services[svc.__name__].instance
-        assert isinstance(instance, Calc)
+        instance = instance_of(runtime, svc.__name__, Calc)
         async with farine.rpc.Client(svc.__name__, timeout=10) as rpc:
             for method in ("count", "acount"):
                 stream = rpc.call(method, 1_000_000, __stream__=True)
@@ -170,8 +169,7 @@ async def test_a_plain_call_of_a_generator_method_stops_it_after_the_first_item(
 ) -> None:
     svc = unique(Calc, broker)
     async with serve(svc, broker=broker) as runtime:
-        instance = runtime.services[svc.__name__].instance
-        assert isinstance(instance, Calc)
+        instance = instance_of(runtime, svc.__name__, Calc)
         async with farine.rpc.Client(svc.__name__, timeout=30) as rpc:
             with anyio.fail_after(10):  # not the call's 30 s deadline
                 assert await rpc.count(1_000_000) == 0
@@ -192,8 +190,7 @@ async def test_calls_to_a_legacy_server_take_replies_through_a_reply_queue(
         serve(svc, broker=broker, rpc_legacy_servers=name) as runtime,
         farine.rpc.Client(name, timeout=10) as rpc,
     ):
-        instance = runtime.services[name].instance
-        assert isinstance(instance, Calc)
+        instance = instance_of(runtime, name, Calc)
         results: dict[int, int] = {}
 
         async def one(i: int) -> None:
@@ -286,8 +283,7 @@ class Slow:
 async def test_slow_server_hits_the_deadline_and_its_handler_is_cancelled(broker: Broker) -> None:
     svc = unique(Slow, broker)
     async with serve(svc, broker=broker) as runtime:
-        instance = runtime.services[svc.__name__].instance
-        assert isinstance(instance, Slow)
+        instance = instance_of(runtime, svc.__name__, Slow)
         async with farine.rpc.Client(svc.__name__) as rpc:
             with pytest.raises(RPCError, match="timeout") as info:
                 await rpc.wait(__timeout__=0.5)
@@ -313,8 +309,7 @@ async def test_a_shorter_deadline_than_the_calls_in_flight_still_ends_on_time(
 ) -> None:
     svc = unique(Gate, broker)
     async with serve(svc, broker=broker) as runtime:
-        instance = runtime.services[svc.__name__].instance
-        assert isinstance(instance, Gate)
+        instance = instance_of(runtime, svc.__name__, Gate)
         results: list[int] = []
         async with (
             farine.rpc.Client(svc.__name__, timeout=30) as rpc,

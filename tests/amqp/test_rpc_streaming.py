@@ -21,7 +21,7 @@ from farine.amqp._connection import get_connection
 from farine.amqp._message import Message, Properties
 from farine.exceptions import RPCError
 from farine.rpc._protocol import encode_item
-from tests.amqp.conftest import Broker, LogWatcher, Recorder, running
+from tests.amqp.conftest import Broker, LogWatcher, Recorder, instance_of, running
 from tests.amqp.test_rpc import serve, unique
 
 if TYPE_CHECKING:
@@ -72,8 +72,7 @@ async def firehose(broker: Broker, deadline: float = 30) -> AsyncGenerator[tuple
         serve(svc, broker=broker, rpc_stream_window=WINDOW) as runtime,
         farine.rpc.Client(svc.__name__, timeout=deadline) as rpc,
     ):
-        instance = runtime.services[svc.__name__].instance
-        assert isinstance(instance, Firehose)
+        instance = instance_of(runtime, svc.__name__, Firehose)
         yield instance, rpc
 
 
@@ -184,8 +183,7 @@ async def test_a_reader_too_slow_for_an_unpaced_server_gets_an_error_after_the_b
         running(Unpaced, config=config) as runtime,
         farine.rpc.Client("unpaced", timeout=30) as rpc,
     ):
-        instance = runtime.services["unpaced"].instance
-        assert isinstance(instance, Unpaced)
+        instance = instance_of(runtime, "unpaced", Unpaced)
         got: list[int] = []
 
         async def read_on(stream: AsyncIterator[int]) -> None:
