@@ -52,6 +52,7 @@ from farine._loop import (
 from farine._redact import redact
 from farine.amqp._errors import BrokerUnavailable, PublishError, PublishTimeout, UnroutableError
 from farine.amqp._message import Message, Outcome, Properties
+from farine.amqp._transport import _lean
 from farine.amqp._transport._base import (
     BACKOFF,
     DIRECT_REPLY_TO,
@@ -471,7 +472,7 @@ class _EngineConsumer:
             channel.on_consumer_cancel_callbacks.add(on_cancel)
             settler = _ChannelSettler(channel, asyncio.get_running_loop())
 
-            async def on_message(delivered: aiormq.abc.DeliveredMessage) -> None:
+            def on_message(delivered: aiormq.abc.DeliveredMessage) -> None:
                 delivery = delivered.delivery
                 assert isinstance(delivery, spec.Basic.Deliver)
                 settler.delivered(delivery.delivery_tag or 0)
@@ -488,7 +489,8 @@ class _EngineConsumer:
                     )
                 )
 
-            ok = await channel.basic_consume(self.queue, on_message, no_ack=False)
+            callback = _lean.deliver_inline(channel, on_message)
+            ok = await channel.basic_consume(self.queue, callback, no_ack=False)
         except BaseException:
             await _close_quietly(channel)
             raise
@@ -626,7 +628,8 @@ class _EngineReplyChannel:
                 raise PublishError("the connection is closed")
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             try:
-                await channel.basic_consume(DIRECT_REPLY_TO, self._on_message, no_ack=True)
+                callback = _lean.deliver_inline(channel, self._on_message)
+                await channel.basic_consume(DIRECT_REPLY_TO, callback, no_ack=True)
             except BaseException:
                 await _close_quietly(channel)
                 raise
@@ -635,7 +638,7 @@ class _EngineReplyChannel:
             self.channel = channel
             return channel
 
-    async def _on_message(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+    def _on_message(self, delivered: aiormq.abc.DeliveredMessage) -> None:
         delivery = delivered.delivery
         assert isinstance(delivery, spec.Basic.Deliver)
         self.push(
@@ -844,12 +847,8 @@ class _Engine:
                     if declare is not None and declare.name and declare.name not in self._declared:
                         await _declare(channel, Topology(exchanges=(declare,)))
                         self._declared.add(declare.name)
-                    confirm = await channel.basic_publish(
-                        body,
-                        exchange=exchange,
-                        routing_key=routing_key,
-                        properties=props,
-                        mandatory=mandatory,
+                    confirm = await _lean.publish(
+                        channel, body, exchange, routing_key, props, mandatory
                     )
                 finally:
                     deadlines.forget(watch)

@@ -1,0 +1,170 @@
+"""The lean publish and delivery paths (`_lean`), and aiormq's own ways they fall back to."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import aiormq
+import aiormq.abc
+import anyio
+import pytest
+
+import farine.amqp
+import farine.rpc
+from farine.amqp import AsyncPublisher, Message, Properties, PublishError, UnroutableError
+from farine.amqp._connection import get_connection
+from farine.amqp._transport import _lean
+from tests.amqp._engine_loop import on_engine_loop
+from tests.amqp._rabbit import RABBITMQ_URI
+from tests.amqp.conftest import Broker, LogWatcher, Recorder, running
+from tests.amqp.test_rpc import serve, unique
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+pytestmark = pytest.mark.anyio
+
+#: Larger than RabbitMQ's default frame size (128 KiB): the body goes in several frames.
+BIG = 300 * 1024
+
+
+@pytest.fixture(params=["lean", "aiormq's own"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways: the lean paths, and (as with an aiormq lacking what they use) aiormq's."""
+    if request.param != "lean":
+        monkeypatch.setattr(_lean, "PUBLISH_ATTRIBUTES", (*_lean.PUBLISH_ATTRIBUTES, "_gone"))
+        monkeypatch.setattr(_lean, "DELIVER_ATTRIBUTES", (*_lean.DELIVER_ATTRIBUTES, "_gone"))
+    monkeypatch.setattr(_lean, "_lean_types", {})
+    return str(request.param)
+
+
+async def test_the_installed_aiormq_has_what_the_lean_paths_use(rabbitmq: Broker) -> None:
+    async def check() -> tuple[bool, bool]:
+        connection = await aiormq.connect(RABBITMQ_URI)  # pyright: ignore[reportUnknownMemberType]
+        try:
+            channel = await connection.channel()
+            return (
+                _lean.supports(channel, _lean.PUBLISH_ATTRIBUTES),
+                _lean.supports(channel, _lean.DELIVER_ATTRIBUTES),
+            )
+        finally:
+            await connection.close()
+
+    with anyio.fail_after(15):
+        assert await on_engine_loop(check()) == (True, True)
+
+
+async def test_concurrent_publishes_each_get_their_own_confirm_or_return(
+    broker: Broker, path: str, watch_log: Callable[..., LogWatcher]
+) -> None:
+    """Routable and unroutable publishes interleaved, more than the writer's queue holds
+    (so some go through aiormq's own way on the same channel), and one body bigger than a
+    frame: each publish gets its own outcome, and the consumer gets exactly the others."""
+    exchange, queue = broker.exchange(), broker.queue()
+    fallback = watch_log("publishes take its way")
+    seen = Recorder()
+
+    class Sink:
+        @farine.amqp.consume(exchange=exchange, routing_key="in", queue=queue)
+        async def handle(self, body: Any, message: Message) -> None:
+            seen.add((body["n"], len(body["pad"])))
+
+    async with running(Sink, config=broker.config()) as runtime:
+        settings = broker.settings(runtime)
+        routed = AsyncPublisher(exchange, "in", settings=settings)
+        lost = AsyncPublisher(exchange, "nowhere", settings=settings)
+        outcomes: dict[int, str] = {}
+
+        async def send(n: int) -> None:
+            pad = "x" * (BIG if n == 7 else 10)
+            try:
+                await (lost if n % 3 == 0 else routed)({"n": n, "pad": pad})
+            except UnroutableError:
+                outcomes[n] = "returned"
+            else:
+                outcomes[n] = "confirmed"
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for n in range(60):
+                    tg.start_soon(send, n)
+            expected = [n for n in range(60) if n % 3]
+            received = await seen.wait_for(len(expected))
+    assert outcomes == {n: "returned" if n % 3 == 0 else "confirmed" for n in range(60)}
+    assert sorted(received) == [(n, BIG if n == 7 else 10) for n in expected]
+    if not broker.is_memory:
+        assert bool(fallback.records) == (path != "lean")
+
+
+async def test_a_publish_to_a_missing_exchange_fails_and_the_next_one_goes_through(
+    broker: Broker, path: str
+) -> None:
+    """The broker closes the publishing channel (404): the publish fails with the reason,
+    and the next one opens a new channel."""
+    exchange, queue = broker.exchange(), broker.queue()
+    seen = Recorder()
+
+    class Sink:
+        @farine.amqp.consume(exchange=exchange, routing_key="in", queue=queue)
+        async def handle(self, body: Any, message: Message) -> None:
+            seen.add(body)
+
+    async with running(Sink, config=broker.config()) as runtime:
+        connection = await get_connection(broker.settings(runtime))
+        with anyio.fail_after(15):
+            with pytest.raises(PublishError, match=r"no exchange|NOT_FOUND"):
+                await connection.publish(broker.exchange("missing"), "in", b"{}", Properties())
+            await connection.publish(exchange, "in", b'{"n": 1}', Properties())
+            assert await seen.wait_for(1) == [{"n": 1}]
+
+
+class Echo:
+    @farine.rpc.method()
+    async def echo(self, text: str) -> str:
+        return text * 2
+
+
+async def test_rpc_calls_and_replies_either_way(broker: Broker, path: str) -> None:
+    svc = unique(Echo, broker)
+    async with serve(svc, broker=broker), farine.rpc.Client(svc.__name__, timeout=10) as rpc:
+        with anyio.fail_after(15):
+            results = [await rpc.echo(str(n)) for n in range(5)]
+    assert results == ["00", "11", "22", "33", "44"]
+
+
+async def test_a_hand_over_that_fails_is_logged_and_the_channel_goes_on(
+    rabbitmq: Broker, watch_log: Callable[..., LogWatcher]
+) -> None:
+    queue = rabbitmq.queue()
+    failed = watch_log("could not be handed over")
+
+    async def exercise() -> list[bytes]:
+        connection = await aiormq.connect(RABBITMQ_URI)  # pyright: ignore[reportUnknownMemberType]
+        try:
+            channel = await connection.channel()
+            await channel.queue_declare(queue, auto_delete=True)
+            got: list[bytes] = []
+            second = asyncio.Event()
+
+            def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+                if message.body == b"first":
+                    raise RuntimeError("boom")
+                got.append(message.body)
+                second.set()
+
+            callback = _lean.deliver_inline(channel, on_message)
+            await channel.basic_consume(queue, callback, no_ack=True)
+            for body in (b"first", b"second"):
+                await channel.basic_publish(body, routing_key=queue)
+            await second.wait()
+            assert not channel.is_closed
+            return got
+        finally:
+            await connection.close()
+
+    with anyio.fail_after(15):
+        assert await on_engine_loop(exercise()) == [b"second"]
+    assert failed.records
+    assert failed.records[0].exc_info is not None
+    assert str(failed.records[0].exc_info[1]) == "boom"
