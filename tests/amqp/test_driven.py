@@ -7,9 +7,12 @@ on both backends: on each, the AMQP connection lives in the service's own thread
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 import threading
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -23,6 +26,9 @@ from farine.amqp._transport._base import Binding, ExchangeSpec, QueueSpec, Topol
 from farine.amqp._transport._driven import TrioDriver
 from tests.amqp import _rabbit
 from tests.amqp._engine_loop import driven
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
 
 pytestmark = pytest.mark.anyio
 
@@ -53,6 +59,36 @@ async def test_calls_timers_and_errors_run_on_the_driven_loop() -> None:
         with pytest.raises(ValueError, match="boom"):
             await driver.run(fail())
     assert driver.loop.is_closed()
+
+
+@trio_only
+async def test_steps_set_the_loop_up_as_run_forever_does() -> None:
+    """In a step the loop runs and owns the async generators started there (an abandoned
+    one is closed on the loop); after it, trio's hooks are back."""
+    closed = trio.Event()
+
+    async def numbers() -> AsyncGenerator[int]:
+        try:
+            yield 1
+            yield 2
+        finally:
+            closed.set()
+
+    async def start_one() -> tuple[bool, AsyncGenerator[int]]:
+        generator = numbers()
+        assert await anext(generator) == 1
+        return asyncio.get_running_loop().is_running(), generator
+
+    async with driven() as driver:
+        hooks = sys.get_asyncgen_hooks()
+        running, generator = await driver.run(start_one())
+        assert running
+        assert not driver.loop.is_running()
+        assert sys.get_asyncgen_hooks() == hooks
+        del generator
+        gc.collect()  # asyncio's finalizer schedules its `aclose()` on the loop
+        with trio.fail_after(5):
+            await closed.wait()
 
 
 @trio_only

@@ -11,7 +11,7 @@ the trio thread instead, driven by one trio task:
   the broker's socket and the loop's self-pipe (`call_soon_threadsafe()` from other
   threads) wake it through trio's own I/O wait; it then runs a step: it polls with a
   zero timeout and runs the ready callbacks, and those they make ready, for a few
-  iterations of the loop;
+  iterations of the loop (the first one only polls);
 * a trio task that awaits a call (`TrioDriver.run()`, a publish say) runs a step itself
   at once, without polling, so the frame is written before anything else happens;
 * work that other trio code schedules on the loop between steps (`call_soon()`,
@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import selectors
+import sys
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -91,7 +92,8 @@ def _result(task: asyncio.Task[T]) -> T:
 
 
 class _Selector(selectors.DefaultSelector):
-    """The loop's selector, which a step may tell not to poll (`poll = False`)."""
+    """The loop's selector: it never blocks (the driver waits, through trio), and a step
+    may tell it not to poll at all (`poll = False`)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -100,7 +102,7 @@ class _Selector(selectors.DefaultSelector):
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         if not self.poll:
             return []
-        return super().select(timeout)
+        return super().select(0)
 
 
 class DrivenLoop(asyncio.SelectorEventLoop):
@@ -117,9 +119,15 @@ class DrivenLoop(asyncio.SelectorEventLoop):
         self.wake = wake
         self.stepping = False
         self._thread = threading.get_ident()
-        self._iterations_left = 0
         # The loop's queue of ready callbacks: one object for the loop's whole life.
         self._ready_callbacks = cast("deque[asyncio.Handle]", vars(self)["_ready"])
+        # What `run_forever()` uses, unknown to the type stubs.
+        loop = cast("Any", self)
+        self._run_iteration: Callable[[], None] = loop._run_once
+        self._asyncgen_hooks: tuple[Callable[[Any], None], Callable[[Any], None]] = (
+            loop._asyncgen_firstiter_hook,
+            loop._asyncgen_finalizer_hook,
+        )
 
     def call_soon(  # type: ignore[override]  # the typeshed signature uses TypeVarTuple
         self,
@@ -150,27 +158,40 @@ class DrivenLoop(asyncio.SelectorEventLoop):
         Callbacks scheduled by those run too, for a few iterations: one awaited call
         goes through several of aiormq's tasks (the caller, the channel, the writer),
         and handing back to trio between each would cost a trio scheduling round each.
-        With `poll=False`, I/O is left for the driver's next step: each poll is a system
-        call, during which the GIL goes to any other thread that wants it.
-        """
-        self.stepping = True
-        self.selector.poll = poll
-        self._iterations_left = _ITERATIONS_PER_STEP
-        try:
-            # One `run_forever()` for the whole step: `_end_iteration` runs last in each
-            # iteration and stops the loop once nothing more is ready.
-            super().call_soon(self._end_iteration)
-            self.run_forever()
-        finally:
-            self.selector.poll = True
-            self.stepping = False
+        Only the first iteration polls; with `poll=False`, none does, and I/O is left
+        for the driver's next step: each poll is a system call, during which the GIL
+        goes to any other thread that wants it.
 
-    def _end_iteration(self) -> None:
-        self._iterations_left -= 1
-        if self._ready_callbacks and self._iterations_left > 0:
-            super().call_soon(self._end_iteration)  # what just became ready runs first
-        else:
-            self.stop()
+        The iterations are the loop's own (`_run_once()`), inside what `run_forever()`
+        sets up (the running loop, its async generator hooks), without its `stop()`
+        and a callback to call it: on trio, a sequential RPC call runs 5 steps and 18
+        iterations, and those cost about a tenth of its instructions.
+        """
+        if asyncio._get_running_loop() is not None:  # pyright: ignore[reportPrivateUsage]
+            raise RuntimeError("the driven loop cannot step inside a running event loop")
+        if self.is_closed():
+            raise RuntimeError("the driven loop is closed")
+        selector = self.selector
+        ready = self._ready_callbacks
+        hooks = sys.get_asyncgen_hooks()
+        self.stepping = True
+        selector.poll = poll
+        running = cast("Any", self)
+        running._thread_id = self._thread  # `is_running()` says True
+        sys.set_asyncgen_hooks(*self._asyncgen_hooks)
+        asyncio._set_running_loop(self)  # pyright: ignore[reportPrivateUsage]
+        try:
+            for _ in range(_ITERATIONS_PER_STEP):
+                self._run_iteration()
+                if not ready:
+                    break
+                selector.poll = False
+        finally:
+            asyncio._set_running_loop(None)  # pyright: ignore[reportPrivateUsage]
+            sys.set_asyncgen_hooks(*hooks)
+            running._thread_id = None
+            selector.poll = True
+            self.stepping = False
 
     def next_step_in(self) -> float | None:
         """Seconds until the next step has work (0: now; None: nothing until I/O)."""
