@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import selectors
 import sys
 import threading
@@ -193,15 +194,25 @@ class DrivenLoop(asyncio.SelectorEventLoop):
             selector.poll = True
             self.stepping = False
 
+    @property
+    def ready_callbacks(self) -> deque[asyncio.Handle]:
+        """The loop's queue of ready callbacks (read, never changed, outside the loop)."""
+        return self._ready_callbacks
+
+    def next_timer(self) -> asyncio.TimerHandle | None:
+        """The loop's earliest timer, if any (it may be cancelled)."""
+        # The heap of timers: read here, never changed.
+        scheduled = cast("list[asyncio.TimerHandle]", vars(self)["_scheduled"])
+        return scheduled[0] if scheduled else None
+
     def next_step_in(self) -> float | None:
         """Seconds until the next step has work (0: now; None: nothing until I/O)."""
         if self._ready_callbacks:
             return 0.0
-        # The heap of timers: read here, never changed.
-        scheduled = cast("list[asyncio.TimerHandle]", vars(self)["_scheduled"])
-        if not scheduled:
+        timer = self.next_timer()
+        if timer is None:
             return None
-        return max(0.0, scheduled[0].when() - self.time())
+        return max(0.0, timer.when() - self.time())
 
 
 class TrioDriver:
@@ -251,17 +262,7 @@ class TrioDriver:
                     await nursery.start(self._step_when_woken)
                     task_status.started()
                     while not self._stopping:
-                        loop.step()
-                        delay = loop.next_step_in()
-                        if delay == 0.0:
-                            await trio.lowlevel.checkpoint()  # trio's tasks run, then again
-                            continue
-                        with trio.CancelScope() as waiting:
-                            if delay is not None:
-                                waiting.deadline = trio.current_time() + delay
-                            self._waiting = waiting
-                            await trio.lowlevel.wait_readable(fd)
-                        self._waiting = None
+                        await self._drive_until_timer(fd)
                     self._wake()  # the stepper sees `_stopping` and returns
                 await self._wind_down()
             finally:
@@ -270,6 +271,34 @@ class TrioDriver:
                 with contextlib.suppress(RuntimeError):
                     loop.close()
                 self._done.set()
+
+    async def _drive_until_timer(self, fd: int) -> None:
+        """Step and wait for I/O, until the loop's next timer is due (or `stop()`).
+
+        The waits share one cancel scope, whose deadline is the loop's earliest timer:
+        set when that timer changes, not for every wait (entering a scope and setting
+        its deadline each time was a tenth of the driver's work per RPC call).
+        """
+        loop = self.loop
+        ready = loop.ready_callbacks
+        with trio.CancelScope() as waiting:
+            self._waiting = waiting
+            armed: asyncio.TimerHandle | None = None
+            while not self._stopping:
+                loop.step()
+                if ready:
+                    await trio.lowlevel.checkpoint()  # trio's tasks run, then again
+                    continue
+                timer = loop.next_timer()
+                if timer is not armed:
+                    armed = timer
+                    waiting.deadline = (
+                        math.inf
+                        if timer is None
+                        else trio.current_time() + max(0.0, timer.when() - loop.time())
+                    )
+                await trio.lowlevel.wait_readable(fd)
+        self._waiting = None
 
     async def _step_when_woken(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
