@@ -52,7 +52,9 @@ async def settle_all(from_thread: bool) -> tuple[list[tuple[str, int, bool]], bo
     if from_thread:
         thread = threading.Thread(target=settle)
         thread.start()
-        await asyncio.to_thread(thread.join)
+        # Joined while holding the engine loop: the flush that the first settle
+        # schedules cannot run before the last one (the batch would be split).
+        thread.join()
     else:
         settle()
     await settler.drain()
