@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import sys
 import threading
 import time
@@ -134,6 +135,67 @@ async def test_a_timer_set_by_a_call_run_in_the_callers_task_still_fires() -> No
         await driver.run(set_timer())  # completes within the caller's own step
         with trio.fail_after(5):  # no I/O will come: only the timer can wake the driver
             await fired.wait()
+
+
+@trio_only
+async def test_a_step_runs_what_its_callbacks_make_ready_in_order(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Rounds after a step's first run what became ready, in order, skipping what was
+    cancelled, up to the step's bound; the rest runs in later steps."""
+    order: list[str] = []
+
+    async def chain() -> None:
+        loop = asyncio.get_running_loop()
+
+        def first() -> None:
+            order.append("first")
+            loop.call_soon(order.append, "third")
+            loop.call_soon(order.append, "fourth").cancel()
+
+        loop.call_soon(first)
+        loop.call_soon(order.append, "second")
+
+        def again(left: int) -> None:  # far more rounds than one step runs
+            if left:
+                loop.call_soon(again, left - 1)
+            else:
+                order.append("last")
+                done.set()
+
+        loop.call_soon(again, 100)
+
+    done = trio.Event()
+    async with driven() as driver:
+        with trio.fail_after(5), caplog.at_level(logging.ERROR, logger="asyncio"):
+            await driver.run(chain())
+            await done.wait()
+    assert order == ["first", "second", "third", "last"]
+    assert not caplog.records  # a cancelled callback is skipped, not run
+
+
+@trio_only
+async def test_in_debug_mode_every_round_of_a_step_reports_slow_callbacks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def slow() -> None:
+        time.sleep(0.01)
+        ran.set()  # the loop reports it right after it returns, in the same step
+
+    async def schedule_slow_later() -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, slow)  # runs two rounds after this one
+
+    ran = trio.Event()
+    async with driven() as driver:
+        driver.loop.set_debug(True)
+        driver.loop.slow_callback_duration = 0.005
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            await driver.run(schedule_slow_later())
+            with trio.fail_after(5):
+                await ran.wait()
+        driver.loop.set_debug(False)
+    assert any("slow" in record.getMessage() for record in caplog.records)
 
 
 @trio_only
