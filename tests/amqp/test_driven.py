@@ -13,18 +13,20 @@ import sys
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import anyio
 import pytest
 import trio
 import trio.testing
+from pamqp import commands as spec
+from pamqp import frame
 
 from farine.amqp._errors import BrokerUnavailable, PublishError
 from farine.amqp._message import Properties
 from farine.amqp._transport import ConnectionOptions, open_connection
 from farine.amqp._transport._base import Binding, ExchangeSpec, QueueSpec, Topology
-from farine.amqp._transport._driven import TrioDriver
+from farine.amqp._transport._driven import HeldWrites, TrioDriver
 from tests.amqp import _rabbit
 from tests.amqp._engine_loop import driven
 
@@ -324,3 +326,127 @@ async def test_an_error_in_the_connections_block_is_raised_as_is() -> None:
             raise boom
     assert info.value is boom
     assert info.value.__context__ is None
+
+
+# -- gathered writes -----------------------------------------------------------------------
+
+
+class _Transport:
+    """Records each write (a `send()` of asyncio's socket transport)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class _Writer:
+    """What `HeldWrites` takes over of a `StreamWriter`."""
+
+    def __init__(self) -> None:
+        self.transport = _Transport()
+        self.closed_after: list[bytes] | None = None
+
+    async def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed_after = list(self.transport.writes)
+
+
+def _held(driver: TrioDriver) -> tuple[asyncio.StreamWriter, _Transport]:
+    writer = _Writer()
+    stream = cast("asyncio.StreamWriter", writer)
+    HeldWrites(stream, driver.loop)
+    return stream, writer.transport
+
+
+def _new_round(driver: TrioDriver) -> None:
+    driver.loop.io_rounds += 1  # as a step that polled for I/O does
+
+
+ACK = frame.marshal(spec.Basic.Ack(delivery_tag=7), 1)
+NACK = frame.marshal(spec.Basic.Nack(delivery_tag=8), 1)
+REJECT = frame.marshal(spec.Basic.Reject(delivery_tag=9), 1)
+QOS = frame.marshal(spec.Basic.Qos(prefetch_count=5), 1)
+
+
+@trio_only
+async def test_a_lone_write_goes_out_at_once_and_a_rounds_next_ones_together() -> None:
+    with trio.fail_after(5):  # a lost flush hangs
+        async with driven() as driver:
+            writer, transport = _held(driver)
+            _new_round(driver)
+
+            async def publish(*frames: bytes) -> list[bytes]:
+                for data in frames:
+                    writer.write(data)
+                return list(transport.writes)  # what went out before the step ended
+
+            assert await driver.run(publish(b"first")) == [b"first"]
+            # Later in the same round: held until trio's round is over, then in one write.
+            assert await driver.run(publish(b"second", b"third")) == [b"first"]
+            await trio.testing.wait_all_tasks_blocked()
+            assert transport.writes == [b"first", b"secondthird"]
+            # The round's next writes are held too, until the next round.
+            sent = list(transport.writes)
+            assert await driver.run(publish(b"fourth")) == sent
+            await trio.testing.wait_all_tasks_blocked()
+            assert transport.writes[-1] == b"fourth"
+            _new_round(driver)
+            assert (await driver.run(publish(b"fifth", b"sixth")))[-1] == b"fifth"
+            await trio.testing.wait_all_tasks_blocked()
+            assert transport.writes[-2:] == [b"fifth", b"sixth"]
+
+
+@trio_only
+async def test_settling_frames_ride_with_the_next_write_or_go_out_after_the_round() -> None:
+    assert len({len(ACK), len(NACK), len(REJECT)}) == 1  # the size `HeldWrites` looks for
+    with trio.fail_after(5):  # a lost flush hangs
+        async with driven() as driver:
+            writer, transport = _held(driver)
+
+            async def write(*frames: bytes) -> list[bytes]:
+                for data in frames:
+                    writer.write(data)
+                return list(transport.writes)
+
+            _new_round(driver)
+            # Nobody waits for them: they go with the round's first write.
+            assert await driver.run(write(ACK, NACK, b"publish")) == [ACK + NACK + b"publish"]
+            sent = list(transport.writes)
+            assert await driver.run(write(REJECT, QOS)) == sent  # the round's second write
+            await trio.testing.wait_all_tasks_blocked()
+            assert transport.writes[-1] == REJECT + QOS
+            _new_round(driver)
+            sent = list(transport.writes)
+            assert await driver.run(write(ACK)) == sent  # held...
+            await trio.testing.wait_all_tasks_blocked()
+            assert transport.writes[-1] == ACK  # ...and sent alone once trio's round is over
+
+
+@trio_only
+async def test_drain_and_close_send_what_is_held_first() -> None:
+    with trio.fail_after(5):  # a lost flush hangs
+        async with driven() as driver:
+            stream, transport = _held(driver)
+            writer = cast("_Writer", stream)
+
+            async def write_then(end: str) -> list[bytes]:
+                stream.write(b"a")
+                stream.write(b"b")  # same round: held
+                if end == "drain":
+                    await stream.drain()
+                else:
+                    stream.close()
+                return list(transport.writes)
+
+            _new_round(driver)
+            assert await driver.run(write_then("drain")) == [b"a", b"b"]
+            _new_round(driver)
+            assert await driver.run(write_then("close")) == [b"a", b"b", b"a", b"b"]
+            assert writer.closed_after == [b"a", b"b", b"a", b"b"]

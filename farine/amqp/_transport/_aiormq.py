@@ -64,7 +64,12 @@ from farine.amqp._transport._base import (
     ReplyChannel,
     Topology,
 )
-from farine.amqp._transport._driven import TrioDriver, run_blocking_on
+from farine.amqp._transport._driven import (
+    DrivenLoop,
+    HeldWrites,
+    TrioDriver,
+    run_blocking_on,
+)
 from farine.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -117,7 +122,8 @@ READ_SIZE: Final = 64 * 1024
 
 
 class _TcpTransportFactory(aiormq.connection.TCPTransportFactory):
-    """aiormq's plain TCP connection, reading `READ_SIZE` bytes at a time."""
+    """aiormq's plain TCP connection, reading `READ_SIZE` bytes at a time; on the trio
+    backend, its writes are gathered (`HeldWrites`)."""
 
     async def create(
         self, url: Any, **kwargs: Any
@@ -126,6 +132,9 @@ class _TcpTransportFactory(aiormq.connection.TCPTransportFactory):
         transport: Any = writer.transport
         if hasattr(transport, "max_size"):  # asyncio's socket transports
             transport.max_size = READ_SIZE
+        loop = asyncio.get_running_loop()
+        if isinstance(loop, DrivenLoop):  # the trio backend
+            HeldWrites(writer, loop)
         return reader, writer
 
 
