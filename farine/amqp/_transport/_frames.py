@@ -44,6 +44,20 @@ def _short(value: str) -> bytes | None:
     return _OCTET.pack(len(data)) + data
 
 
+def _shorts(fields: tuple[tuple[int, str | None], ...], parts: list[bytes]) -> int | None:
+    """Append the short-string properties that are set (pamqp leaves out None and ""
+    alike); return their flags, or None if one is too long."""
+    flags = 0
+    for flag, value in fields:
+        if value is not None and value != "":
+            encoded = _short(value)
+            if encoded is None:
+                return None
+            flags |= flag
+            parts.append(encoded)
+    return flags
+
+
 def publish_frames(
     channel: int,
     max_content_size: int,
@@ -70,19 +84,12 @@ def publish_frames(
         return None
     method = b"".join((_PUBLISH, exchange_bytes, key, b"\x01" if mandatory else b"\x00"))
 
-    # Properties in their flag order; pamqp leaves out None and "" alike.
-    flags = 0
+    # Properties in their flag order.
     parts: list[bytes] = []
-    for flag, value in (
-        (0x8000, properties.content_type),
-        (0x4000, properties.content_encoding),
-    ):
-        if value is not None and value != "":
-            encoded = _short(value)
-            if encoded is None:
-                return None
-            flags |= flag
-            parts.append(encoded)
+    types = ((0x8000, properties.content_type), (0x4000, properties.content_encoding))
+    flags = _shorts(types, parts)
+    if flags is None:
+        return None
     headers = properties.headers
     if headers is not None:
         flags |= 0x2000
@@ -97,33 +104,34 @@ def publish_frames(
     if priority is not None:
         flags |= 0x0800
         parts.append(encode.octet(priority))
-    for flag, value in (
-        (0x0400, properties.correlation_id),
-        (0x0200, properties.reply_to),
-        (0x0100, properties.expiration),
-        (0x0080, message_id),
-    ):
-        if value is not None and value != "":
-            encoded = _short(value)
-            if encoded is None:
-                return None
-            flags |= flag
-            parts.append(encoded)
+    ids = _shorts(
+        (
+            (0x0400, properties.correlation_id),
+            (0x0200, properties.reply_to),
+            (0x0100, properties.expiration),
+            (0x0080, message_id),
+        ),
+        parts,
+    )
+    if ids is None:
+        return None
+    flags |= ids
     timestamp = properties.timestamp
     if timestamp is not None:
         flags |= 0x0040
         parts.append(encode.timestamp(timestamp))
-    for flag, value in (  # cluster_id (0x0004, deprecated) is not sent, as by `to_pamqp()`
-        (0x0020, properties.message_type),
-        (0x0010, properties.user_id),
-        (0x0008, properties.app_id),
-    ):
-        if value is not None and value != "":
-            encoded = _short(value)
-            if encoded is None:
-                return None
-            flags |= flag
-            parts.append(encoded)
+    # cluster_id (0x0004, deprecated) is not sent, as by `to_pamqp()`.
+    names = _shorts(
+        (
+            (0x0020, properties.message_type),
+            (0x0010, properties.user_id),
+            (0x0008, properties.app_id),
+        ),
+        parts,
+    )
+    if names is None:
+        return None
+    flags |= names
     header = _HEADER.pack(60, 0, len(body), flags) + b"".join(parts)
 
     frames = [
