@@ -33,8 +33,10 @@ _HEADER: Final = struct.Struct(">HHQH")  # class 60, weight 0, body size, proper
 _OCTET: Final = struct.Struct(">B")
 _EXCHANGE_NAME: Final = constants.DOMAIN_REGEX["exchange-name"]
 
-#: Exchange names checked once as pamqp checks them (valid ones only).
+#: Exchange names checked once as pamqp checks them (valid ones only, a bounded number:
+#: others are checked at each publish).
 _valid_exchanges: set[str] = set()
+_MAX_VALID_EXCHANGES: Final = 1024
 
 
 def _short(value: str) -> bytes | None:
@@ -77,7 +79,8 @@ def publish_frames(
     if exchange not in _valid_exchanges:
         if len(exchange) > 127 or not _EXCHANGE_NAME.fullmatch(exchange):
             return None
-        _valid_exchanges.add(exchange)
+        if len(_valid_exchanges) < _MAX_VALID_EXCHANGES:
+            _valid_exchanges.add(exchange)
     exchange_bytes = _short(exchange)
     key = _short(routing_key)
     if exchange_bytes is None or key is None:
