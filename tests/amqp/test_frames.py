@@ -1,4 +1,5 @@
-"""`publish_frames()`: the bytes pamqp writes for the same publish (as aiormq sends them)."""
+"""`publish_frames()` and `settle_frame()`: the bytes pamqp writes for the same frames (as
+aiormq sends them)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pamqp import frame
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from farine.amqp._message import Properties
-from farine.amqp._transport._frames import publish_frames
+from farine.amqp._message import Outcome, Properties
+from farine.amqp._transport._frames import publish_frames, settle_frame
 from farine.amqp._transport._lean import to_pamqp
 
 FRAME_BODY = 131_064  # RabbitMQ's default frame_max (131072) less a frame's 8 bytes
@@ -102,3 +103,22 @@ def test_what_it_does_not_encode_is_left_to_pamqp(
     assert publish_frames(1, FRAME_BODY, exchange, key, False, props, "id", b"") is None
     with pytest.raises((ValueError, TypeError, struct.error)):
         pamqp_frames(1, FRAME_BODY, exchange, key, False, props, "id", b"")
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_settle_frames_are_pamqp_s(seed: int) -> None:
+    rng = random.Random(seed)
+    channel = rng.choice([1, 2, 65535])
+    tag = rng.choice([0, 1, 255, 2**32 + 1, 2**63 - 1])  # pamqp takes no larger tag
+    multiple, requeue = rng.choice([True, False]), rng.choice([True, False])
+    outcomes: list[Outcome] = ["ack", "nack", "reject"]
+    outcome = rng.choice(outcomes)
+    method: Any
+    if outcome == "ack":
+        method = spec.Basic.Ack(tag, multiple)
+    elif outcome == "nack":
+        method = spec.Basic.Nack(tag, multiple, requeue)
+    else:
+        method = spec.Basic.Reject(tag, requeue)
+    got = settle_frame(channel, outcome, tag, multiple=multiple, requeue=requeue)
+    assert got == frame.marshal(method, channel)

@@ -35,24 +35,27 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     if request.param != "lean":
         monkeypatch.setattr(_lean, "PUBLISH_ATTRIBUTES", (*_lean.PUBLISH_ATTRIBUTES, "_gone"))
         monkeypatch.setattr(_lean, "DELIVER_ATTRIBUTES", (*_lean.DELIVER_ATTRIBUTES, "_gone"))
+        monkeypatch.setattr(_lean, "SETTLE_ATTRIBUTES", (*_lean.SETTLE_ATTRIBUTES, "_gone"))
     monkeypatch.setattr(_lean, "_lean_types", {})
+    monkeypatch.setattr(_lean, "_lean_settle_types", {})
     return str(request.param)
 
 
 async def test_the_installed_aiormq_has_what_the_lean_paths_use(rabbitmq: Broker) -> None:
-    async def check() -> tuple[bool, bool]:
+    async def check() -> tuple[bool, bool, bool]:
         connection = await aiormq.connect(RABBITMQ_URI)  # pyright: ignore[reportUnknownMemberType]
         try:
             channel = await connection.channel()
             return (
                 _lean.supports(channel, _lean.PUBLISH_ATTRIBUTES),
                 _lean.supports(channel, _lean.DELIVER_ATTRIBUTES),
+                _lean.supports(channel, _lean.SETTLE_ATTRIBUTES),
             )
         finally:
             await connection.close()
 
     with anyio.fail_after(15):
-        assert await on_engine_loop(check()) == (True, True)
+        assert await on_engine_loop(check()) == (True, True, True)
 
 
 async def test_concurrent_publishes_each_get_their_own_confirm_or_return(
@@ -117,6 +120,70 @@ async def test_a_publish_to_a_missing_exchange_fails_and_the_next_one_goes_throu
                 await connection.publish(broker.exchange("missing"), "in", b"{}", Properties())
             await connection.publish(exchange, "in", b'{"n": 1}', Properties())
             assert await seen.wait_for(1) == [{"n": 1}]
+
+
+async def test_acks_nacks_and_rejects_either_way(
+    broker: Broker, path: str, watch_log: Callable[..., LogWatcher]
+) -> None:
+    """Nacked messages come back, rejected ones are dead-lettered, acked ones are done:
+    a second consumer of the queue, started once they all were settled, gets nothing
+    but a marker published last."""
+    exchange, dead_exchange = broker.exchange(), broker.exchange("dlx")
+    queue = broker.queue()
+    fallback = watch_log("settles take its way")
+    seen, dead = Recorder(), Recorder()
+    arguments = {"x-dead-letter-exchange": dead_exchange}
+
+    class Manual:
+        @farine.amqp.consume(
+            exchange=exchange,
+            routing_key="rk",
+            queue=queue,
+            queue_arguments=arguments,
+            auto_delete=False,  # the queue outlives this consumer, to be looked at after
+            prefetch=20,
+        )
+        async def handle(self, body: Any, message: Message) -> None:
+            n = body["n"]
+            seen.add((n, message.redelivered))
+            if n % 3 == 1 and not message.redelivered:
+                message.nack(requeue=True)
+            elif n % 3 == 2:
+                message.reject()
+            else:
+                message.ack()
+
+        @farine.amqp.consume(exchange=dead_exchange, routing_key="rk", queue=broker.queue("dead"))
+        async def dead_letters(self, body: Any, message: Message) -> None:
+            dead.add(body["n"])
+
+    async with running(Manual, config=broker.config()) as runtime:
+        publish = AsyncPublisher(exchange, "rk", settings=broker.settings(runtime))
+        with anyio.fail_after(30):
+            for n in range(30):
+                await publish({"n": n})
+            received = await seen.wait_for(40)  # 10 of them twice
+            rejected = await dead.wait_for(10)
+    assert sorted(received) == sorted(
+        [(n, False) for n in range(30)] + [(n, True) for n in range(30) if n % 3 == 1]
+    )
+    assert sorted(rejected) == [n for n in range(30) if n % 3 == 2]
+    leftover = Recorder()
+
+    class Later:
+        @farine.amqp.consume(
+            exchange=exchange, routing_key="rk", queue=queue, queue_arguments=arguments,
+            auto_delete=False,
+        )  # fmt: skip
+        async def handle(self, body: Any, message: Message) -> None:
+            leftover.add(body["n"])
+
+    async with running(Later, config=broker.config()) as runtime:
+        await AsyncPublisher(exchange, "rk", settings=broker.settings(runtime))({"n": "end"})
+        with anyio.fail_after(15):
+            assert await leftover.wait_for(1) == ["end"]
+    if not broker.is_memory:
+        assert bool(fallback.records) == (path != "lean")
 
 
 class Echo:

@@ -8,6 +8,8 @@ from typing import Any, cast
 
 import anyio
 import pytest
+from pamqp import commands as spec
+from pamqp import frame
 
 from farine.amqp._transport._aiormq import (
     _ChannelSettler,  # pyright: ignore[reportPrivateUsage]
@@ -79,3 +81,118 @@ async def test_settles_from_another_thread_start_the_flush_timer() -> None:
         frames, before, after = await on_engine_loop(settle_all(from_thread=True))
     assert (before, after) == (False, True)
     assert frames == [("nack", 2, True), ("ack", 3, True), ("ack", 4, True)]
+
+
+class LeanChannel(FakeChannel):
+    """Also has what `_lean.settle()` uses: frames queued there are recorded too."""
+
+    number = 7
+
+    def __init__(self, room: int, nacks: bool = True) -> None:
+        super().__init__()
+        self.write_queue: asyncio.Queue[Any] = asyncio.Queue(room)
+        self.connection = type("Connection", (), {"basic_nack": nacks})()
+        self._Channel__close_event = asyncio.Event()
+
+    async def basic_ack(self, tag: int, multiple: bool = False, wait: bool = True) -> None:
+        self.queued()  # what was queued before went out first
+        await super().basic_ack(tag, multiple, wait)
+
+    async def basic_nack(self, tag: int, requeue: bool = True, wait: bool = True) -> None:
+        self.queued()
+        await super().basic_nack(tag, requeue, wait)
+
+    def queued(self) -> None:
+        """Record the frames queued so far, as the broker reads them."""
+        while not self.write_queue.empty():
+            data = self.write_queue.get_nowait().payload
+            while data:
+                size, channel, method = frame.unmarshal(data)
+                assert channel == self.number
+                data = data[size:]
+                if isinstance(method, spec.Basic.Ack):
+                    self.frames.append(("ack", method.delivery_tag, method.multiple))
+                elif isinstance(method, spec.Basic.Nack):
+                    self.frames.append(("nack", method.delivery_tag, method.requeue))
+                else:
+                    assert isinstance(method, spec.Basic.Reject)
+                    self.frames.append(("reject", method.delivery_tag or 0, method.requeue))
+
+
+async def settle_lean(
+    room: int, nacks: bool
+) -> tuple[list[tuple[str, int, bool]], list[tuple[str, int, bool]], int]:
+    """Settle 1-4 in three flushes (of 2, 1 and 1 frames) on a channel whose writer
+    queue has room for `room` frames.
+
+    Returns the frames the channel's own methods sent, then all frames in order, then
+    how many flushes needed a task.
+    """
+    loop = asyncio.get_running_loop()
+    channel = LeanChannel(room, nacks)
+    settler = _ChannelSettler(cast("Any", channel), loop)
+    tasks = 0
+    create_task = loop.create_task
+
+    def counting(coro: Any) -> Any:
+        nonlocal tasks
+        tasks += 1
+        return create_task(coro)
+
+    vars(loop)["create_task"] = counting
+    try:
+        for tag in (1, 2, 3, 4):
+            settler.delivered(tag)
+        settler.settle(2, "nack", True)
+        settler.settle(1, "ack", False)
+        settler._flush()  # pyright: ignore[reportPrivateUsage]
+        settler.settle(3, "ack", False)
+        settler._flush()  # pyright: ignore[reportPrivateUsage]
+        settler.settle(4, "reject", False)
+        settler._flush()  # pyright: ignore[reportPrivateUsage]
+        await settler.drain()
+    finally:
+        del vars(loop)["create_task"]
+    own = list(channel.frames)
+    channel.queued()
+    return own, channel.frames, tasks
+
+
+# The acks cover the oldest tags in flight (`multiple`), after the nacks and rejects.
+EXPECTED = [("nack", 2, True), ("ack", 1, True), ("ack", 3, True), ("reject", 4, False)]
+
+
+async def test_a_flush_queues_its_frames_itself_when_the_channel_allows() -> None:
+    with anyio.fail_after(10):
+        own, frames, tasks = await on_engine_loop(settle_lean(room=10, nacks=True))
+    assert (own, frames, tasks) == ([], EXPECTED, 0)
+
+
+async def test_a_flush_goes_the_channel_s_way_when_it_has_no_room_and_the_next_follows() -> None:
+    """1 frame of room: the first flush (2 frames) takes a task and the channel's own
+    methods; the next ones would fit, but that task has not run yet: they follow it."""
+    with anyio.fail_after(10):
+        own, frames, tasks = await on_engine_loop(settle_lean(room=1, nacks=True))
+    assert (own, frames, tasks) == (EXPECTED, EXPECTED, 1)
+
+
+async def test_a_nack_to_a_broker_without_nacks_goes_the_channel_s_way() -> None:
+    with anyio.fail_after(10):
+        own, frames, tasks = await on_engine_loop(settle_lean(room=10, nacks=False))
+    # The first flush holds the nack; the next ones go after it, through the same task.
+    assert (own, frames, tasks) == (EXPECTED, EXPECTED, 1)
+
+
+async def test_a_closing_channel_settles_its_own_way() -> None:
+    async def settle() -> list[tuple[str, int, bool]]:
+        channel = LeanChannel(10)
+        channel._Channel__close_event.set()  # pyright: ignore[reportPrivateUsage]
+        settler = _ChannelSettler(cast("Any", channel), asyncio.get_running_loop())
+        settler.delivered(1)
+        settler.settle(1, "ack", False)
+        await settler.drain()
+        assert channel.write_queue.empty()
+        return channel.frames
+
+    with anyio.fail_after(10):
+        assert await on_engine_loop(settle()) == [("ack", 1, True)]

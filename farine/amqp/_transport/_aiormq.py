@@ -260,6 +260,34 @@ class _Deadlines:
 ACK_FLUSH_INTERVAL: Final = (0.001, 0.01)
 
 
+#: A frame that settles deliveries: outcome, delivery tag, `multiple`, `requeue`.
+_SettleFrame = tuple[Outcome, int, bool, bool]
+
+
+def _settle_frames(
+    batch: list[tuple[int, Outcome, bool]], oldest: int | None
+) -> list[_SettleFrame]:
+    """The frames that settle `batch`, in order, `oldest` being the oldest delivery tag
+    still in flight.
+
+    Acks of tags older than every delivery still in flight go as one frame, sent after
+    the nacks and rejects so that it can never cover one of those.
+    """
+    frames: list[_SettleFrame] = []
+    covered = 0
+    for tag, outcome, requeue in batch:
+        if outcome == "ack":
+            if oldest is None or tag < oldest:
+                covered = max(covered, tag)
+            else:
+                frames.append(("ack", tag, False, False))
+        else:
+            frames.append((outcome, tag, False, requeue))
+    if covered:
+        frames.append(("ack", covered, True, False))
+    return frames
+
+
 class _ChannelSettler:
     """Acks, nacks and rejects of one consumer channel, sent in batches.
 
@@ -278,7 +306,9 @@ class _ChannelSettler:
 
     Each frame is a system call too: acks of the oldest deliveries of the channel go as
     one `basic.ack` with `multiple` set (valid as long as no older delivery is still
-    unsettled: the set of tags in flight, bounded by the prefetch count, tells).
+    unsettled: the set of tags in flight, bounded by the prefetch count, tells). A
+    flush queues its frames itself (`_lean.settle()`), unless frames of an earlier flush
+    still wait for a task to send them their own way: then they follow, in order.
     """
 
     def __init__(
@@ -296,11 +326,11 @@ class _ChannelSettler:
         self._polling = False
         self._off_loop = False  # a settle came from another thread
         self._interval = ACK_FLUSH_INTERVAL[0]
-        # Engine loop only: tags delivered and not settled yet; batches waiting to be
-        # written, each with the oldest tag in flight when it was flushed; the one task
-        # writing them, in order (a `multiple` ack must not overtake an older nack).
+        # Engine loop only: tags delivered and not settled yet; the frames of flushes
+        # waiting to be written; the one task writing them, in order (a `multiple` ack
+        # must not overtake an older nack).
         self._in_flight: set[int] = set()
-        self._outbox: deque[tuple[list[tuple[int, Outcome, bool]], int | None]] = deque()
+        self._outbox: deque[list[_SettleFrame]] = deque()
         self._sender: asyncio.Task[None] | None = None
         self.lost = False
 
@@ -373,36 +403,31 @@ class _ChannelSettler:
                 len(batch),
             )
             return len(batch)
-        self._outbox.append((batch, min(in_flight, default=None)))
+        frames = _settle_frames(batch, min(in_flight, default=None))
         if self._sender is None:
+            if _lean.settle(self.channel, frames):
+                return len(batch)
             self._sender = self._loop.create_task(self._send_all())
+        self._outbox.append(frames)
         return len(batch)
 
     async def _send_all(self) -> None:
         try:
             while self._outbox:
-                await self._send(*self._outbox.popleft())
+                await self._send(self._outbox.popleft())
         finally:
             self._sender = None
 
-    async def _send(self, batch: list[tuple[int, Outcome, bool]], oldest: int | None) -> None:
+    async def _send(self, frames: list[_SettleFrame]) -> None:
         channel = self.channel
-        # Acks of tags older than every delivery still in flight go as one frame, sent
-        # after the nacks and rejects so that it can never cover one of those.
-        covered = 0
         try:
-            for tag, outcome, requeue in batch:
+            for outcome, tag, multiple, requeue in frames:
                 if outcome == "ack":
-                    if oldest is None or tag < oldest:
-                        covered = max(covered, tag)
-                    else:
-                        await channel.basic_ack(tag, wait=False)
+                    await channel.basic_ack(tag, multiple=multiple, wait=False)
                 elif outcome == "nack":
                     await channel.basic_nack(tag, requeue=requeue, wait=False)
                 else:
                     await channel.basic_reject(tag, requeue=requeue, wait=False)
-            if covered:
-                await channel.basic_ack(covered, multiple=True, wait=False)
         except Exception as exc:
             logger.info(
                 "could not settle messages (%s); the broker redelivers them", _describe(exc)

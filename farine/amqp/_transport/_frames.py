@@ -1,4 +1,4 @@
-"""The frames of a `basic.publish`, encoded in one pass.
+"""The frames of a `basic.publish`, encoded in one pass, and those that settle deliveries.
 
 pamqp encodes a publish as three objects (the method, a content header holding a
 `Basic.Properties`, the body), each validated when built, then marshalled property by
@@ -10,7 +10,11 @@ strings, an exchange name or a delivery mode pamqp refuses; pamqp then raises it
 error. The headers
 table and the timestamp are encoded by pamqp's own functions.
 
-The test suite compares its output with pamqp's, byte for byte.
+`settle_frame()` encodes a `basic.ack`, `basic.nack` or `basic.reject` (a fixed layout:
+a delivery tag and two bits), which pamqp builds as an object and marshals through the
+same dispatch.
+
+The test suite compares their output with pamqp's, byte for byte.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from typing import TYPE_CHECKING, Final
 from pamqp import constants, encode
 
 if TYPE_CHECKING:
-    from farine.amqp._message import PropertiesLike
+    from farine.amqp._message import Outcome, PropertiesLike
 
-__all__ = ("publish_frames",)
+__all__ = ("publish_frames", "settle_frame")
 
 _FRAME_HEAD: Final = struct.Struct(">BHI")  # type, channel, payload size
 _FRAME_END: Final = constants.FRAME_END_CHAR
@@ -32,6 +36,10 @@ _PUBLISH: Final = struct.pack(">HHH", 60, 40, 0)
 _HEADER: Final = struct.Struct(">HHQH")  # class 60, weight 0, body size, property flags
 _OCTET: Final = struct.Struct(">B")
 _EXCHANGE_NAME: Final = constants.DOMAIN_REGEX["exchange-name"]
+# A settle frame whole: the frame head (method, channel, payload size 13), class 60
+# (basic), the method, the delivery tag, the bits, the frame end.
+_SETTLE: Final = struct.Struct(">BHIHHQBB")
+_SETTLE_METHODS: Final[dict[str, int]] = {"ack": 80, "reject": 90, "nack": 120}
 
 #: Exchange names checked once as pamqp checks them (valid ones only, a bounded number:
 #: others are checked at each publish).
@@ -149,3 +157,21 @@ def publish_frames(
         chunk = body[start : start + max_content_size]
         frames += (_FRAME_HEAD.pack(constants.FRAME_BODY, channel, len(chunk)), chunk, _FRAME_END)
     return b"".join(frames)
+
+
+def settle_frame(
+    channel: int, outcome: Outcome, tag: int, *, multiple: bool, requeue: bool
+) -> bytes:
+    """The frame of a `basic.ack` (`requeue` unused), `basic.reject` (`multiple` unused)
+    or `basic.nack` of delivery `tag` on `channel`, as pamqp marshals it."""
+    bits: int
+    if outcome == "ack":
+        bits = multiple
+    elif outcome == "reject":
+        bits = requeue
+    else:
+        bits = multiple | requeue << 1
+    return _SETTLE.pack(
+        constants.FRAME_METHOD, channel, 13, 60, _SETTLE_METHODS[outcome], tag, bits,
+        constants.FRAME_END,
+    )  # fmt: skip

@@ -16,9 +16,15 @@ sixth of the call:
   channel's future store: about a twentieth. `deliver_inline()` calls a plain function
   from the channel's reader instead (farine's callbacks only hand the message over).
 
-Both use aiormq attributes that are not part of its API (`PUBLISH_ATTRIBUTES`,
-`DELIVER_ATTRIBUTES`). A channel that lacks one of them takes aiormq's own way, and
-the test suite checks that the installed aiormq has them all.
+Acks, nacks and rejects (`settle()`) go the same way as publishes: `basic_ack()` and
+the others are coroutines that each marshal their frame with pamqp and wait to queue
+it, run in a task of their own by the consumer's settler (`_ChannelSettler`): about a
+twentieth of a call too. `settle()` queues the frames at once, from the settler's
+flush.
+
+They use aiormq attributes that are not part of its API (`PUBLISH_ATTRIBUTES`,
+`DELIVER_ATTRIBUTES`, `SETTLE_ATTRIBUTES`). A channel that lacks one of them takes
+aiormq's own way, and the test suite checks that the installed aiormq has them all.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
-from farine.amqp._transport._frames import publish_frames
+from farine.amqp._transport._frames import publish_frames, settle_frame
 
 if TYPE_CHECKING:
     import asyncio
@@ -40,13 +46,15 @@ if TYPE_CHECKING:
     import aiormq.abc
     from pamqp.body import ContentBody
 
-    from farine.amqp._message import PropertiesLike
+    from farine.amqp._message import Outcome, PropertiesLike
 
 __all__ = (
     "DELIVER_ATTRIBUTES",
     "PUBLISH_ATTRIBUTES",
+    "SETTLE_ATTRIBUTES",
     "deliver_inline",
     "publish",
+    "settle",
     "supports",
     "to_pamqp",
 )
@@ -71,6 +79,14 @@ DELIVER_ATTRIBUTES: Final = (
     "_on_deliver_frame",  # called by the channel's reader for each `basic.deliver`
     "_read_content",
     "_Channel__get_content_header",
+)
+
+
+#: What `settle()` uses of an aiormq channel.
+SETTLE_ATTRIBUTES: Final = (
+    "write_queue",
+    "connection",  # its `basic_nack`: whether the broker takes nacks
+    "_Channel__close_event",  # set once the channel is closing (`basic_ack` checks it)
 )
 
 
@@ -180,6 +196,40 @@ def publish(
 
     confirmation.add_done_callback(forget)
     return confirmation
+
+
+#: Per channel class: has it all of `SETTLE_ATTRIBUTES`? (Checked on its first settle.)
+_lean_settle_types: dict[type, bool] = {}
+
+
+def settle(
+    channel: aiormq.abc.AbstractChannel, frames: list[tuple[Outcome, int, bool, bool]]
+) -> bool:
+    """Queue the frames that settle deliveries, each `(outcome, tag, multiple, requeue)`,
+    in order; False (nothing queued) when `channel` must send them its own way.
+
+    That is when the channel lacks what this uses, is closing, has no room for them all
+    in its writer's queue, or a nack goes to a broker that takes none (aiormq raises).
+    """
+    kind = type(channel)
+    lean = _lean_settle_types.get(kind)
+    if lean is None:
+        lean = _lean_settle_types[kind] = supports(channel, SETTLE_ATTRIBUTES)
+        if not lean:
+            logger.debug("aiormq channel without %s: settles take its way", SETTLE_ATTRIBUTES)
+    raw = cast("Any", channel)
+    if not lean or channel.is_closed or raw._Channel__close_event.is_set():
+        return False
+    queue: asyncio.Queue[ChannelFrame] = raw.write_queue
+    if queue.maxsize and queue.qsize() + len(frames) > queue.maxsize:
+        return False
+    if not raw.connection.basic_nack and any(frame[0] == "nack" for frame in frames):
+        return False
+    number = channel.number
+    for outcome, tag, multiple, requeue in frames:
+        payload = settle_frame(number, outcome, tag, multiple=multiple, requeue=requeue)
+        queue.put_nowait(ChannelFrame(payload=payload, should_close=False))
+    return True
 
 
 def deliver_inline(
