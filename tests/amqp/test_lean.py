@@ -100,11 +100,14 @@ async def test_concurrent_publishes_each_get_their_own_confirm_or_return(
         assert bool(fallback.records) == (path != "lean")
 
 
+@pytest.mark.parametrize("first", [True, False], ids=["first publish", "channel open"])
 async def test_a_publish_to_a_missing_exchange_fails_and_the_next_one_goes_through(
-    broker: Broker, path: str
+    broker: Broker, path: str, first: bool
 ) -> None:
     """The broker closes the publishing channel (404): the publish fails with the reason,
-    and the next one opens a new channel."""
+    and the next one opens a new channel. The failing publish is the connection's first
+    (it opens the channel), or one on a channel already open (on trio, the way with no
+    task)."""
     exchange, queue = broker.exchange(), broker.queue()
     seen = Recorder()
 
@@ -116,10 +119,13 @@ async def test_a_publish_to_a_missing_exchange_fails_and_the_next_one_goes_throu
     async with running(Sink, config=broker.config()) as runtime:
         connection = await get_connection(broker.settings(runtime))
         with anyio.fail_after(15):
+            if not first:
+                await connection.publish(exchange, "in", b'{"n": 0}', Properties())
             with pytest.raises(PublishError, match=r"no exchange|NOT_FOUND"):
                 await connection.publish(broker.exchange("missing"), "in", b"{}", Properties())
             await connection.publish(exchange, "in", b'{"n": 1}', Properties())
-            assert await seen.wait_for(1) == [{"n": 1}]
+            expected = [{"n": 1}] if first else [{"n": 0}, {"n": 1}]
+            assert await seen.wait_for(len(expected)) == expected
 
 
 async def test_acks_nacks_and_rejects_either_way(

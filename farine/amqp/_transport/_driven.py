@@ -12,8 +12,9 @@ the trio thread instead, driven by one trio task:
   threads) wake it through trio's own I/O wait; it then runs a step: it polls with a
   zero timeout and runs the ready callbacks, and those they make ready, for a few
   iterations of the loop (the first one only polls);
-* a trio task that awaits a call (`TrioDriver.run()`, a publish say) runs a step itself
-  at once, without polling, so the frame is written before anything else happens;
+* a trio task that awaits a call (`TrioDriver.run()`, or `call_now()` and
+  `wait_future()`: a publish) runs a step itself at once, without polling, so the frame
+  is written before anything else happens;
 * work that other trio code schedules on the loop between steps (`call_soon()`,
   `call_at()`, a future's result, an ack) is run by a second task, parked until then:
   no system call, no cancellation of the driver's wait;
@@ -515,6 +516,48 @@ class TrioDriver:
             return trio.lowlevel.Abort.SUCCEEDED
 
         task.add_done_callback(finished)
+        value: T = await trio.lowlevel.wait_task_rescheduled(abort)
+        return value
+
+    def call_now(self, func: Callable[..., T], /, *args: Any) -> T:
+        """Call `func(*args)` as part of a step, in the calling trio task, and run the
+        step: what it schedules on the loop runs now (the frames of a publish are
+        written before the caller waits)."""
+        loop = self.loop
+        loop.stepping = True  # no wake-up: the step below runs what `func` schedules
+        try:
+            result = func(*args)
+        finally:
+            loop.stepping = False
+        if self._step_here():
+            self._wake()  # the stepper runs the rest
+        return result
+
+    async def wait_future(self, future: asyncio.Future[T], on_abandon: Callable[[], object]) -> T:
+        """Wait, in a trio task of this run, for `future` of the loop, and return (or
+        raise) its result.
+
+        When the caller is cancelled, `on_abandon()` is called and the cancellation is
+        raised at once; the future is left to the loop.
+        """
+        if future.done():
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return future.result()
+        caller = trio.lowlevel.current_task()
+        abandoned = False
+
+        def finished(future: asyncio.Future[T]) -> None:
+            if not abandoned:
+                trio.lowlevel.reschedule(caller, outcome.capture(future.result))
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            nonlocal abandoned
+            abandoned = True
+            future.remove_done_callback(finished)
+            on_abandon()
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        future.add_done_callback(finished)
         value: T = await trio.lowlevel.wait_task_rescheduled(abort)
         return value
 

@@ -54,6 +54,7 @@ __all__ = (
     "SETTLE_ATTRIBUTES",
     "deliver_inline",
     "publish",
+    "publish_now",
     "settle",
     "supports",
     "to_pamqp",
@@ -147,6 +148,28 @@ def publish(
     publish, the writer's queue is full, the channel is closed or has no confirms).
     The frames are encoded by `publish_frames()`, else by pamqp.
     """
+    confirmation = publish_now(channel, body, exchange, routing_key, properties, mandatory)
+    if confirmation is not None:
+        return confirmation
+    return channel.basic_publish(
+        body,
+        exchange=exchange,
+        routing_key=routing_key,
+        properties=to_pamqp(properties, properties.message_id),
+        mandatory=mandatory,
+    )
+
+
+def publish_now(
+    channel: aiormq.abc.AbstractChannel,
+    body: bytes,
+    exchange: str,
+    routing_key: str,
+    properties: PropertiesLike,
+    mandatory: bool,
+) -> asyncio.Future[Any] | None:
+    """`publish()` when the frames can be queued at once: the future of the broker's
+    confirm; else None, and nothing was sent."""
     raw = cast("Any", channel)
     if (
         not _lean_publish(channel)
@@ -156,13 +179,7 @@ def publish(
         or raw.write_queue.full()
         or len(routing_key) > 255  # aiormq's own check raises the error
     ):
-        return channel.basic_publish(
-            body,
-            exchange=exchange,
-            routing_key=routing_key,
-            properties=to_pamqp(properties, properties.message_id),
-            mandatory=mandatory,
-        )
+        return None
     # A returned message is matched to its publish by its id (aiormq sets one too).
     message_id = properties.message_id or os.urandom(16).hex()
     number = channel.number
