@@ -31,9 +31,15 @@ Rows:
     python bench/rpc.py [--calls 2000] [--concurrent 20000] [--inflight 64] [--rounds 2]
                         [--only trio]
 
-The rows run `--rounds` times, alternating; each figure is the median of its rounds.
-It prints a table, then (last line) one JSON object with every figure and the ratios
-to raw aiormq.
+Each row runs in a process of its own (a farine runtime per process), all set up and
+warmed up at once; then they take turns: each makes 100 sequential calls in its turn,
+then 2500 concurrent ones, and the next row takes over. This VM's speed drifts by a
+third within a minute (the CPU time of the same calls too), so rows measured one after
+the other, a minute each, differed by as much; taking turns spreads the drift over
+every row alike. `--rounds` repeats the whole, and every sample counts: p50 and p99
+are over all sequential calls of the row, calls/s and CPU/call over all its
+concurrent ones. It prints the figures so far after each round, a table, then (last
+line) one JSON object with every figure and the ratios to raw aiormq.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ import itertools
 import json
 import logging
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -65,8 +73,11 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
 PREFETCH = 64
-FIGURES = ("p50_ms", "p99_ms", "calls_per_s", "cpu_us_per_call")
 WARMUP = 200
+#: Sequential calls a row makes in its turn.
+BATCH = 100
+#: Calls a row makes `--inflight` at a time in its turn.
+CHUNK = 2500
 REPLY_TO = "amq.rabbitmq.reply-to"
 
 
@@ -83,22 +94,71 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def _measure(
+class _Pipe:
+    """A row's end of the coordinator's pipes: commands on stdin, results on stdout."""
+
+    def __init__(self) -> None:
+        self.commands = self
+        self.results = self
+
+    def get(self) -> tuple[str, int, int]:
+        command, count, inflight = json.loads(sys.stdin.readline() or '["stop", 0, 0]')
+        return command, count, inflight
+
+    def put(self, result: object) -> None:
+        print(json.dumps(result), flush=True)
+
+
+class Row:
+    """One workload, run in a process of its own (`--row`), measured a batch at a time.
+
+    The coordinator (`main()`) sends it commands and reads its answers. Rows take
+    turns, a batch each, so that the speed of this VM, which drifts by a third within a
+    minute, weighs on every row alike.
+    """
+
+    def __init__(self, label: str, argv: list[str]) -> None:
+        self.label = label
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, *argv, "--row", label],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.latencies: list[float] = []
+        self.calls = 0
+        self.elapsed = 0.0
+        self.cpu = 0.0
+
+    def answer(self) -> Any:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"row {self.label!r} failed (exit code {self.process.wait()})")
+        return json.loads(line)
+
+    def ask(self, command: str, count: int = 0, inflight: int = 0) -> Any:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps([command, count, inflight]) + "\n")
+        self.process.stdin.flush()
+        return None if command == "stop" else self.answer()
+
+    def figures(self) -> Figures:
+        return Figures(
+            p50_ms=statistics.median(self.latencies) * 1000,
+            p99_ms=_percentile(self.latencies, 0.99) * 1000,
+            calls_per_s=self.calls / self.elapsed,
+            cpu_us_per_call=self.cpu / self.calls * 1e6,
+        )
+
+
+async def _concurrently(
     call: Callable[[int], Awaitable[int]],
-    calls: int,
-    concurrent: int,
-    inflight: int,
     sleep0: Callable[[], Awaitable[None]],
-) -> Figures:
-    """Time `calls` sequential calls, then `concurrent` calls `inflight` at a time."""
-    for i in range(WARMUP):
-        assert await call(i) == i + 1
-    latencies: list[float] = []
-    for i in range(calls):
-        start = time.perf_counter()
-        result = await call(i)
-        latencies.append(time.perf_counter() - start)
-        assert result == i + 1, result
+    count: int,
+    inflight: int,
+) -> tuple[float, float]:
+    """Make `count` calls, `inflight` at a time; return the elapsed and CPU seconds."""
     counter = itertools.count()
     done = 0
 
@@ -106,7 +166,7 @@ async def _measure(
         nonlocal done
         while True:
             i = next(counter)
-            if i >= concurrent:
+            if i >= count:
                 return
             result = await call(i)
             assert result == i + 1, result
@@ -120,13 +180,33 @@ async def _measure(
             tg.start_soon(worker)
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu
-    assert done == concurrent
-    return Figures(
-        p50_ms=statistics.median(latencies) * 1000,
-        p99_ms=_percentile(latencies, 0.99) * 1000,
-        calls_per_s=concurrent / elapsed,
-        cpu_us_per_call=cpu / concurrent * 1e6,
-    )
+    assert done == count
+    return elapsed, cpu
+
+
+async def _serve_row(
+    call: Callable[[int], Awaitable[int]], sleep0: Callable[[], Awaitable[None]], row: _Pipe
+) -> None:
+    """Warm up, then run the coordinator's commands: `seq` (calls one after the other:
+    their latencies) and `conc` (calls by `inflight` tasks: elapsed and CPU time)."""
+    for i in range(WARMUP):
+        assert await call(i) == i + 1
+    row.results.put("ready")
+    while True:
+        command, count, inflight = await anyio.to_thread.run_sync(row.commands.get)
+        if command == "stop":
+            return
+        if command == "seq":
+            latencies: list[float] = []
+            for i in range(count):
+                start = time.perf_counter()
+                result = await call(i)
+                latencies.append(time.perf_counter() - start)
+                assert result == i + 1, result
+            row.results.put(latencies)
+            continue
+        elapsed, cpu = await _concurrently(call, sleep0, count, inflight)
+        row.results.put([elapsed, cpu])
 
 
 # -- raw aiormq --------------------------------------------------------------------------
@@ -142,14 +222,8 @@ class _Reply(msgspec.Struct):
 
 
 async def raw_aiormq(
-    uri: str,
-    calls: int,
-    concurrent: int,
-    inflight: int,
-    read_size: int | None = None,
-    *,
-    in_thread: bool = False,
-) -> Figures:
+    uri: str, row: _Pipe, read_size: int | None = None, *, in_thread: bool = False
+) -> None:
     """A minimal RPC on aiormq (asyncio): the baseline (aiormq's defaults, or `read_size`).
 
     With `in_thread`, the server decodes each request and computes its answer in a
@@ -221,9 +295,8 @@ async def raw_aiormq(
             )
             return reply_decoder.decode(await future).body
 
-        figures = await _measure(call, calls, concurrent, inflight, lambda: asyncio.sleep(0))
+        await _serve_row(call, lambda: asyncio.sleep(0), row)
         await server.exchange_delete(name)
-        return figures
     finally:
         await connection.close()
 
@@ -231,9 +304,7 @@ async def raw_aiormq(
 # -- farine ------------------------------------------------------------------------------
 
 
-async def farine_run(
-    uri: str, calls: int, concurrent: int, inflight: int, kind: Literal["def", "async"]
-) -> Figures:
+async def farine_run(uri: str, row: _Pipe, kind: Literal["def", "async"]) -> None:
     """The same calls through farine: a service in a runtime, and an `AsyncClient`."""
 
     class AsyncCalc:
@@ -255,17 +326,12 @@ async def farine_run(
     runtime = Runtime(
         [ServiceDefinition(service, "bench", find_entrypoints(service))], config=config
     )
-    figures: Figures | None = None
     async with anyio.create_task_group() as tg:
         await tg.start(runtime.run)
         rpc = farine.rpc.AsyncClient(name, settings=config.service(name))
-        figures = await _measure(
-            lambda a: rpc.add(a, 1), calls, concurrent, inflight, anyio.lowlevel.checkpoint
-        )
+        await _serve_row(lambda a: rpc.add(a, 1), anyio.lowlevel.checkpoint, row)
         runtime.stop()
     await _cleanup(uri, name)
-    assert figures is not None
-    return figures
 
 
 async def _cleanup(uri: str, name: str) -> None:
@@ -285,8 +351,9 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=20000, help="calls for calls/s")
     parser.add_argument("--inflight", type=int, default=64, help="calls in flight (calls/s)")
     parser.add_argument("--uri", default="amqp://guest:guest@127.0.0.1:5672/")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds (medians are shown)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds (all samples count)")
     parser.add_argument("--only", default="", help="run the rows whose names contain this")
+    parser.add_argument("--row", default="", help=argparse.SUPPRESS)  # one row's process
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     uri: str = args.uri
@@ -295,47 +362,61 @@ def main() -> None:
     inflight: int = args.inflight
     raw = "raw aiormq (asyncio)"
 
-    def farine_row(kind: Literal["def", "async"], backend: str) -> Callable[[], Figures]:
-        return lambda: anyio.run(
-            farine_run, uri, calls, concurrent, inflight, kind, backend=backend
-        )
+    def farine_row(kind: Literal["def", "async"], backend: str) -> Callable[[_Pipe], object]:
+        return lambda row: anyio.run(farine_run, uri, row, kind, backend=backend)
 
-    runs: list[tuple[str, Callable[[], Figures]]] = [
-        (raw, lambda: asyncio.run(raw_aiormq(uri, calls, concurrent, inflight))),
-        (
-            "raw aiormq, 64 KiB reads",
-            lambda: asyncio.run(raw_aiormq(uri, calls, concurrent, inflight, FARINE_READ_SIZE)),
+    setups: dict[str, Callable[[_Pipe], object]] = {
+        raw: lambda row: asyncio.run(raw_aiormq(uri, row)),
+        "raw aiormq, 64 KiB reads": lambda row: asyncio.run(raw_aiormq(uri, row, FARINE_READ_SIZE)),
+        "raw aiormq, method in thread": lambda row: asyncio.run(
+            raw_aiormq(uri, row, in_thread=True)
         ),
-        (
-            "raw aiormq, method in thread",
-            lambda: asyncio.run(raw_aiormq(uri, calls, concurrent, inflight, in_thread=True)),
-        ),
-        ("farine asyncio, async def", farine_row("async", "asyncio")),
-        ("farine asyncio, def", farine_row("def", "asyncio")),
-        ("farine trio, async def", farine_row("async", "trio")),
-        ("farine trio, def", farine_row("def", "trio")),
-    ]
+        "farine asyncio, async def": farine_row("async", "asyncio"),
+        "farine asyncio, def": farine_row("def", "asyncio"),
+        "farine trio, async def": farine_row("async", "trio"),
+        "farine trio, def": farine_row("def", "trio"),
+    }
+    if args.row:  # one row, in its own process, run by the coordinator below
+        setups[args.row](_Pipe())
+        return
     only: str = args.only
     rounds: int = args.rounds
-    samples: dict[str, list[Figures]] = {}
-    # Rounds alternate the rows, so a burst of other load on the machine does not fall on
-    # one row only; each figure is then the median of its rounds.
+    # One process per row (one farine runtime per process), all set up at once.
+    active = [Row(label, ["--uri", uri]) for label in setups if not only or only in label]
+    for row in active:
+        if (ready := row.answer()) != "ready":
+            raise RuntimeError(f"row {row.label!r}: {ready!r}")
+    # Rows take turns, a batch each (the first row of each turn moves on by one), so
+    # that the speed of this VM, which drifts within a minute, weighs on each alike.
+    batches = max(1, calls // BATCH)
+    chunks = max(1, concurrent // CHUNK)
+    turn = 0
     for round_ in range(1, rounds + 1):
-        for label, run in runs:
-            if only and only not in label:
-                continue
-            figures = run()
-            samples.setdefault(label, []).append(figures)
+        for _ in range(batches):
+            for row in active[turn % len(active) :] + active[: turn % len(active)]:
+                row.latencies += row.ask("seq", calls // batches)
+            turn += 1
+        for _ in range(chunks):
+            for row in active[turn % len(active) :] + active[: turn % len(active)]:
+                elapsed, cpu = row.ask("conc", concurrent // chunks, inflight)
+                row.calls += concurrent // chunks
+                row.elapsed += elapsed
+                row.cpu += cpu
+            turn += 1
+        for row in active:
+            figures = row.figures()
             print(
-                f"  [{round_}/{rounds}] {label:<29} p50 {figures.p50_ms:6.3f} ms  "
+                f"  [{round_}/{rounds}] {row.label:<29} p50 {figures.p50_ms:6.3f} ms  "
                 f"p99 {figures.p99_ms:6.3f} ms  {figures.calls_per_s:7.0f} calls/s  "
-                f"{figures.cpu_us_per_call:4.0f} us CPU/call",
+                f"{figures.cpu_us_per_call:4.0f} us CPU/call  (so far)",
                 flush=True,
             )
-    rows = {
-        label: Figures(*(statistics.median(getattr(f, name) for f in found) for name in FIGURES))
-        for label, found in samples.items()
-    }
+    for row in active:
+        row.ask("stop")
+    for row in active:
+        if row.process.wait() != 0:
+            raise RuntimeError(f"row {row.label!r} failed while stopping")
+    rows = {row.label: row.figures() for row in active}
     base = rows.get(raw)
     print()
     header = f"{'workload':<29} {'p50 ms':>7} {'p99 ms':>7} {'calls/s':>8} {'p50 x raw':>10}"
