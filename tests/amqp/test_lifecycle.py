@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import textwrap
 import threading
@@ -21,7 +22,7 @@ from tests.amqp._proxy import TcpProxy, free_port
 from tests.amqp.conftest import Broker, LogWatcher, Recorder, running
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncGenerator, Callable
     from pathlib import Path
 
     from anyio.abc import TaskGroup, TaskStatus
@@ -291,6 +292,46 @@ async def test_start_waits_for_the_broker_and_publish_times_out_while_it_is_down
             proxy_group.cancel_scope.cancel()
 
 
+class _Proxied:
+    """A service consuming through a proxy in front of RabbitMQ, and a publisher."""
+
+    def __init__(self, proxy: TcpProxy, tg: TaskGroup, publish: AsyncPublisher) -> None:
+        self.proxy = proxy
+        self.publish = publish
+        self.seen = Recorder()
+        self._tg = tg
+        self._serving: TaskGroup | None = None
+
+    async def serve(self) -> None:
+        """Start forwarding (again)."""
+        self._serving = await self._tg.start(_serve_in_group, self.proxy)
+
+    def cut(self) -> None:
+        """Close the listener and every forwarded connection: the broker goes away."""
+        assert self._serving is not None
+        self._serving.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _proxied(rabbitmq: Broker) -> AsyncGenerator[tuple[_Proxied, Runtime]]:
+    exchange, queue = rabbitmq.exchange(), rabbitmq.queue()
+    proxy = TcpProxy(5672)
+    config = rabbitmq.config(amqp_uri=f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
+    settings = config.service("worker")
+    async with anyio.create_task_group() as tg:
+        proxied = _Proxied(proxy, tg, AsyncPublisher(exchange, "rk", settings=settings))
+
+        class Worker:
+            @farine.amqp.consume(exchange=exchange, routing_key="rk", queue=queue)
+            async def handle(self, body: Any, message: Message) -> None:
+                proxied.seen.add(body["n"])
+
+        await proxied.serve()
+        async with running(Worker, config=config) as runtime:
+            yield proxied, runtime
+        proxied.cut()
+
+
 @pytest.mark.rabbitmq
 async def test_a_publish_whose_confirm_is_held_times_out_and_the_next_goes_through(
     rabbitmq: Broker,
@@ -298,37 +339,24 @@ async def test_a_publish_whose_confirm_is_held_times_out_and_the_next_goes_throu
     """On a publishing channel already open (the way a publish starts with no task on
     trio): the deadline passes, `PublishTimeout`; a caller cancelled returns at once.
     Both messages were sent, and no deadline is left behind."""
-    exchange, queue = rabbitmq.exchange(), rabbitmq.queue()
-    proxy = TcpProxy(5672)
-    seen = Recorder()
-
-    class Worker:
-        @farine.amqp.consume(exchange=exchange, routing_key="rk", queue=queue)
-        async def handle(self, body: Any, message: Message) -> None:
-            seen.add(body["n"])
-
-    config = rabbitmq.config(amqp_uri=f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
-    async with anyio.create_task_group() as tg:
-        serving = await tg.start(_serve_in_group, proxy)
-        async with running(Worker, config=config) as runtime:
-            publish = AsyncPublisher(exchange, "rk", settings=rabbitmq.settings(runtime))
-            with anyio.fail_after(20):
-                await publish({"n": 1})
-                proxy.hold_replies()
-                with pytest.raises(PublishTimeout, match=r"not confirmed within 0\.3s"):
-                    await publish({"n": 2}, timeout=0.3)
-                with anyio.move_on_after(0.3) as cancelled:
-                    await publish({"n": 3}, timeout=30)
-                assert cancelled.cancelled_caught
-                proxy.release_replies()
-                await publish({"n": 4})
-                assert sorted(await seen.wait_for(4)) == [1, 2, 3, 4]
-            connection = await get_connection(rabbitmq.settings(runtime))
-            assert isinstance(connection, AmqpConnection)
-            deadlines = connection._engine._deadlines  # pyright: ignore[reportPrivateUsage]
-            assert deadlines is not None
-            assert not deadlines._watches  # pyright: ignore[reportPrivateUsage]
-        serving.cancel_scope.cancel()
+    async with _proxied(rabbitmq) as (proxied, runtime):
+        proxy, publish = proxied.proxy, proxied.publish
+        with anyio.fail_after(20):
+            await publish({"n": 1})
+            proxy.hold_replies()
+            with pytest.raises(PublishTimeout, match=r"not confirmed within 0\.3s"):
+                await publish({"n": 2}, timeout=0.3)
+            with anyio.move_on_after(0.3) as cancelled:
+                await publish({"n": 3}, timeout=30)
+            assert cancelled.cancelled_caught
+            proxy.release_replies()
+            await publish({"n": 4})
+            assert sorted(await proxied.seen.wait_for(4)) == [1, 2, 3, 4]
+        connection = await get_connection(rabbitmq.settings(runtime))
+        assert isinstance(connection, AmqpConnection)
+        deadlines = connection._engine._deadlines  # pyright: ignore[reportPrivateUsage]
+        assert deadlines is not None
+        assert not deadlines._watches  # pyright: ignore[reportPrivateUsage]
 
 
 @pytest.mark.rabbitmq
@@ -338,41 +366,28 @@ async def test_a_publish_cut_off_before_its_confirm_is_sent_again_after_reconnec
     """On a publishing channel already open: the connection drops after the message
     went out and before its confirm came; the publish is retried on the new connection
     and returns. The message may arrive twice (at least once), never not at all."""
-    exchange, queue = rabbitmq.exchange(), rabbitmq.queue()
-    proxy = TcpProxy(5672)
-    seen = Recorder()
     retried = watch_log("interrupted")
+    async with _proxied(rabbitmq) as (proxied, _), anyio.create_task_group() as tg:
+        proxy, publish = proxied.proxy, proxied.publish
+        with anyio.fail_after(30):
+            await publish({"n": 1})
+            proxy.hold_replies()
+            done = anyio.Event()
 
-    class Worker:
-        @farine.amqp.consume(exchange=exchange, routing_key="rk", queue=queue)
-        async def handle(self, body: Any, message: Message) -> None:
-            seen.add(body["n"])
+            async def publish_then_say() -> None:
+                await publish({"n": 2}, timeout=25)
+                done.set()
 
-    config = rabbitmq.config(amqp_uri=f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
-    async with anyio.create_task_group() as tg:
-        serving = await tg.start(_serve_in_group, proxy)
-        async with running(Worker, config=config) as runtime:
-            publish = AsyncPublisher(exchange, "rk", settings=rabbitmq.settings(runtime))
-            with anyio.fail_after(30):
-                await publish({"n": 1})
-                proxy.hold_replies()
-                done = anyio.Event()
-
-                async def publish_then_say() -> None:
-                    await publish({"n": 2}, timeout=25)
-                    done.set()
-
-                tg.start_soon(publish_then_say)
-                await proxy.wait_sent(b'{"n":2}')
-                serving.cancel_scope.cancel()  # the broker goes away
-                proxy.release_replies()
-                await retried.wait()
-                assert not done.is_set()
-                serving = await tg.start(_serve_in_group, proxy)
-                await done.wait()
-                await seen.wait_for_unique(2)
-                assert set(seen.items) == {1, 2}
-        serving.cancel_scope.cancel()
+            tg.start_soon(publish_then_say)
+            await proxy.wait_sent(b'{"n":2}')
+            proxied.cut()
+            proxy.release_replies()
+            await retried.wait()
+            assert not done.is_set()
+            await proxied.serve()
+            await done.wait()
+            await proxied.seen.wait_for_unique(2)
+            assert set(proxied.seen.items) == {1, 2}
 
 
 async def _serve_in_group(proxy: TcpProxy, *, task_status: TaskStatus[TaskGroup]) -> None:
