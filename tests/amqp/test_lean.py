@@ -37,7 +37,6 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
         monkeypatch.setattr(_lean, "DELIVER_ATTRIBUTES", (*_lean.DELIVER_ATTRIBUTES, "_gone"))
         monkeypatch.setattr(_lean, "SETTLE_ATTRIBUTES", (*_lean.SETTLE_ATTRIBUTES, "_gone"))
     monkeypatch.setattr(_lean, "_lean_types", {})
-    monkeypatch.setattr(_lean, "_lean_settle_types", {})
     return str(request.param)
 
 

@@ -98,17 +98,19 @@ def supports(channel: aiormq.abc.AbstractChannel, attributes: tuple[str, ...]) -
 
 _marshall: Callable[[int, list[Any]], ChannelFrame] = ChannelFrame.marshall  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
 
-#: Per channel class: has it all of `PUBLISH_ATTRIBUTES`? (Checked on its first publish.)
-_lean_types: dict[type, bool] = {}
+#: Per channel class and use ("publishes", "settles"): has it all the attributes that
+#: use needs? (Checked on its first use.)
+_lean_types: dict[tuple[type, str], bool] = {}
 
 
-def _lean_publish(channel: aiormq.abc.AbstractChannel) -> bool:
-    kind = type(channel)
-    lean = _lean_types.get(kind)
+def _lean_way(channel: aiormq.abc.AbstractChannel, use: str, attributes: tuple[str, ...]) -> bool:
+    """True when `channel` has all of `attributes`, which `use` needs (cached per class)."""
+    key = (type(channel), use)
+    lean = _lean_types.get(key)
     if lean is None:
-        lean = _lean_types[kind] = supports(channel, PUBLISH_ATTRIBUTES)
+        lean = _lean_types[key] = supports(channel, attributes)
         if not lean:
-            logger.debug("aiormq channel without %s: publishes take its way", PUBLISH_ATTRIBUTES)
+            logger.debug("aiormq channel without %s: %s take its way", attributes, use)
     return lean
 
 
@@ -172,7 +174,7 @@ def publish_now(
     confirm; else None, and nothing was sent."""
     raw = cast("Any", channel)
     if (
-        not _lean_publish(channel)
+        not _lean_way(channel, "publishes", PUBLISH_ATTRIBUTES)
         or channel.is_closed
         or not raw.publisher_confirms
         or raw._Channel__lock.locked()
@@ -215,10 +217,6 @@ def publish_now(
     return confirmation
 
 
-#: Per channel class: has it all of `SETTLE_ATTRIBUTES`? (Checked on its first settle.)
-_lean_settle_types: dict[type, bool] = {}
-
-
 def settle(
     channel: aiormq.abc.AbstractChannel, frames: list[tuple[Outcome, int, bool, bool]]
 ) -> bool:
@@ -228,14 +226,10 @@ def settle(
     That is when the channel lacks what this uses, is closing, has no room for them all
     in its writer's queue, or a nack goes to a broker that takes none (aiormq raises).
     """
-    kind = type(channel)
-    lean = _lean_settle_types.get(kind)
-    if lean is None:
-        lean = _lean_settle_types[kind] = supports(channel, SETTLE_ATTRIBUTES)
-        if not lean:
-            logger.debug("aiormq channel without %s: settles take its way", SETTLE_ATTRIBUTES)
+    if not _lean_way(channel, "settles", SETTLE_ATTRIBUTES):
+        return False
     raw = cast("Any", channel)
-    if not lean or channel.is_closed or raw._Channel__close_event.is_set():
+    if channel.is_closed or raw._Channel__close_event.is_set():
         return False
     queue: asyncio.Queue[ChannelFrame] = raw.write_queue
     if queue.maxsize and queue.qsize() + len(frames) > queue.maxsize:
