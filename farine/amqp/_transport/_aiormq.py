@@ -71,6 +71,8 @@ from farine.amqp._transport._driven import (
     TrioDriver,
     run_blocking_on,
 )
+from farine.amqp._transport._reader import READ_SIZE, read_leanly
+from farine.amqp._transport._reader import install as install_reader
 from farine.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -115,21 +117,23 @@ def _connection_url(uri: str, options: ConnectionOptions) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-#: Bytes each read of the AMQP socket asks for. asyncio asks for 256 KiB: a buffer that
-#: large is mapped, shrunk to what was read and unmapped again, three more system calls
-#: for every read; measured here, about a tenth of the CPU time of a short RPC call.
-#: 64 KiB comes from the heap, and still takes many frames at once.
-READ_SIZE: Final = 64 * 1024
-
-
 class _TcpTransportFactory(aiormq.connection.TCPTransportFactory):
-    """aiormq's plain TCP connection, reading `READ_SIZE` bytes at a time; on the trio
-    backend, its writes are gathered (`HeldWrites`)."""
+    """aiormq's plain TCP connection, reading `READ_SIZE` bytes at a time, its frames
+    read by a `FrameReader`; on the trio backend, its writes are gathered
+    (`HeldWrites`).
+
+    asyncio's socket transports read 256 KiB at a time: a buffer that large is mapped,
+    shrunk to what was read and unmapped again, three more system calls for every read;
+    measured here, about a tenth of the CPU time of a short RPC call. 64 KiB comes from
+    the heap, and still takes many frames at once.
+    """
 
     async def create(
         self, url: Any, **kwargs: Any
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await super().create(url, **kwargs)
+        if install_reader():
+            read_leanly(reader)
         transport: Any = writer.transport
         if hasattr(transport, "max_size"):  # asyncio's socket transports
             transport.max_size = READ_SIZE
