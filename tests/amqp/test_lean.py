@@ -9,6 +9,7 @@ import aiormq
 import aiormq.abc
 import anyio
 import pytest
+from aiormq.abc import ChannelFrame
 
 import farine.amqp
 import farine.rpc
@@ -240,3 +241,48 @@ async def test_a_hand_over_that_fails_is_logged_and_the_channel_goes_on(
     assert failed.records
     assert failed.records[0].exc_info is not None
     assert str(failed.records[0].exc_info[1]) == "boom"
+
+
+def test_frames_are_written_at_once_only_when_nothing_waits_before_them() -> None:
+    class Writer:
+        def __init__(self) -> None:
+            self.written: list[bytes] = []
+            self.closing = False
+
+        def write(self, data: bytes) -> None:
+            self.written.append(data)
+
+        def is_closing(self) -> bool:
+            return self.closing
+
+    class Connection:
+        pass
+
+    def frame(payload: bytes) -> ChannelFrame:
+        return ChannelFrame(payload=payload, should_close=False)
+
+    def queued() -> list[bytes]:
+        payloads: list[bytes] = []
+        while not queue.empty():
+            payloads.append(queue.get_nowait().payload)
+        return payloads
+
+    ours, other, writer = Connection(), Connection(), Writer()
+    queue: asyncio.Queue[ChannelFrame] = asyncio.Queue()
+    _lean.write_directly(ours, writer)  # pyright: ignore[reportArgumentType]
+    _lean._write(ours, queue, frame(b"1"))  # pyright: ignore[reportPrivateUsage]
+    assert (writer.written, queued()) == ([b"1"], [])
+    queue.put_nowait(frame(b"2"))  # the writer task has yet to take it
+    _lean._write(ours, queue, frame(b"3"))  # pyright: ignore[reportPrivateUsage]
+    assert (writer.written, queued()) == ([b"1"], [b"2", b"3"])
+    writer.closing = True
+    _lean._write(ours, queue, frame(b"4"))  # pyright: ignore[reportPrivateUsage]
+    _lean._write(other, queue, frame(b"5"))  # pyright: ignore[reportPrivateUsage]
+    assert (writer.written, queued()) == ([b"1"], [b"4", b"5"])
+
+
+async def test_farine_s_connections_write_their_frames_themselves(rabbitmq: Broker) -> None:
+    async with running(Echo, config=rabbitmq.config()) as runtime:
+        connection: Any = await get_connection(rabbitmq.settings(runtime))
+        engine = connection._engine  # the aiormq side, on both backends
+        assert engine.connection in _lean._writers  # pyright: ignore[reportPrivateUsage]

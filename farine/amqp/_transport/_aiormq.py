@@ -128,10 +128,14 @@ class _TcpTransportFactory(aiormq.connection.TCPTransportFactory):
     the heap, and still takes many frames at once.
     """
 
+    #: The writer of the connection it opened (the last one).
+    writer: asyncio.StreamWriter | None = None
+
     async def create(
         self, url: Any, **kwargs: Any
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await super().create(url, **kwargs)
+        self.writer = writer
         if install_reader():
             read_leanly(reader)
         transport: Any = writer.transport
@@ -761,14 +765,18 @@ class _Engine:
         properties: dict[str, Any] = {"connection_name": self.options.name, "product": "farine"}
         properties.update(self.options.client_properties)
         tls = urlsplit(self.url).scheme == "amqps"  # aiormq opens TLS itself
-        return await asyncio.wait_for(
+        factory = _TcpTransportFactory()
+        connection = await asyncio.wait_for(
             aiormq.connect(  # pyright: ignore[reportUnknownMemberType]
                 self.url,
                 client_properties=properties,  # pyright: ignore[reportArgumentType]
-                **({} if tls else {"transport_factory": _TcpTransportFactory()}),
+                **({} if tls else {"transport_factory": factory}),
             ),
             self.options.connect_timeout or None,
         )
+        if factory.writer is not None:
+            _lean.write_directly(connection, factory.writer)
+        return connection
 
     async def _supervise(self, first: asyncio.Future[None]) -> None:
         loop = asyncio.get_running_loop()
