@@ -10,6 +10,9 @@ import aiormq.abc
 import anyio
 import pytest
 from aiormq.abc import ChannelFrame
+from pamqp import commands as spec
+from pamqp.body import ContentBody
+from pamqp.header import ContentHeader
 
 import farine.amqp
 import farine.rpc
@@ -37,12 +40,13 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
         monkeypatch.setattr(_lean, "PUBLISH_ATTRIBUTES", (*_lean.PUBLISH_ATTRIBUTES, "_gone"))
         monkeypatch.setattr(_lean, "DELIVER_ATTRIBUTES", (*_lean.DELIVER_ATTRIBUTES, "_gone"))
         monkeypatch.setattr(_lean, "SETTLE_ATTRIBUTES", (*_lean.SETTLE_ATTRIBUTES, "_gone"))
+        monkeypatch.setattr(_lean, "READ_ATTRIBUTES", (*_lean.READ_ATTRIBUTES, "_gone"))
     monkeypatch.setattr(_lean, "_lean_types", {})
     return str(request.param)
 
 
 async def test_the_installed_aiormq_has_what_the_lean_paths_use(rabbitmq: Broker) -> None:
-    async def check() -> tuple[bool, bool, bool]:
+    async def check() -> tuple[bool, ...]:
         connection = await aiormq.connect(RABBITMQ_URI)  # pyright: ignore[reportUnknownMemberType]
         try:
             channel = await connection.channel()
@@ -50,12 +54,13 @@ async def test_the_installed_aiormq_has_what_the_lean_paths_use(rabbitmq: Broker
                 _lean.supports(channel, _lean.PUBLISH_ATTRIBUTES),
                 _lean.supports(channel, _lean.DELIVER_ATTRIBUTES),
                 _lean.supports(channel, _lean.SETTLE_ATTRIBUTES),
+                _lean.supports(channel, _lean.READ_ATTRIBUTES),
             )
         finally:
             await connection.close()
 
     with anyio.fail_after(15):
-        assert await on_engine_loop(check()) == (True, True, True)
+        assert await on_engine_loop(check()) == (True, True, True, True)
 
 
 async def test_concurrent_publishes_each_get_their_own_confirm_or_return(
@@ -286,3 +291,124 @@ async def test_farine_s_connections_write_their_frames_themselves(rabbitmq: Brok
         connection: Any = await get_connection(rabbitmq.settings(runtime))
         engine = connection._engine  # the aiormq side, on both backends
         assert engine.connection in _lean._writers  # pyright: ignore[reportPrivateUsage]
+
+
+class ReadChannel:
+    """What `_lean.read_inline()` uses of an aiormq channel."""
+
+    number = 3
+
+    def __init__(self) -> None:
+        self.frames: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        self.consumers: dict[str, object] = {"ctag": object()}
+        self.confirmations: dict[int, object] = {}
+        self.publisher_confirms = True
+        self.is_closed = False
+        self.confirmed: list[int] = []
+
+    def _confirm_delivery(self, tag: int, frame: spec.Basic.Ack) -> None:
+        del self.confirmations[tag]
+        self.confirmed.append(tag)
+
+    def queued(self) -> list[Any]:
+        """The frames left for the channel's reader, taken out."""
+        frames: list[Any] = []
+        while not self.frames.empty():
+            frames.append(self.frames.get_nowait()[1])
+        return frames
+
+
+def delivery(tag: int, body: bytes, consumer: str = "ctag") -> list[Any]:
+    """A delivery's frames, its body 4 bytes a frame."""
+    deliver = spec.Basic.Deliver(consumer, tag, False, "", "q")
+    header = ContentHeader(0, len(body), spec.Basic.Properties(correlation_id=str(tag)))
+    return [deliver, header, *(ContentBody(body[i : i + 4]) for i in range(0, len(body), 4))]
+
+
+async def read(channel: ReadChannel, frames: list[Any]) -> list[tuple[int, bytes]]:
+    """Put `frames` as the connection's reader does; the (tag, body) of each delivery
+    handed over inline."""
+    got: list[tuple[int, bytes]] = []
+
+    def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+        assert message.channel is channel
+        assert message.header.properties.correlation_id == str(message.delivery_tag)
+        if message.body == b"boom":
+            raise RuntimeError("boom")
+        got.append((message.delivery_tag or 0, message.body))
+
+    _lean.read_inline(channel, on_message)  # pyright: ignore[reportArgumentType]
+    for frame in frames:
+        await channel.frames.put((0, frame))
+    return got
+
+
+async def test_deliveries_and_confirms_skip_the_channel_s_queue_while_it_is_empty() -> None:
+    channel = ReadChannel()
+    channel.confirmations.update(dict.fromkeys([1, 2, 3, 5, 6]))
+    frames = [
+        *delivery(1, b"0123456789"),  # three body frames
+        spec.Basic.Ack(2, multiple=True),
+        *delivery(2, b""),  # no body frame
+        spec.Basic.Ack(5),
+        *delivery(3, b"abcd"),
+        *delivery(4, b"gone", consumer="cancelled"),  # dropped, as aiormq does
+    ]
+    assert await on_engine_loop(read(channel, frames)) == [
+        (1, b"0123456789"),
+        (2, b""),
+        (3, b"abcd"),
+    ]
+    assert channel.confirmed == [1, 2, 5]
+    assert channel.queued() == []
+
+
+async def test_frames_queue_behind_those_the_channel_s_reader_has_yet_to_take() -> None:
+    channel = ReadChannel()
+    channel.confirmations[1] = None
+    first = spec.Basic.QosOk()  # for the reader (an RPC reply)
+    frames = [first, *delivery(7, b"xyz"), spec.Basic.Ack(1)]
+    assert await on_engine_loop(read(channel, frames)) == []
+    assert channel.queued() == frames
+    assert channel.confirmed == []
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        pytest.param([spec.Basic.Ack(9)], id="unknown-tag"),  # the reader logs it
+        pytest.param([spec.Basic.Nack(1)], id="nack"),
+        pytest.param([spec.Basic.Deliver("ctag", 1), spec.Basic.Cancel("ctag")], id="no-header"),
+        pytest.param([*delivery(1, b"0123456789")[:3], spec.Basic.Cancel("ctag")], id="cut-short"),
+    ],
+)
+async def test_what_the_channel_s_reader_must_see_goes_to_it_in_order(frames: list[Any]) -> None:
+    channel = ReadChannel()
+    channel.confirmations[1] = None
+    assert await on_engine_loop(read(channel, frames)) == []
+    assert channel.queued() == frames
+    assert channel.confirmed == []
+
+
+async def test_a_closed_channel_s_frames_are_left_in_its_queue() -> None:
+    channel = ReadChannel()
+    channel.is_closed = True
+    frames = delivery(1, b"late")
+    assert await on_engine_loop(read(channel, frames)) == []
+    assert channel.queued() == frames
+
+
+async def test_a_failed_hand_over_is_logged_and_the_next_delivery_goes_through(
+    watch_log: Callable[..., LogWatcher],
+) -> None:
+    failed = watch_log("could not be handed over")
+    channel = ReadChannel()
+    frames = [*delivery(1, b"boom"), *delivery(2, b"fine")]
+    assert await on_engine_loop(read(channel, frames)) == [(2, b"fine")]
+    assert len(failed.records) == 1
+
+
+async def test_an_empty_body_frame_ends_the_body_as_aiormq_reads_it() -> None:
+    channel = ReadChannel()
+    frames = [*delivery(1, b"0123456789")[:3], ContentBody(b""), *delivery(2, b"next")]
+    assert await on_engine_loop(read(channel, frames)) == [(1, b"0123"), (2, b"next")]

@@ -869,6 +869,7 @@ class _Engine:
                 if connection is None:
                     raise PublishError("the connection is closed")
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                _lean.read_inline(channel)
                 self._publish_channel = channel
                 self._declared.clear()
             return channel
