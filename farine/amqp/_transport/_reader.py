@@ -52,10 +52,9 @@ READ_SIZE: Final = 64 * 1024
 _HEAD: Final = struct.Struct(">BHI")  # frame type, channel, payload size
 _HEAD_SIZE: Final = _HEAD.size
 _FRAME_END: Final = 0xCE
-_METHOD_ID: Final = struct.Struct(">I")  # class and method, as pamqp indexes them
+_LONG: Final = struct.Struct(">I")  # a method (its class and method, as pamqp indexes them), a size
 _TAG_BITS: Final = struct.Struct(">QB")  # a delivery tag and a byte of bits
 _CONTENT: Final = struct.Struct(">HHQH")  # class, weight, body size, property flags
-_OCTET: Final = struct.Struct(">B")
 
 _DELIVER: Final = spec.Basic.Deliver.index
 _ACK: Final = spec.Basic.Ack.index
@@ -75,7 +74,7 @@ def _short(data: bytes, offset: int) -> tuple[str, int]:
 def _method(data: bytes, start: int, stop: int) -> Any:
     """The `basic.deliver` or `basic.ack` in `data[start:stop]`, or None for any other
     method, or one with anything unusual."""
-    (index,) = _METHOD_ID.unpack_from(data, start)
+    (index,) = _LONG.unpack_from(data, start)
     if index == _DELIVER:
         consumer_tag, offset = _short(data, start + 4)
         delivery_tag, bits = _TAG_BITS.unpack_from(data, offset)
@@ -99,6 +98,27 @@ def _method(data: bytes, start: int, stop: int) -> Any:
     return None
 
 
+# The properties a content header may hold, in their order there and in the signature
+# of `Basic.Properties`: each one's flag and its type (the deprecated `cluster_id`,
+# which pamqp refuses to build, is left to pamqp).
+_SHORT, _OCTET, _TABLE, _TIMESTAMP = range(4)
+_PROPERTIES: Final = (
+    (0x8000, _SHORT),  # content_type
+    (0x4000, _SHORT),  # content_encoding
+    (0x2000, _TABLE),  # headers
+    (0x1000, _OCTET),  # delivery_mode
+    (0x0800, _OCTET),  # priority
+    (0x0400, _SHORT),  # correlation_id
+    (0x0200, _SHORT),  # reply_to
+    (0x0100, _SHORT),  # expiration
+    (0x0080, _SHORT),  # message_id
+    (0x0040, _TIMESTAMP),  # timestamp
+    (0x0020, _SHORT),  # message_type
+    (0x0010, _SHORT),  # user_id
+    (0x0008, _SHORT),  # app_id
+)
+
+
 def _header(data: bytes, start: int, stop: int) -> ContentHeader | None:
     """The content header in `data[start:stop]`, or None when it has more than one word
     of property flags or anything unusual."""
@@ -106,61 +126,26 @@ def _header(data: bytes, start: int, stop: int) -> ContentHeader | None:
     if flags & 0x0007:  # cluster_id (refused when set), more flags, or a reserved bit
         return None
     offset = start + _CONTENT.size
-    content_type = content_encoding = correlation_id = reply_to = expiration = None
-    message_id = message_type = user_id = app_id = None
-    headers = delivery_mode = priority = timestamp = None
-    if flags & 0x8000:
-        content_type, offset = _short(data, offset)
-    if flags & 0x4000:
-        content_encoding, offset = _short(data, offset)
-    if flags & 0x2000:
-        (size,) = _METHOD_ID.unpack_from(data, offset)
-        end = offset + 4 + size
-        if end > stop:
-            return None
-        _, headers = decode.field_table(data[offset:end])
-        offset = end
-    if flags & 0x1000:
-        (delivery_mode,) = _OCTET.unpack_from(data, offset)
-        offset += 1
-    if flags & 0x0800:
-        (priority,) = _OCTET.unpack_from(data, offset)
-        offset += 1
-    if flags & 0x0400:
-        correlation_id, offset = _short(data, offset)
-    if flags & 0x0200:
-        reply_to, offset = _short(data, offset)
-    if flags & 0x0100:
-        expiration, offset = _short(data, offset)
-    if flags & 0x0080:
-        message_id, offset = _short(data, offset)
-    if flags & 0x0040:
-        _, timestamp = decode.timestamp(data[offset : offset + 8])
-        offset += 8
-    if flags & 0x0020:
-        message_type, offset = _short(data, offset)
-    if flags & 0x0010:
-        user_id, offset = _short(data, offset)
-    if flags & 0x0008:
-        app_id, offset = _short(data, offset)
+    values: list[Any] = []
+    for flag, kind in _PROPERTIES:
+        value: Any = None
+        if flags & flag:
+            if kind == _SHORT:
+                value, offset = _short(data, offset)
+            elif kind == _OCTET:
+                value = data[offset]
+                offset += 1
+            elif kind == _TABLE:
+                end = offset + 4 + _LONG.unpack_from(data, offset)[0]
+                value = decode.field_table(data[offset:end])[1]
+                offset = end
+            else:
+                value = decode.timestamp(data[offset : offset + 8])[1]
+                offset += 8
+        values.append(value)
     if offset > stop:
         return None
-    properties = _Properties(
-        content_type,
-        content_encoding,
-        headers,
-        delivery_mode,
-        priority,
-        correlation_id,
-        reply_to,
-        expiration,
-        message_id,
-        timestamp,
-        message_type,
-        user_id,
-        app_id,
-    )
-    header = ContentHeader(weight, body_size, properties)
+    header = ContentHeader(weight, body_size, _Properties(*values))
     header.class_id = class_id  # pyright: ignore[reportAttributeAccessIssue]
     return header
 
