@@ -287,7 +287,9 @@ def deliver_inline(
     channel: aiormq.abc.AbstractChannel,
     on_message: Callable[[aiormq.abc.DeliveredMessage], None],
 ) -> aiormq.abc.ConsumerCallback:
-    """Hand each delivery of `channel` to `on_message` from its reader, with no task.
+    """Hand each delivery of `channel` to `on_message` with no task: from the
+    connection's reader while the channel's queue is empty (`read_inline()`), else from
+    the channel's reader.
 
     Returns the callback to give `channel.basic_consume()`; it calls `on_message` too,
     and only runs (in a task per delivery, as usual) when the channel lacks what the
