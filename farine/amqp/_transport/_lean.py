@@ -283,6 +283,26 @@ def _write(connection: object, queue: asyncio.Queue[ChannelFrame], frame: Channe
     queue.put_nowait(frame)
 
 
+def _give(
+    message: aiormq.abc.DeliveredMessage,
+    deliver: spec.Basic.Deliver,
+    consumers: dict[str, object],
+    on_message: Callable[[aiormq.abc.DeliveredMessage], None],
+) -> None:
+    """Give `message` to `on_message`, unless its consumer is gone (as aiormq drops it:
+    the broker redelivers it once the channel closes)."""
+    if deliver.consumer_tag not in consumers:
+        return
+    try:
+        on_message(message)
+    except Exception:
+        # Raised into the reader that called this, it would close the channel or the
+        # connection.
+        logger.exception(
+            "a delivery on channel %d could not be handed over", message.channel.number
+        )
+
+
 def deliver_inline(
     channel: aiormq.abc.AbstractChannel,
     on_message: Callable[[aiormq.abc.DeliveredMessage], None],
@@ -313,13 +333,7 @@ def deliver_inline(
 
     async def on_deliver_frame(frame: spec.Basic.Deliver) -> None:
         message = await read_content(frame, await read_header())
-        if frame.consumer_tag not in consumers:
-            return
-        try:
-            on_message(message)
-        except Exception:
-            # Raised into the channel's reader, it would close the channel.
-            logger.exception("a delivery on channel %d could not be handed over", channel.number)
+        _give(message, frame, consumers, on_message)
 
     raw._on_deliver_frame = on_deliver_frame  # when the channel's reader has the frames
     read_inline(channel, on_message)
@@ -439,15 +453,12 @@ class _InlineReader:
         self._bodies = []
         self._received = 0
         body = bodies[0].value if len(bodies) == 1 else b"".join(part.value for part in bodies)
-        if deliver.consumer_tag not in self._consumers or self._on_message is None:
-            return  # as aiormq: redelivered once the channel closes
-        channel = self._channel
-        message = DeliveredMessage(delivery=deliver, header=header, body=body, channel=channel)
-        try:
-            self._on_message(message)
-        except Exception:
-            # Raised into the connection's reader, it would close the connection.
-            logger.exception("a delivery on channel %d could not be handed over", channel.number)
+        on_message = self._on_message
+        assert on_message is not None  # else no delivery is gathered
+        message = DeliveredMessage(
+            delivery=deliver, header=header, body=body, channel=self._channel
+        )
+        _give(message, deliver, self._consumers, on_message)
 
     async def _hand_over(self) -> None:
         """Queue the frames of the delivery being gathered, for the channel's reader."""
