@@ -34,21 +34,16 @@ pytestmark = pytest.mark.anyio
 
 class Chunks:
     """A `StreamReader` stand-in that gives `data` in the chunks `sizes` cut it into, then
-    EOF (or `error`)."""
+    EOF."""
 
-    def __init__(self, data: bytes, sizes: Iterator[int], error: OSError | None = None) -> None:
+    def __init__(self, data: bytes, sizes: Iterator[int]) -> None:
         self.data = data
         self.sizes = sizes
-        self.error = error
-        self.reads = 0
 
     def at_eof(self) -> bool:
-        return not self.data and self.error is None
+        return not self.data
 
     async def read(self, n: int) -> bytes:
-        self.reads += 1
-        if not self.data and self.error is not None:
-            raise self.error
         size = min(n, next(self.sizes))
         chunk, self.data = self.data[:size], self.data[size:]
         return chunk
@@ -99,9 +94,8 @@ def random_frames(rng: random.Random) -> list[bytes]:
             parts += [ContentBody(body[i : i + 131_064]) for i in range(0, len(body), 131_064)]
             frames += [frame.marshal(part, channel) for part in parts]
         elif kind == "ack":
-            frames.append(
-                frame.marshal(spec.Basic.Ack(rng.choice([0, 7, 2**63 - 1]), True), channel)
-            )
+            ack = spec.Basic.Ack(rng.choice([0, 7, 2**63 - 1]), rng.random() < 0.5)
+            frames.append(frame.marshal(ack, channel))
         elif kind == "nack":
             frames.append(frame.marshal(spec.Basic.Nack(5, False, True), channel))
         elif kind == "other":
