@@ -140,6 +140,34 @@ async def test_a_timer_set_by_a_call_run_in_the_callers_task_still_fires() -> No
 
 
 @trio_only
+async def test_a_call_that_makes_nothing_ready_runs_no_step_and_its_timer_still_fires() -> None:
+    """`call_now()` steps only when something is ready (a publish that writes its frames
+    itself only arms a timer); the idle driver still wakes for that timer."""
+    fired = trio.Event()
+    ran: list[int] = []
+    async with driven() as driver:
+        loop = driver.loop
+        await trio.testing.wait_all_tasks_blocked()  # the driver waits, with no timer
+        steps: list[bool] = []
+        step = loop.step
+
+        def counted(*, poll: bool = True) -> None:
+            steps.append(poll)
+            step(poll=poll)
+
+        vars(loop)["step"] = counted
+        try:
+            driver.call_now(loop.call_later, 0.02, fired.set)
+            assert steps == []
+            driver.call_now(loop.call_soon, ran.append, 1)
+            assert (steps, ran) == ([False], [1])
+        finally:
+            del vars(loop)["step"]
+        with trio.fail_after(5):  # no I/O will come: only the timer can wake the driver
+            await fired.wait()
+
+
+@trio_only
 async def test_a_step_runs_what_its_callbacks_make_ready_in_order(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -562,13 +562,16 @@ class TrioDriver:
         return value
 
     def _step_here(self) -> bool:
-        """Step the loop (without polling) in the calling task; True if more is ready.
+        """Step the loop (without polling) in the calling task, if anything is ready or
+        due; True if more is ready then.
 
-        A timer set in the step may be due before the driver would wake: the driver's
-        wait is shortened to it (cheaper than interrupting the wait).
+        A timer set before or in the step may be due before the driver would wake: the
+        driver's wait is shortened to it (cheaper than interrupting the wait). Often
+        nothing is ready: a publish writes its frames itself, and only arms a timer.
         """
         loop = self.loop
-        loop.step(poll=False)
+        if loop.next_step_in() == 0.0:
+            loop.step(poll=False)
         delay = loop.next_step_in()
         if delay is None:
             return False
