@@ -6,7 +6,7 @@ from typing import Any
 
 import aiormq.connection
 
-#: The read size farine sets on its AMQP sockets (`farine.amqp._transport._aiormq`).
+#: The read size farine sets on its AMQP sockets (`farine._broker.aiormq.connection`).
 FARINE_READ_SIZE = 64 * 1024
 
 

@@ -218,7 +218,7 @@ def _call(args: argparse.Namespace, backend: Backend) -> int:
     service, method = cast(tuple[str, str], args.target)
     positional = cast(list[Any], args.args_json)
     keywords = cast(dict[str, Any], args.kwargs)
-    from farine.amqp._transport import is_memory
+    from farine._broker import is_memory
 
     uri = settings.get(service).amqp_uri
     if is_memory(uri):

@@ -27,7 +27,7 @@ import farine.execute
 import farine.rpc
 import farine.stream
 from farine import settings
-from farine.amqp._transport import get_broker
+from farine._broker import get_broker
 from farine.connectors.sql import migrate
 from farine.discovery import discover
 from farine.exceptions import ConfigurationError

@@ -24,7 +24,7 @@ import farine.execute
 import farine.rpc
 import farine.stream
 from farine import settings
-from farine.amqp._transport import get_broker
+from farine._broker import get_broker
 from farine.connectors.sql import WithDatabase
 from farine.discovery import ServiceDefinition, find_entrypoints
 from farine.exceptions import ConfigurationError, RPCError

@@ -12,15 +12,16 @@ class Consume:
 
 from __future__ import annotations
 
+from farine._broker.errors import BrokerUnavailable as BrokerUnavailable
+from farine._broker.errors import MessageStateError as MessageStateError
+from farine._broker.errors import PublishError as PublishError
+from farine._broker.errors import PublishTimeout as PublishTimeout
+from farine._broker.errors import UnroutableError as UnroutableError
+from farine._broker.message import Message as Message
+from farine._broker.message import Properties as Properties
+
 from ._consumer import ConsumeSpec as ConsumeSpec
 from ._consumer import consume as consume
-from ._errors import BrokerUnavailable as BrokerUnavailable
-from ._errors import MessageStateError as MessageStateError
-from ._errors import PublishError as PublishError
-from ._errors import PublishTimeout as PublishTimeout
-from ._errors import UnroutableError as UnroutableError
-from ._message import Message as Message
-from ._message import Properties as Properties
 from ._publisher import AsyncPublisher as AsyncPublisher
 from ._publisher import Publisher as Publisher
 from ._publisher import publish as publish

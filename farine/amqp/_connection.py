@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.from_thread
 
-from farine.amqp._transport import (
+from farine._broker import (
     Connection,
     ConnectionOptions,
     connection_name,

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from farine._broker import Binding, ExchangeSpec, QueueSpec, Topology
+from farine._broker.errors import PublishError
+from farine._broker.message import Properties
 from farine.amqp._connection import get_connection
-from farine.amqp._errors import PublishError
-from farine.amqp._message import Properties
-from farine.amqp._transport import Binding, ExchangeSpec, QueueSpec, Topology
 from farine.codec import BadBody, BodyDecoder, annotation_of, encode
 from farine.entrypoints import (
     Entrypoint,
@@ -32,8 +32,8 @@ from farine.exceptions import ConfigurationError
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
-    from farine.amqp._message import Message
-    from farine.amqp._transport import Connection, Consumer
+    from farine._broker import Connection, Consumer
+    from farine._broker.message import Message
 
 __all__ = ("ConsumeSpec", "consume")
 

@@ -28,24 +28,24 @@ import anyio.from_thread
 import msgspec
 
 from farine import settings as farine_settings
-from farine._deadlines import Deadlines
-from farine._inject import injector
-from farine._loop import Wakeup, now
-from farine.amqp._connection import get_connection
-from farine.amqp._errors import (
-    BrokerUnavailable,
-    PublishError,
-    PublishTimeout,
-    UnroutableError,
-)
-from farine.amqp._message import Message, Properties
-from farine.amqp._transport import (
+from farine._broker import (
     DIRECT_REPLY_TO,
     Binding,
     ExchangeSpec,
     QueueSpec,
     Topology,
 )
+from farine._broker.errors import (
+    BrokerUnavailable,
+    PublishError,
+    PublishTimeout,
+    UnroutableError,
+)
+from farine._broker.message import Message, Properties
+from farine._deadlines import Deadlines
+from farine._inject import injector
+from farine._loop import Wakeup, now
+from farine.amqp._connection import get_connection
 from farine.entrypoints import current_service
 from farine.exceptions import ConfigurationError, RPCError
 from farine.rpc._protocol import (
@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-    from farine.amqp._transport import Connection, Consumer, ReplyChannel
+    from farine._broker import Connection, Consumer, ReplyChannel
     from farine.settings import ServiceSettings
 
 __all__ = ("AsyncClient", "Client", "client", "use_script_backend")

@@ -22,18 +22,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import msgspec
 
-from farine._deadlines import Deadlines
-from farine._loop import now
-from farine.amqp._connection import get_connection
-from farine.amqp._errors import PublishError, UnroutableError
-from farine.amqp._message import Properties
-from farine.amqp._transport import (
+from farine._broker import (
     Binding,
     ExchangeSpec,
     QueueSpec,
     Topology,
     is_direct_reply_to,
 )
+from farine._broker.errors import PublishError, UnroutableError
+from farine._broker.message import Properties
+from farine._deadlines import Deadlines
+from farine._loop import now
+from farine.amqp._connection import get_connection
 from farine.entrypoints import (
     Entrypoint,
     EntrypointSpec,
@@ -59,8 +59,8 @@ from farine.rpc._protocol import (
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
-    from farine.amqp._message import Message
-    from farine.amqp._transport import Connection, Consumer
+    from farine._broker import Connection, Consumer
+    from farine._broker.message import Message
 
 __all__ = ("MethodSpec", "method")
 

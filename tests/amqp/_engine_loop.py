@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from farine.amqp._transport._driven import TrioDriver
+from farine._broker.aiormq.fastpath.driven import TrioDriver
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Coroutine

@@ -13,7 +13,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import pytest
 
-from farine.amqp._transport import get_broker
+from farine._broker import get_broker
 from farine.discovery import ServiceDefinition, find_entrypoints
 from farine.runtime import Runtime
 from farine.settings import Config, ServiceSettings

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from farine.amqp._transport._aiormq import _Deadlines  # pyright: ignore[reportPrivateUsage]
+from farine._broker.aiormq.connection import _Deadlines  # pyright: ignore[reportPrivateUsage]
 from tests.amqp._engine_loop import on_engine_loop
 
 pytestmark = pytest.mark.anyio

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 import farine.amqp
+from farine._broker import get_broker
 from farine.amqp import AsyncPublisher, Message
-from farine.amqp._transport import get_broker
 from tests.amqp.conftest import Broker, Recorder, running
 
 pytestmark = pytest.mark.anyio

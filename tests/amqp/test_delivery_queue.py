@@ -11,8 +11,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from farine.amqp._message import Message, Outcome, Properties
-from farine.amqp._transport._base import DeliveryQueue
+from farine._broker.interface import DeliveryQueue
+from farine._broker.message import Message, Outcome, Properties
 
 pytestmark = pytest.mark.anyio
 

@@ -22,11 +22,11 @@ import trio.testing
 from pamqp import commands as spec
 from pamqp import frame
 
-from farine.amqp._errors import BrokerUnavailable, PublishError
-from farine.amqp._message import Properties
-from farine.amqp._transport import ConnectionOptions, open_connection
-from farine.amqp._transport._base import Binding, ExchangeSpec, QueueSpec, Topology
-from farine.amqp._transport._driven import HeldWrites, TrioDriver
+from farine._broker import ConnectionOptions, open_connection
+from farine._broker.aiormq.fastpath.driven import HeldWrites, TrioDriver
+from farine._broker.errors import BrokerUnavailable, PublishError
+from farine._broker.interface import Binding, ExchangeSpec, QueueSpec, Topology
+from farine._broker.message import Properties
 from tests.amqp import _rabbit
 from tests.amqp._engine_loop import driven
 

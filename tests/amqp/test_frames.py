@@ -14,9 +14,9 @@ from pamqp import frame
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from farine.amqp._message import Outcome, Properties
-from farine.amqp._transport._frames import publish_frames, settle_frame
-from farine.amqp._transport._lean import to_pamqp
+from farine._broker.aiormq.fastpath.channel import to_pamqp
+from farine._broker.aiormq.fastpath.frames import publish_frames, settle_frame
+from farine._broker.message import Outcome, Properties
 
 FRAME_BODY = 131_064  # RabbitMQ's default frame_max (131072) less a frame's 8 bytes
 WHEN = datetime.datetime(2024, 1, 2, 3, 4, 5)

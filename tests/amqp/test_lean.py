@@ -16,9 +16,9 @@ from pamqp.header import ContentHeader
 
 import farine.amqp
 import farine.rpc
+from farine._broker.aiormq.fastpath import channel as _lean
 from farine.amqp import AsyncPublisher, Message, Properties, PublishError, UnroutableError
 from farine.amqp._connection import get_connection
-from farine.amqp._transport import _lean
 from tests.amqp._engine_loop import on_engine_loop
 from tests.amqp._rabbit import RABBITMQ_URI
 from tests.amqp.conftest import Broker, LogWatcher, Recorder, running

@@ -12,9 +12,9 @@ import anyio
 import pytest
 
 import farine.amqp
+from farine._broker import AmqpConnection
 from farine.amqp import AsyncPublisher, BrokerUnavailable, Message, PublishTimeout
 from farine.amqp._connection import get_connection
-from farine.amqp._transport import AmqpConnection
 from farine.discovery import ServiceDefinition, find_entrypoints
 from farine.runtime import Runtime
 from tests.amqp import _rabbit

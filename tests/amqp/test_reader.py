@@ -18,10 +18,10 @@ from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 from yarl import URL
 
-from farine.amqp._transport import _reader
-from farine.amqp._transport._aiormq import _TcpTransportFactory  # pyright: ignore[reportPrivateUsage]
-from farine.amqp._transport._lean import to_pamqp
-from farine.amqp._transport._reader import FrameReader, read_leanly
+from farine._broker.aiormq.connection import _TcpTransportFactory  # pyright: ignore[reportPrivateUsage]
+from farine._broker.aiormq.fastpath import reader as _reader
+from farine._broker.aiormq.fastpath.channel import to_pamqp
+from farine._broker.aiormq.fastpath.reader import FrameReader, read_leanly
 from tests.amqp import _rabbit
 from tests.amqp._engine_loop import on_engine_loop
 from tests.amqp.test_frames import BODIES, random_properties

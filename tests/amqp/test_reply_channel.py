@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from farine.amqp import Message, Properties, UnroutableError
-from farine.amqp._transport import (
+from farine._broker import (
     DIRECT_REPLY_TO,
     ConnectionOptions,
     QueueSpec,
@@ -16,6 +15,7 @@ from farine.amqp._transport import (
     is_direct_reply_to,
     open_connection,
 )
+from farine.amqp import Message, Properties, UnroutableError
 
 if TYPE_CHECKING:
     from tests.amqp.conftest import Broker

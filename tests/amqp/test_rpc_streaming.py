@@ -17,8 +17,8 @@ import pytest
 import farine.amqp
 import farine.rpc
 from farine import settings
+from farine._broker.message import Message, Properties
 from farine.amqp._connection import get_connection
-from farine.amqp._message import Message, Properties
 from farine.exceptions import RPCError
 from farine.rpc._protocol import encode_item
 from tests.amqp.conftest import Broker, LogWatcher, Recorder, instance_of, running

@@ -11,7 +11,7 @@ import pytest
 from pamqp import commands as spec
 from pamqp import frame
 
-from farine.amqp._transport._aiormq import (
+from farine._broker.aiormq.connection import (
     _ChannelSettler,  # pyright: ignore[reportPrivateUsage]
 )
 from tests.amqp._engine_loop import on_engine_loop

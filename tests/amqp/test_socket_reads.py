@@ -9,13 +9,13 @@ import anyio
 import pytest
 from yarl import URL
 
-from farine.amqp._message import Properties
-from farine.amqp._transport import ConnectionOptions, open_connection
-from farine.amqp._transport._aiormq import (
+from farine._broker import ConnectionOptions, open_connection
+from farine._broker.aiormq.connection import (
     READ_SIZE,
     _TcpTransportFactory,  # pyright: ignore[reportPrivateUsage]
 )
-from farine.amqp._transport._base import Binding, ExchangeSpec, QueueSpec, Topology
+from farine._broker.interface import Binding, ExchangeSpec, QueueSpec, Topology
+from farine._broker.message import Properties
 from tests.amqp import _rabbit
 from tests.amqp._engine_loop import on_engine_loop
 

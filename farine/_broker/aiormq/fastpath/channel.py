@@ -48,7 +48,7 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from farine.amqp._transport._frames import publish_frames, settle_frame
+from farine._broker.aiormq.fastpath.frames import publish_frames, settle_frame
 
 if TYPE_CHECKING:
     import asyncio
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
     import aiormq.abc
 
-    from farine.amqp._message import Outcome, PropertiesLike
+    from farine._broker.message import Outcome, PropertiesLike
 
 __all__ = (
     "DELIVER_ATTRIBUTES",

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import outcome
 import trio
 
-from farine.amqp._errors import PublishError
+from farine._broker.errors import PublishError
 
 if TYPE_CHECKING:
     from collections import deque

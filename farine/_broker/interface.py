@@ -20,7 +20,7 @@ from farine._loop import Wakeup
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from farine.amqp._message import Message, Outcome, Properties
+    from farine._broker.message import Message, Outcome, Properties
 
 __all__ = (
     "DIRECT_REPLY_TO",

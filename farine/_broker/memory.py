@@ -30,10 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from farine._loop import Handoff, LoopHandle
-from farine.amqp._errors import PublishError, UnroutableError
-from farine.amqp._message import Message, Outcome, Properties
-from farine.amqp._transport._base import (
+from farine._broker.errors import PublishError, UnroutableError
+from farine._broker.interface import (
     DIRECT_REPLY_TO,
     NO_ACK,
     Binding,
@@ -46,6 +44,8 @@ from farine.amqp._transport._base import (
     Topology,
     is_direct_reply_to,
 )
+from farine._broker.message import Message, Outcome, Properties
+from farine._loop import Handoff, LoopHandle
 from farine.exceptions import ConfigurationError
 
 if TYPE_CHECKING:

@@ -13,13 +13,13 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from farine.amqp._transport._aiormq import (
+from farine._broker.aiormq.connection import (
     AmqpConnection,
     connection_name,
     open_amqp,
     open_amqp_blocking,
 )
-from farine.amqp._transport._base import (
+from farine._broker.interface import (
     DIRECT_REPLY_TO,
     Binding,
     Connection,
@@ -31,7 +31,7 @@ from farine.amqp._transport._base import (
     Topology,
     is_direct_reply_to,
 )
-from farine.amqp._transport._memory import MemoryBroker, MemoryConnection, get_broker
+from farine._broker.memory import MemoryBroker, MemoryConnection, get_broker
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator

@@ -42,19 +42,17 @@ import anyio
 import trio
 from pamqp import commands as spec
 
-from farine._loop import (
-    Handoff,
-    LoopHandle,
-    Reply,
-    defer_wakes_on,
-    stop_deferring_wakes,
-    wait_future,
+from farine._broker.aiormq.fastpath import channel as _lean
+from farine._broker.aiormq.fastpath.driven import (
+    DrivenLoop,
+    HeldWrites,
+    TrioDriver,
+    run_blocking_on,
 )
-from farine._redact import redact
-from farine.amqp._errors import BrokerUnavailable, PublishError, PublishTimeout, UnroutableError
-from farine.amqp._message import Message, Outcome, Properties
-from farine.amqp._transport import _lean
-from farine.amqp._transport._base import (
+from farine._broker.aiormq.fastpath.reader import READ_SIZE, read_leanly
+from farine._broker.aiormq.fastpath.reader import install as install_reader
+from farine._broker.errors import BrokerUnavailable, PublishError, PublishTimeout, UnroutableError
+from farine._broker.interface import (
     BACKOFF,
     DIRECT_REPLY_TO,
     NO_ACK,
@@ -65,14 +63,16 @@ from farine.amqp._transport._base import (
     ReplyChannel,
     Topology,
 )
-from farine.amqp._transport._driven import (
-    DrivenLoop,
-    HeldWrites,
-    TrioDriver,
-    run_blocking_on,
+from farine._broker.message import Message, Outcome, Properties
+from farine._loop import (
+    Handoff,
+    LoopHandle,
+    Reply,
+    defer_wakes_on,
+    stop_deferring_wakes,
+    wait_future,
 )
-from farine.amqp._transport._reader import READ_SIZE, read_leanly
-from farine.amqp._transport._reader import install as install_reader
+from farine._redact import redact
 from farine.exceptions import ConfigurationError
 
 if TYPE_CHECKING:

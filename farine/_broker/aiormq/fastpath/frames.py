@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Final
 from pamqp import constants, encode
 
 if TYPE_CHECKING:
-    from farine.amqp._message import Outcome, PropertiesLike
+    from farine._broker.message import Outcome, PropertiesLike
 
 __all__ = ("publish_frames", "settle_frame")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
-from farine.amqp._errors import MessageStateError
+from farine._broker.errors import MessageStateError
 
 if TYPE_CHECKING:
     import datetime
