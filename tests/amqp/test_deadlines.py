@@ -12,14 +12,14 @@ from typing import Any
 import anyio
 import pytest
 
-from farine._broker.aiormq.connection import _Deadlines  # pyright: ignore[reportPrivateUsage]
+from farine._broker.aiormq.deadlines import PublishDeadlines
 from tests.amqp._engine_loop import on_engine_loop
 
 pytestmark = pytest.mark.anyio
 
 
 async def wait_watched(
-    deadlines: _Deadlines, delay: float, sleep: float, watches: list[Any] | None = None
+    deadlines: PublishDeadlines, delay: float, sleep: float, watches: list[Any] | None = None
 ) -> str:
     """Sleep `sleep` seconds under a deadline `delay` seconds away; tell how it ended.
 
@@ -44,7 +44,7 @@ async def wait_watched(
 async def test_a_publish_past_its_deadline_times_out_and_its_task_goes_on() -> None:
     async def scenario() -> tuple[str, str, int]:
         loop = asyncio.get_running_loop()
-        deadlines = _Deadlines(loop)
+        deadlines = PublishDeadlines(loop)
         first = await wait_watched(deadlines, 0.02, 10)
         task = asyncio.current_task()
         assert task is not None
@@ -60,7 +60,7 @@ async def test_a_publish_past_its_deadline_times_out_and_its_task_goes_on() -> N
 async def test_an_earlier_deadline_moves_the_timer_and_each_fires_on_its_own() -> None:
     async def scenario() -> list[str]:
         loop = asyncio.get_running_loop()
-        deadlines = _Deadlines(loop)
+        deadlines = PublishDeadlines(loop)
         ended: list[str] = []
 
         async def one(name: str, delay: float, sleep: float) -> None:
@@ -86,7 +86,7 @@ async def test_an_earlier_deadline_moves_the_timer_and_each_fires_on_its_own() -
 async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
     async def scenario() -> tuple[bool, bool]:
         loop = asyncio.get_running_loop()
-        deadlines = _Deadlines(loop)
+        deadlines = PublishDeadlines(loop)
         alone = loop.create_task(wait_watched(deadlines, 10, 10))
         await asyncio.sleep(0)
         alone.cancel()  # long before its deadline
@@ -113,7 +113,7 @@ async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
 async def test_a_forgotten_deadline_cancels_nothing() -> None:
     async def scenario() -> str:
         loop = asyncio.get_running_loop()
-        deadlines = _Deadlines(loop)
+        deadlines = PublishDeadlines(loop)
         watch = deadlines.watch(loop.time() + 0.02)
         deadlines.forget(watch)
         await asyncio.sleep(0.1)  # past the deadline: the timer fires and finds nothing

@@ -18,7 +18,7 @@ from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 from yarl import URL
 
-from farine._broker.aiormq.connection import _TcpTransportFactory  # pyright: ignore[reportPrivateUsage]
+from farine._broker.aiormq.engine import _TcpTransportFactory  # pyright: ignore[reportPrivateUsage]
 from farine._broker.aiormq.fastpath import reader as _reader
 from farine._broker.aiormq.fastpath.channel import to_pamqp
 from farine._broker.aiormq.fastpath.reader import FrameReader, read_leanly

@@ -10,7 +10,7 @@ import pytest
 from yarl import URL
 
 from farine._broker import ConnectionOptions, open_connection
-from farine._broker.aiormq.connection import (
+from farine._broker.aiormq.engine import (
     READ_SIZE,
     _TcpTransportFactory,  # pyright: ignore[reportPrivateUsage]
 )

@@ -1,0 +1,202 @@
+"""One supervised consumer: its channel, re-opened and re-declared whenever it is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any, cast
+
+import aiormq
+from pamqp import commands as spec
+
+from farine._broker.aiormq.errors import DECLARATION_ERRORS, describe
+from farine._broker.aiormq.fastpath import channel as _lean
+from farine._broker.aiormq.settler import ChannelSettler
+from farine._broker.aiormq.topology import close_quietly, declare_topology
+from farine._broker.interface import (
+    BACKOFF,
+    Topology,
+)
+from farine._broker.message import Message
+from farine.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import aiormq.abc
+
+    from farine._broker.aiormq.engine import Engine
+
+logger = logging.getLogger("farine.amqp")
+
+
+class SupervisedConsumer:
+    """One consumer: its channel, re-opened and re-declared whenever it is lost."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        queue: str,
+        prefetch: int,
+        topology: Topology,
+        push: Callable[[Message], None],
+    ) -> None:
+        self.engine = engine
+        self.queue = queue
+        self.prefetch = prefetch
+        self.topology = topology
+        self.push = push
+        self.settler: ChannelSettler | None = None
+        self.channel: aiormq.abc.AbstractChannel | None = None
+        self.consumer_tag: str | None = None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.attachments = 0
+
+    async def start(self) -> None:
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.get_running_loop().create_task(self._run(ready))
+        try:
+            await ready
+        except BaseException:
+            self._stop.set()
+            await self._finish_task()
+            raise
+
+    async def _attach(
+        self, connection: aiormq.abc.AbstractConnection
+    ) -> tuple[aiormq.abc.AbstractChannel, asyncio.Event, ChannelSettler]:
+        channel = await connection.channel(publisher_confirms=False)
+        try:
+            await channel.basic_qos(prefetch_count=self.prefetch)
+            await declare_topology(channel, self.topology)
+            cancelled = asyncio.Event()
+
+            def on_cancel(_: spec.Basic.Cancel) -> None:
+                cancelled.set()
+
+            channel.on_consumer_cancel_callbacks.add(on_cancel)
+            settler = ChannelSettler(channel, asyncio.get_running_loop())
+
+            def on_message(delivered: aiormq.abc.DeliveredMessage) -> None:
+                delivery = delivered.delivery
+                assert isinstance(delivery, spec.Basic.Deliver)
+                settler.delivered(delivery.delivery_tag or 0)
+                self.push(
+                    Message(
+                        delivered.body,
+                        delivery_tag=delivery.delivery_tag or 0,
+                        exchange=delivery.exchange or "",
+                        routing_key=delivery.routing_key or "",
+                        redelivered=bool(delivery.redelivered),
+                        properties=delivered.header.properties,
+                        settler=settler,
+                        consumer_tag=delivery.consumer_tag or "",
+                    )
+                )
+
+            callback = _lean.deliver_inline(channel, on_message)
+            ok = await channel.basic_consume(self.queue, callback, no_ack=False)
+        except BaseException:
+            await close_quietly(channel)
+            raise
+        self.consumer_tag = ok.consumer_tag
+        return channel, cancelled, settler
+
+    async def _run(self, ready: asyncio.Future[None]) -> None:
+        initial, factor, cap = BACKOFF
+        delay = initial
+        while not self._stop.is_set():
+            connection = await self.engine.wait_connection(self._stop)
+            if connection is None:
+                break
+            try:
+                channel, cancelled, settler = await self._attach(connection)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not ready.done() and isinstance(exc, DECLARATION_ERRORS):
+                    ready.set_exception(
+                        ConfigurationError(
+                            f"cannot consume from queue {self.queue!r}: {describe(exc)}"
+                        )
+                    )
+                    return
+                logger.warning(
+                    "consumer of queue %s: cannot attach (%s); retrying in %.1fs",
+                    self.queue, describe(exc), delay,
+                )  # fmt: skip
+                await self._pause(delay)
+                delay = min(delay * factor, cap)
+                continue
+            self.channel, self.settler = channel, settler
+            self.attachments += 1
+            if not ready.done():
+                ready.set_result(None)
+                logger.debug("consuming from queue %s on channel %s", self.queue, channel.number)
+            else:
+                logger.info("consumer of queue %s resumed", self.queue)
+            reason = await self._watch(channel, cancelled)
+            if self._stop.is_set():
+                return
+            settler.lost = True
+            logger.warning("consumer of queue %s lost (%s); re-attaching", self.queue, reason)
+            await close_quietly(channel)
+            if cancelled.is_set():
+                # The queue was deleted under us: redeclare at once, then back off if it
+                # keeps happening.
+                await self._pause(delay)
+                delay = min(delay * factor, cap)
+            else:
+                delay = initial
+
+    async def _watch(self, channel: aiormq.abc.AbstractChannel, cancelled: asyncio.Event) -> str:
+        closing = cast("asyncio.Future[Any]", channel.closing)  # pyright: ignore[reportUnknownMemberType]
+        waiters = [
+            asyncio.ensure_future(cancelled.wait()),
+            asyncio.ensure_future(self._stop.wait()),
+        ]
+        try:
+            await asyncio.wait([closing, *waiters], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if cancelled.is_set():
+            return "cancelled by the broker: its queue was deleted?"
+        if closing.done():
+            return "channel closed: " + describe(
+                None if closing.cancelled() else closing.exception()
+            )
+        closing.cancel()
+        return "stopped"
+
+    async def _pause(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def cancel(self) -> None:
+        """Stop deliveries at the broker; the channel stays open for the last acks."""
+        self._stop.set()
+        await self._finish_task()
+        channel, tag = self.channel, self.consumer_tag
+        if channel is not None and tag is not None and not channel.is_closed:
+            try:
+                await asyncio.wait_for(channel.basic_cancel(tag), 10)
+            except Exception as exc:
+                logger.debug("basic_cancel on queue %s failed: %s", self.queue, describe(exc))
+
+    async def close(self) -> None:
+        """Cancel, send the last acks, close the channel (unacked messages are requeued)."""
+        await self.cancel()
+        if self.settler is not None:
+            await self.settler.drain()
+            self.settler.lost = True
+        if self.channel is not None:
+            await close_quietly(self.channel)
+        self.engine.consumers.discard(self)
+
+    async def _finish_task(self) -> None:
+        task = self._task
+        if task is not None and not task.done():
+            await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,55 @@
+"""How aiormq's errors read in farine's logs and errors, and which ones a publish retries."""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+import aiormq
+from pamqp import commands as spec
+
+from farine._broker.errors import PublishError, UnroutableError
+from farine._redact import redact
+
+logger = logging.getLogger("farine.amqp")
+
+#: Channel errors that mean the declaration itself is wrong (not a passing outage).
+DECLARATION_ERRORS: Final = (
+    aiormq.ChannelNotFoundEntity,
+    aiormq.ChannelPreconditionFailed,
+    aiormq.ChannelAccessRefused,
+    aiormq.ChannelLockedResource,
+)
+
+#: Errors after which a publish is worth retrying on a new connection or channel.
+RETRYABLE: Final = (
+    aiormq.AMQPConnectionError,
+    aiormq.ChannelInvalidStateError,
+    aiormq.ChannelClosed,
+    ConnectionError,
+    RuntimeError,  # aiormq raises it for a channel requested on a closed connection
+)
+
+
+def describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "closed"
+    text = str(exc) or type(exc).__name__
+    return redact(f"{type(exc).__name__}: {text}" if str(exc) else text)
+
+
+def refused(exc: BaseException, exchange: str, routing_key: str) -> PublishError:
+    """The error of a publish the broker returned (`aiormq.PublishError`) or refused
+    because its exchange does not exist (`aiormq.ChannelNotFoundEntity`)."""
+    if isinstance(exc, aiormq.PublishError):
+        return UnroutableError(
+            f"unroutable message: no queue is bound to exchange {exchange!r} "
+            f"with routing key {routing_key!r}"
+        )
+    return PublishError(f"cannot publish to exchange {exchange!r}: {describe(exc)}")
+
+
+def check_confirm(confirm: object, exchange: str) -> None:
+    """Raise if the broker's answer to a publish is a nack."""
+    if isinstance(confirm, spec.Basic.Nack):
+        raise PublishError(f"the broker refused the message (nack) on exchange {exchange!r}")
