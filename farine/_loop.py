@@ -43,6 +43,15 @@ logger = logging.getLogger("farine.amqp")
 T = TypeVar("T")
 
 
+def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, or None (in a trio task: the engine loop of the trio
+    backend runs only in steps of its own)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class LoopHandle:
     """Schedules callbacks on one event loop (asyncio or trio) from any thread.
 
@@ -346,7 +355,7 @@ class Wakeup:
         self._flag = False
         self._task: trio.lowlevel.Task | None = None
         # None on trio (its asyncio engine loop only runs in steps of its own), cheaply.
-        loop = asyncio._get_running_loop()  # pyright: ignore[reportPrivateUsage]
+        loop = _running_asyncio_loop()
         self._future: asyncio.Future[None] | None = None if loop is None else loop.create_future()
 
     def set(self) -> None:
@@ -415,5 +424,5 @@ def now() -> float:
     trio task (where no asyncio loop is running: the engine loop of the trio backend
     runs only in steps of its own).
     """
-    loop = asyncio._get_running_loop()  # pyright: ignore[reportPrivateUsage]
+    loop = _running_asyncio_loop()
     return loop.time() if loop is not None else trio.current_time()

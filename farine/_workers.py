@@ -1,30 +1,30 @@
 """The worker threads that run a service's `def` handlers.
 
-Each service has one `WorkerPool`, holding at most `max_workers` threads. A call waits
-in the pool's queue until a thread is free; a thread that finishes a call takes the
-next one at once, and sleeps only when there is none (it exits after `IDLE_TIMEOUT`
-seconds without work). Results go back to the caller's loop through its `LoopHandle`,
-with the other crossings of the same burst.
-
-`anyio.to_thread.run_sync` did the same work, at a cost measured per call: two rounds
-of the event loop before the call reached its thread (a checkpoint, then the capacity
-limiter's), and one wake-up of the loop per result. With many calls in flight (an RPC
-server), the pool wakes the loop once per burst of results and its threads do not park
-between calls.
-
-Code in a worker thread may still use `anyio.from_thread.run()` without a token: each
-call records its loop where anyio's (and on trio, trio's) own worker threads do.
+Each service has one `WorkerPool`, running at most `max_workers` calls at once. With the
+AMQP fast path on (`amqp_fast_path`), the pool holds its own threads: a call waits in
+the pool's queue until a thread is free; a thread that finishes a call takes the next
+one at once, and sleeps only when there is none (it exits after `IDLE_TIMEOUT` seconds
+without work). Results go back to the caller's loop through its `LoopHandle`, with the
+other crossings of the same burst; code in those threads may use
+`anyio.from_thread.run()` without a token, as in anyio's own worker threads (recorded
+by `farine._broker.aiormq.fastpath.threads`). With the fast path off, calls go through
+`anyio.to_thread.run_sync()`, bounded by a capacity limiter. docs/design.md says why
+the pool has threads of its own.
 """
 
 from __future__ import annotations
 
 import contextvars
+import functools
 import queue
 import threading
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeAlias, TypeVar, cast
 
+import anyio
 import anyio.lowlevel
+import anyio.to_thread
 
+from farine._broker.aiormq.fastpath import decide
 from farine._loop import LoopHandle, Reply
 
 if TYPE_CHECKING:
@@ -34,45 +34,37 @@ __all__ = ("IDLE_TIMEOUT", "WorkerPool")
 
 R = TypeVar("R")
 
+_Claim: TypeAlias = "Callable[[anyio.lowlevel.EventLoopToken, Any], None]"
+_Release: TypeAlias = "Callable[[Any], None]"
+
 #: Seconds an idle worker thread waits for work before it exits.
 IDLE_TIMEOUT: Final = 10.0
 
-# Where anyio and trio record the loop of their worker threads, for `from_thread.run()`
-# without a token (both private; if they move, such calls in `def` handlers need
-# `token=`, and everything else works).
-try:
-    from anyio._core._eventloop import threadlocals as _anyio_threadlocals
-except ImportError:  # pragma: no cover - a future anyio
-    _anyio_threadlocals = None
-try:
-    from trio._threads import PARENT_TASK_DATA as _trio_threadlocals  # noqa: TID251
-except ImportError:  # pragma: no cover - a future trio
-    _trio_threadlocals = None
 
+def _thread_marks(fast_path: str) -> tuple[_Claim, _Release] | None:
+    """How the pool's own threads record their caller's loop (the fast path's way);
+    None when the fast path is off: calls then go through `anyio.to_thread`."""
+    if not decide(fast_path).enabled:
+        return None
+    from farine._broker.aiormq.fastpath import threads
 
-def _claim(token: anyio.lowlevel.EventLoopToken, trio_token: Any) -> None:
-    """Record the calling loop in this worker thread, as anyio's worker threads do."""
-    if _anyio_threadlocals is not None:
-        _anyio_threadlocals.current_token = token
-    if trio_token is not None and _trio_threadlocals is not None:
-        # As trio's threads started with abandon_on_cancel: calls made from here run
-        # in trio's system nursery, not in the (unrelated) task that waits.
-        _trio_threadlocals.token = trio_token
-        _trio_threadlocals.abandon_on_cancel = True
-
-
-def _release(trio_token: Any) -> None:
-    if _anyio_threadlocals is not None:
-        del _anyio_threadlocals.current_token
-    if trio_token is not None and _trio_threadlocals is not None:
-        del _trio_threadlocals.token
-        del _trio_threadlocals.abandon_on_cancel
+    return threads.claim, threads.release
 
 
 class _Job(Generic[R]):
     """One call waiting for, or running in, a worker thread."""
 
-    __slots__ = ("args", "cancelled", "context", "func", "reply", "token", "trio_token")
+    __slots__ = (
+        "args",
+        "cancelled",
+        "claim",
+        "context",
+        "func",
+        "release",
+        "reply",
+        "token",
+        "trio_token",
+    )
 
     def __init__(
         self,
@@ -80,8 +72,10 @@ class _Job(Generic[R]):
         args: tuple[Any, ...],
         reply: Reply[R],
         token: anyio.lowlevel.EventLoopToken,
+        marks: tuple[_Claim, _Release],
     ) -> None:
         self.func = func
+        self.claim, self.release = marks
         self.args = args
         self.reply = reply
         self.token = token
@@ -97,7 +91,7 @@ class _Job(Generic[R]):
     def run(self) -> None:
         if self.cancelled:
             return
-        _claim(self.token, self.trio_token)
+        self.claim(self.token, self.trio_token)
         try:
             result = self.context.run(self.func, *self.args)
         except BaseException as exc:  # all of it goes to the caller
@@ -105,7 +99,7 @@ class _Job(Generic[R]):
         else:
             self.reply.send(result)
         finally:
-            _release(self.trio_token)
+            self.release(self.trio_token)
 
 
 #: Queued by the `max_workers` setter: an idle thread that takes it exits.
@@ -118,11 +112,22 @@ class WorkerPool:
     Args:
         max_workers: Most threads (so calls) running at once; more calls wait, in order.
         name: Prefix of the threads' names.
+        fast_path: The `amqp_fast_path` setting: with the fast path on, code in the
+            threads may call `anyio.from_thread.run()` without a token.
+
+    Raises:
+        ValueError: `max_workers` is below 1, or `fast_path` is not auto, on or off.
     """
 
-    def __init__(self, max_workers: int, *, name: str = "farine-worker") -> None:
+    def __init__(
+        self, max_workers: int, *, name: str = "farine-worker", fast_path: str = "auto"
+    ) -> None:
         if max_workers < 1:
             raise ValueError("max_workers must be >= 1")
+        self._marks = _thread_marks(fast_path)
+        # With the fast path off: the limiter of `anyio.to_thread` calls (per loop).
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._limiter_loop: object = None
         self._max = max_workers
         self._name = name
         self._jobs: queue.SimpleQueue[_Job[Any]] = queue.SimpleQueue()
@@ -145,6 +150,8 @@ class WorkerPool:
     def max_workers(self, value: int) -> None:
         if value < 1:
             raise ValueError("max_workers must be >= 1")
+        if self._limiter is not None:
+            self._limiter.total_tokens = value
         with self._lock:
             self._max = value
             # Idle threads beyond the new bound leave now (busy ones as they finish).
@@ -157,7 +164,9 @@ class WorkerPool:
 
     @property
     def threads(self) -> int:
-        """Worker threads alive now (busy or idle)."""
+        """Worker threads alive now (busy or idle); with the fast path off, busy ones."""
+        if self._limiter is not None:
+            return int(self._limiter.borrowed_tokens)
         return self._threads
 
     async def run(self, func: Callable[..., R], /, *args: Any) -> R:
@@ -167,14 +176,28 @@ class WorkerPool:
         waiting task is cancelled, it returns at once: a call not started yet never
         starts, one already running finishes in its thread, and its result is dropped.
         """
+        marks = self._marks
+        if marks is None:
+            return await self._run_in_anyio_thread(func, *args)
         reply = Reply[R]()
         home = reply.home
         if home is not self._home or self._token is None:
             self._token = anyio.lowlevel.current_token()
             self._home = home
-        job = _Job(func, args, reply, self._token)
+        job = _Job(func, args, reply, self._token, marks)
         self._submit(job)
         return await reply.wait(job.cancel)
+
+    async def _run_in_anyio_thread(self, func: Callable[..., R], /, *args: Any) -> R:
+        """`run()` through `anyio.to_thread`, bounded by a limiter of `max_workers`."""
+        loop = anyio.lowlevel.current_token().native_token
+        if self._limiter is None or loop is not self._limiter_loop:
+            # A limiter belongs to one event loop.
+            self._limiter = anyio.CapacityLimiter(self._max)
+            self._limiter_loop = loop
+        context = contextvars.copy_context()
+        call = cast("Callable[[], R]", functools.partial(context.run, func, *args))
+        return await anyio.to_thread.run_sync(call, limiter=self._limiter, abandon_on_cancel=True)
 
     def _submit(self, job: _Job[Any]) -> None:
         start = False

@@ -181,7 +181,11 @@ class Runtime:
             instance=definition.cls(),
             module=definition.module,
             settings=settings,
-            workers=WorkerPool(settings.max_workers, name=f"farine-{definition.name}"),
+            workers=WorkerPool(
+                settings.max_workers,
+                name=f"farine-{definition.name}",
+                fast_path=settings.amqp_fast_path,
+            ),
             stopping=self.stopping,
         )
         self.services[definition.name] = ctx

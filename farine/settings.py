@@ -216,6 +216,9 @@ KEYS: Final[tuple[Key, ...]] = (
         "Seconds to keep retrying the first broker connection before giving up."),
     Key("publish_timeout", _parse_non_negative_float, 30.0, "float",
         "Seconds a publish may wait for the connection and the broker's confirm."),
+    Key("amqp_fast_path", _choice("auto", "on", "off"), "auto", "str",
+        "AMQP fast path: auto (only on verified aiormq, pamqp and Python versions), on, "
+        "or off (aiormq's documented API only). FARINE_AMQP_FAST_PATH overrides it."),
     # -- RPC -------------------------------------------------------------------------
     Key("rpc_timeout", _parse_non_negative_float, 30.0, "float",
         "Default deadline of an RPC call, in seconds."),
@@ -286,6 +289,7 @@ class ServiceSettings(Mapping[str, Any]):
     connect_timeout: float = 10.0
     connect_retry_timeout: float = 60.0
     publish_timeout: float = 30.0
+    amqp_fast_path: str = "auto"
     rpc_timeout: float = 30.0
     rpc_send_traceback: bool = True
     rpc_stream_window: int = 256

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from farine import settings
+from farine._broker.aiormq.fastpath import ENV_VAR as FAST_PATH_ENV_VAR
 from farine.rpc._client import _ScriptLoop  # pyright: ignore[reportPrivateUsage]
 from tests._db import db_settings as db_settings
 from tests._db import pg_database as pg_database
@@ -30,6 +31,16 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     settings.configure(None)
     yield
     settings.configure(None)
+
+
+@pytest.fixture(autouse=True)
+def _fast_path_for_its_own_tests(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests marked `fastpath` test the fast path itself: it is on for them, whatever
+    `FARINE_AMQP_FAST_PATH` says for the rest of the run."""
+    if request.node.get_closest_marker("fastpath") is not None:
+        monkeypatch.setenv(FAST_PATH_ENV_VAR, "on")
 
 
 @pytest.fixture

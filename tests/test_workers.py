@@ -1,4 +1,5 @@
-"""`farine._workers.WorkerPool`: the threads of `def` handlers, on both backends."""
+"""`farine._workers.WorkerPool`: the threads of `def` handlers, on both backends, with
+the fast path on (the pool's own threads) and off (`anyio.to_thread`)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,21 @@ import anyio.from_thread
 import pytest
 
 from farine import _workers
+from farine._broker.aiormq.fastpath import ENV_VAR as FAST_PATH_ENV_VAR
 from farine._workers import WorkerPool
 
 pytestmark = pytest.mark.anyio
+
+#: Tests of the pool's own threads (the fast path's way).
+own_threads = pytest.mark.fastpath
+
+
+@pytest.fixture(params=["on", "off"])
+def fast_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The pool's `fast_path` setting; the environment variable would override it."""
+    monkeypatch.delenv(FAST_PATH_ENV_VAR, raising=False)
+    return str(request.param)
+
 
 _var: contextvars.ContextVar[str] = contextvars.ContextVar("test_workers_var", default="unset")
 
@@ -27,16 +40,16 @@ def _pool_threads(prefix: str) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(f"{prefix}-")]
 
 
-async def test_a_call_runs_in_another_thread_with_the_callers_context() -> None:
-    pool = WorkerPool(2)
+async def test_a_call_runs_in_another_thread_with_the_callers_context(fast_path: str) -> None:
+    pool = WorkerPool(2, fast_path=fast_path)
     _var.set("set by the caller")
     thread_id, value = await pool.run(lambda: (threading.get_ident(), _var.get()))
     assert thread_id != threading.get_ident()
     assert value == "set by the caller"
 
 
-async def test_an_exception_reaches_the_caller_with_its_type() -> None:
-    pool = WorkerPool(1)
+async def test_an_exception_reaches_the_caller_with_its_type(fast_path: str) -> None:
+    pool = WorkerPool(1, fast_path=fast_path)
 
     def fail(text: str) -> None:
         raise KeyError(text)
@@ -46,6 +59,7 @@ async def test_an_exception_reaches_the_caller_with_its_type() -> None:
     assert await pool.run(len, "still works") == 11
 
 
+@own_threads
 async def test_a_thread_that_finishes_takes_the_next_call() -> None:
     name = _unique("pool-reuse")
     pool = WorkerPool(1, name=name)
@@ -55,9 +69,9 @@ async def test_a_thread_that_finishes_takes_the_next_call() -> None:
     assert pool.threads == 1
 
 
-async def test_no_more_than_max_workers_calls_run_at_once_and_all_finish() -> None:
+async def test_no_more_than_max_workers_calls_run_at_once_and_all_finish(fast_path: str) -> None:
     name = _unique("pool-bound")
-    pool = WorkerPool(3, name=name)
+    pool = WorkerPool(3, name=name, fast_path=fast_path)
     lock = threading.Lock()
     running = peak = 0
     three_in = threading.Event()
@@ -90,11 +104,12 @@ async def test_no_more_than_max_workers_calls_run_at_once_and_all_finish() -> No
             release.set()
     assert results == {n: n * 2 for n in range(50)}
     assert peak == 3
-    assert len(_pool_threads(name)) == 3
+    if fast_path == "on":
+        assert len(_pool_threads(name)) == 3  # the pool's own threads, by name
 
 
-async def test_cancelling_the_caller_returns_at_once_and_drops_the_result() -> None:
-    pool = WorkerPool(1)
+async def test_cancelling_the_caller_returns_at_once_and_drops_the_result(fast_path: str) -> None:
+    pool = WorkerPool(1, fast_path=fast_path)
     started = threading.Event()
     release = threading.Event()
     ran: list[str] = []
@@ -118,8 +133,8 @@ async def test_cancelling_the_caller_returns_at_once_and_drops_the_result() -> N
     assert ran == ["running"]
 
 
-async def test_anyio_from_thread_works_without_a_token() -> None:
-    pool = WorkerPool(1)
+async def test_anyio_from_thread_works_without_a_token(fast_path: str) -> None:
+    pool = WorkerPool(1, fast_path=fast_path)
 
     async def on_loop(value: int) -> int:
         await anyio.lowlevel.checkpoint()
@@ -137,6 +152,7 @@ async def test_anyio_from_thread_works_without_a_token() -> None:
         assert await pool.run(in_thread) == (2, 42)
 
 
+@own_threads
 async def test_lowering_max_workers_lets_extra_threads_exit() -> None:
     name = _unique("pool-shrink")
     pool = WorkerPool(2, name=name)
@@ -166,6 +182,7 @@ async def test_lowering_max_workers_lets_extra_threads_exit() -> None:
         pool.max_workers = 0
 
 
+@own_threads
 async def test_lowering_max_workers_lets_extra_idle_threads_exit_at_once() -> None:
     name = _unique("pool-shrink-idle")
     pool = WorkerPool(3, name=name)
@@ -195,6 +212,7 @@ def _wait_for_exits(threads: list[threading.Thread], count: int) -> None:
             thread.join(0.01)
 
 
+@own_threads
 async def test_idle_threads_exit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_workers, "IDLE_TIMEOUT", 0.05)
     name = _unique("pool-idle")

@@ -107,6 +107,8 @@ class ConnectionOptions:
         retry: Republish after a connection loss, within the publish timeout.
         max_retries: How many times a publish is retried at most.
         name: Connection name shown by the broker (`rabbitmqctl list_connections name`).
+        fast_path: `auto`, `on` or `off`: whether AMQP connections take the fast path
+            (see `farine._broker.aiormq.fastpath`).
     """
 
     heartbeat: int = 60
@@ -116,6 +118,7 @@ class ConnectionOptions:
     retry: bool = True
     max_retries: int = 5
     name: str = "farine"
+    fast_path: str = "auto"
     client_properties: dict[str, Any] = field(default_factory=dict[str, Any])
 
 

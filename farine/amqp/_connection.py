@@ -47,6 +47,7 @@ def options_for(settings: ServiceSettings) -> ConnectionOptions:
         retry=settings.retry,
         max_retries=int(max_retries) if isinstance(max_retries, int | float | str) else 5,
         name=connection_name(f"farine-{os.getpid()}"),
+        fast_path=settings.amqp_fast_path,
     )
 
 

@@ -33,7 +33,7 @@ from tests.amqp._engine_loop import driven
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.fastpath]
 
 trio_only = pytest.mark.parametrize("anyio_backend", ["trio"])
 

@@ -14,7 +14,7 @@ from pamqp import frame
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from farine._broker.aiormq.fastpath.channel import to_pamqp
+from farine._broker.aiormq.calls import to_pamqp
 from farine._broker.aiormq.fastpath.frames import publish_frames, settle_frame
 from farine._broker.message import Outcome, Properties
 

@@ -27,7 +27,7 @@ from tests.amqp.test_rpc import serve, unique
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.fastpath]
 
 #: Larger than RabbitMQ's default frame size (128 KiB): the body goes in several frames.
 BIG = 300 * 1024

@@ -18,10 +18,10 @@ from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 from yarl import URL
 
-from farine._broker.aiormq.engine import _TcpTransportFactory  # pyright: ignore[reportPrivateUsage]
+from farine._broker.aiormq.calls import to_pamqp
 from farine._broker.aiormq.fastpath import reader as _reader
-from farine._broker.aiormq.fastpath.channel import to_pamqp
 from farine._broker.aiormq.fastpath.reader import FrameReader, read_leanly
+from farine._broker.aiormq.fastpath.transport import TcpTransportFactory
 from tests.amqp import _rabbit
 from tests.amqp._engine_loop import on_engine_loop
 from tests.amqp.test_frames import BODIES, random_properties
@@ -29,7 +29,7 @@ from tests.amqp.test_frames import BODIES, random_properties
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.fastpath]
 
 
 class Chunks:
@@ -286,7 +286,7 @@ async def test_a_cancelled_read_loses_nothing() -> None:
 @pytest.mark.rabbitmq
 async def test_farine_s_connections_are_read_leanly() -> None:
     async def receiver() -> object:
-        reader, writer = await _TcpTransportFactory().create(URL(_rabbit.RABBITMQ_URI))
+        reader, writer = await TcpTransportFactory().create(URL(_rabbit.RABBITMQ_URI))
         try:
             return aiormq.connection.FrameReceiver(reader)
         finally:

@@ -11,6 +11,7 @@ import pytest
 from pamqp import commands as spec
 from pamqp import frame
 
+from farine._broker.aiormq.fastpath.calls import FastChannelCalls
 from farine._broker.aiormq.settler import ChannelSettler
 from tests.amqp._engine_loop import on_engine_loop
 
@@ -39,7 +40,7 @@ async def settle_all(from_thread: bool) -> tuple[list[tuple[str, int, bool]], bo
     """Deliver 1-3, settle them (here or from a thread), then deliver 4."""
     loop = asyncio.get_running_loop()
     channel = FakeChannel()
-    settler = ChannelSettler(cast("Any", channel), loop)
+    settler = ChannelSettler(cast("Any", channel), loop, FastChannelCalls())
     for tag in (1, 2, 3):
         settler.delivered(tag)
     polling_before = settler._polling  # pyright: ignore[reportPrivateUsage]
@@ -128,7 +129,7 @@ async def settle_lean(
     """
     loop = asyncio.get_running_loop()
     channel = LeanChannel(room, nacks)
-    settler = ChannelSettler(cast("Any", channel), loop)
+    settler = ChannelSettler(cast("Any", channel), loop, FastChannelCalls())
     tasks = 0
     create_task = loop.create_task
 
@@ -185,7 +186,9 @@ async def test_a_closing_channel_settles_its_own_way() -> None:
     async def settle() -> list[tuple[str, int, bool]]:
         channel = LeanChannel(10)
         channel._Channel__close_event.set()  # pyright: ignore[reportPrivateUsage]
-        settler = ChannelSettler(cast("Any", channel), asyncio.get_running_loop())
+        settler = ChannelSettler(
+            cast("Any", channel), asyncio.get_running_loop(), FastChannelCalls()
+        )
         settler.delivered(1)
         settler.settle(1, "ack", False)
         await settler.drain()

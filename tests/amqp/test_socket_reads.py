@@ -10,21 +10,19 @@ import pytest
 from yarl import URL
 
 from farine._broker import ConnectionOptions, open_connection
-from farine._broker.aiormq.engine import (
-    READ_SIZE,
-    _TcpTransportFactory,  # pyright: ignore[reportPrivateUsage]
-)
+from farine._broker.aiormq.fastpath.reader import READ_SIZE
+from farine._broker.aiormq.fastpath.transport import TcpTransportFactory
 from farine._broker.interface import Binding, ExchangeSpec, QueueSpec, Topology
 from farine._broker.message import Properties
 from tests.amqp import _rabbit
 from tests.amqp._engine_loop import on_engine_loop
 
-pytestmark = [pytest.mark.anyio, pytest.mark.rabbitmq]
+pytestmark = [pytest.mark.anyio, pytest.mark.rabbitmq, pytest.mark.fastpath]
 
 
 async def test_the_socket_asks_for_heap_sized_reads() -> None:
     async def max_size() -> int:
-        reader, writer = await _TcpTransportFactory().create(URL(_rabbit.RABBITMQ_URI))
+        reader, writer = await TcpTransportFactory().create(URL(_rabbit.RABBITMQ_URI))
         transport: Any = writer.transport
         try:
             return transport.max_size

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiormq
 import aiormq.abc
@@ -39,9 +39,7 @@ import trio
 from farine._broker.aiormq.consumer import SupervisedConsumer
 from farine._broker.aiormq.engine import Engine
 from farine._broker.aiormq.errors import RETRYABLE, check_confirm, refused
-from farine._broker.aiormq.fastpath.driven import (
-    TrioDriver,
-)
+from farine._broker.aiormq.fastpath import channel_calls
 from farine._broker.aiormq.hosts import Host, InlineHost, ThreadHost
 from farine._broker.aiormq.reply import DirectReplyChannel
 from farine._broker.errors import PublishError
@@ -61,6 +59,9 @@ from farine._loop import (
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+
+    from farine._broker.aiormq.calls import ChannelCalls
+    from farine._broker.aiormq.fastpath.driven import TrioDriver
 
 __all__ = ("AmqpConnection", "open_amqp", "open_amqp_blocking")
 
@@ -108,7 +109,7 @@ class _AmqpReplyChannel(ReplyChannel):
         engine_channel = self._engine_channel
         if connection.closed or engine_channel.closed:
             raise PublishError("the reply channel is closed")
-        await connection._publish(  # pyright: ignore[reportPrivateUsage]
+        await connection.publish_through(
             exchange, routing_key, body, properties, mandatory, timeout, declare,
             engine_channel.channel, engine_channel.get,
         )  # fmt: skip
@@ -116,7 +117,7 @@ class _AmqpReplyChannel(ReplyChannel):
     async def aclose(self) -> None:
         if self._connection.closed:
             return
-        await self._connection._host.run(self._engine_channel.close())  # pyright: ignore[reportPrivateUsage]
+        await self._connection.host.run(self._engine_channel.close())
 
 
 class AmqpConnection(Connection):
@@ -131,7 +132,19 @@ class AmqpConnection(Connection):
         # On the service's own asyncio loop, calls are awaited as they are: one
         # coroutine frame less to go through at each step of a publish.
         self._inline = isinstance(host, InlineHost)
-        self._driver = host if isinstance(host, TrioDriver) else None
+        # The fast path's trio driver starts a publish with no asyncio task.
+        fast_on_trio = engine.calls.name == "fast" and not isinstance(host, InlineHost | ThreadHost)
+        self._driver = cast("TrioDriver", host) if fast_on_trio else None
+
+    @property
+    def host(self) -> Host:
+        """Where the engine runs."""
+        return self._host
+
+    @property
+    def path(self) -> str:
+        """`"fast"` or `"stock"`: which path the connection's channels take."""
+        return self._engine.calls.name
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
         """`coro` to await from the caller's task (see the hosts)."""
@@ -163,12 +176,12 @@ class AmqpConnection(Connection):
     ) -> None:
         if self.closed:
             raise PublishError("the connection is closed")
-        await self._publish(
+        await self.publish_through(
             exchange, routing_key, body, properties, mandatory, timeout, declare,
             self._engine.publish_channel, None,
         )  # fmt: skip
 
-    async def _publish(
+    async def publish_through(
         self,
         exchange: str,
         routing_key: str,
@@ -180,7 +193,8 @@ class AmqpConnection(Connection):
         channel: aiormq.abc.AbstractChannel | None,
         channel_of: Callable[[], Awaitable[aiormq.abc.AbstractChannel]] | None,
     ) -> None:
-        """Publish on `channel`, the open channel of `channel_of` (if any yet).
+        """Publish on `channel`, the open channel of `channel_of` (if any yet; default:
+        the publishing channel), and wait for the broker's confirm.
 
         On trio, the publish starts with no asyncio task when it can
         (`Engine.publish_now()`): creating and running one cost about 4% of a short
@@ -298,23 +312,29 @@ def connection_name(prefix: str = "farine") -> str:
 
 @contextlib.asynccontextmanager
 async def open_amqp(uri: str, options: ConnectionOptions) -> AsyncGenerator[AmqpConnection]:
-    """Open a supervised AMQP connection for the running event loop (asyncio or trio)."""
+    """Open a supervised AMQP connection for the running event loop (asyncio or trio).
+
+    Raises:
+        BrokerUnavailable: No connection within `connect_retry_timeout`.
+        ValueError: `options.fast_path` (or `FARINE_AMQP_FAST_PATH`) is not auto, on or off.
+    """
+    calls = channel_calls(options.fast_path)
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         pass
     else:
-        async with _open_on(InlineHost(loop), uri, options) as connection:
+        async with _open_on(InlineHost(loop), calls, uri, options) as connection:
             yield connection
         return
     # trio: the engine's loop runs in this thread, driven by a task of this run.
-    driver = TrioDriver()
+    driver = calls.trio_driver()
     error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(driver.drive)
             try:
-                async with _open_on(driver, uri, options) as connection:
+                async with _open_on(driver, calls, uri, options) as connection:
                     yield connection
             finally:
                 with trio.CancelScope(shield=True):
@@ -332,9 +352,9 @@ async def open_amqp(uri: str, options: ConnectionOptions) -> AsyncGenerator[Amqp
 
 @contextlib.asynccontextmanager
 async def _open_on(
-    host: Host, uri: str, options: ConnectionOptions
+    host: Host, calls: ChannelCalls, uri: str, options: ConnectionOptions
 ) -> AsyncGenerator[AmqpConnection]:
-    engine = Engine(uri, options)
+    engine = Engine(uri, options, calls)
     try:
         await host.run(engine.start())
     except BaseException:
@@ -352,9 +372,15 @@ async def _open_on(
 
 
 def open_amqp_blocking(uri: str, options: ConnectionOptions) -> AmqpConnection:
-    """Open a supervised AMQP connection on its own thread (for code with no event loop)."""
+    """Open a supervised AMQP connection on its own thread (for code with no event loop).
+
+    Raises:
+        BrokerUnavailable: No connection within `connect_retry_timeout`.
+        ValueError: `options.fast_path` (or `FARINE_AMQP_FAST_PATH`) is not auto, on or off.
+    """
+    calls = channel_calls(options.fast_path)
     host = ThreadHost(options.name)
-    engine = Engine(uri, options)
+    engine = Engine(uri, options, calls)
     try:
         host.run_blocking(engine.start(), None)
     except BaseException:

@@ -11,7 +11,6 @@ import aiormq
 from pamqp import commands as spec
 
 from farine._broker.aiormq.errors import DECLARATION_ERRORS, describe
-from farine._broker.aiormq.fastpath import channel as _lean
 from farine._broker.aiormq.settler import ChannelSettler
 from farine._broker.aiormq.topology import close_quietly, declare_topology
 from farine._broker.interface import (
@@ -77,7 +76,7 @@ class SupervisedConsumer:
                 cancelled.set()
 
             channel.on_consumer_cancel_callbacks.add(on_cancel)
-            settler = ChannelSettler(channel, asyncio.get_running_loop())
+            settler = ChannelSettler(channel, asyncio.get_running_loop(), self.engine.calls)
 
             def on_message(delivered: aiormq.abc.DeliveredMessage) -> None:
                 delivery = delivered.delivery
@@ -96,7 +95,7 @@ class SupervisedConsumer:
                     )
                 )
 
-            callback = _lean.deliver_inline(channel, on_message)
+            callback = self.engine.calls.deliver(channel, on_message)
             ok = await channel.basic_consume(self.queue, callback, no_ack=False)
         except BaseException:
             await close_quietly(channel)

@@ -9,14 +9,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiormq
 import aiormq.abc
-import aiormq.connection
 
 from farine._broker.aiormq.deadlines import PublishDeadlines, PublishWatch
 from farine._broker.aiormq.errors import RETRYABLE, check_confirm, describe, refused
-from farine._broker.aiormq.fastpath import channel as _lean
-from farine._broker.aiormq.fastpath.driven import DrivenLoop, HeldWrites
-from farine._broker.aiormq.fastpath.reader import READ_SIZE, read_leanly
-from farine._broker.aiormq.fastpath.reader import install as install_reader
 from farine._broker.aiormq.topology import close_quietly, declare_topology
 from farine._broker.errors import BrokerUnavailable, PublishError, PublishTimeout
 from farine._broker.interface import (
@@ -30,6 +25,7 @@ from farine._redact import redact
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from farine._broker.aiormq.calls import ChannelCalls
     from farine._broker.aiormq.consumer import SupervisedConsumer
     from farine._broker.aiormq.reply import DirectReplyChannel
     from farine._broker.message import Properties
@@ -45,41 +41,13 @@ def _connection_url(uri: str, options: ConnectionOptions) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-class _TcpTransportFactory(aiormq.connection.TCPTransportFactory):
-    """aiormq's plain TCP connection, reading `READ_SIZE` bytes at a time, its frames
-    read by a `FrameReader`; on the trio backend, its writes are gathered
-    (`HeldWrites`).
-
-    asyncio's socket transports read 256 KiB at a time: a buffer that large is mapped,
-    shrunk to what was read and unmapped again, three more system calls for every read;
-    measured here, about a tenth of the CPU time of a short RPC call. 64 KiB comes from
-    the heap, and still takes many frames at once.
-    """
-
-    #: The writer of the connection it opened (the last one).
-    writer: asyncio.StreamWriter | None = None
-
-    async def create(
-        self, url: Any, **kwargs: Any
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        reader, writer = await super().create(url, **kwargs)
-        self.writer = writer
-        if install_reader():
-            read_leanly(reader)
-        transport: Any = writer.transport
-        if hasattr(transport, "max_size"):  # asyncio's socket transports
-            transport.max_size = READ_SIZE
-        loop = asyncio.get_running_loop()
-        if isinstance(loop, DrivenLoop):  # the trio backend
-            HeldWrites(writer, loop)
-        return reader, writer
-
-
 class Engine:
     """The aiormq side: connection, supervision, publishing. Runs on one asyncio loop."""
 
-    def __init__(self, uri: str, options: ConnectionOptions) -> None:
+    def __init__(self, uri: str, options: ConnectionOptions, calls: ChannelCalls) -> None:
         self.uri = uri
+        #: How channels are used: aiormq's documented API, or the fast path.
+        self.calls = calls
         self.shown_uri = redact(uri)
         self.options = options
         self.url = _connection_url(uri, options)
@@ -122,17 +90,16 @@ class Engine:
         properties: dict[str, Any] = {"connection_name": self.options.name, "product": "farine"}
         properties.update(self.options.client_properties)
         tls = urlsplit(self.url).scheme == "amqps"  # aiormq opens TLS itself
-        factory = _TcpTransportFactory()
+        arguments, opened = self.calls.connect_arguments(tls)
         connection = await asyncio.wait_for(
             aiormq.connect(  # pyright: ignore[reportUnknownMemberType]
                 self.url,
                 client_properties=properties,  # pyright: ignore[reportArgumentType]
-                **({} if tls else {"transport_factory": factory}),
+                **arguments,
             ),
             self.options.connect_timeout or None,
         )
-        if factory.writer is not None:
-            _lean.write_directly(connection, factory.writer)
+        opened(connection)
         return connection
 
     async def _supervise(self, first: asyncio.Future[None]) -> None:
@@ -226,7 +193,7 @@ class Engine:
                 if connection is None:
                     raise PublishError("the connection is closed")
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-                _lean.read_inline(channel)
+                self.calls.confirm_inline(channel)
                 self._publish_channel = channel
                 self._declared.clear()
             return channel
@@ -273,7 +240,7 @@ class Engine:
                     if declare is not None and declare.name and declare.name not in self._declared:
                         await declare_topology(channel, Topology(exchanges=(declare,)))
                         self._declared.add(declare.name)
-                    confirm = await _lean.publish(
+                    confirm = await self.calls.publish(
                         channel, body, exchange, routing_key, properties, mandatory
                     )
                 finally:
@@ -336,7 +303,9 @@ class Engine:
             return None
         deadlines = self._deadlines
         assert deadlines is not None, "engine not started"
-        confirm = _lean.publish_now(channel, body, exchange, routing_key, properties, mandatory)
+        confirm = self.calls.publish_now(
+            channel, body, exchange, routing_key, properties, mandatory
+        )
         if confirm is None:
             return None
         return confirm, deadlines.watch(deadlines.now() + timeout, confirm)

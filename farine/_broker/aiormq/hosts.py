@@ -8,12 +8,11 @@ import contextlib
 import functools
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import anyio
 import trio
 
-from farine._broker.aiormq.fastpath.driven import TrioDriver, run_blocking_on
 from farine._broker.errors import PublishError
 from farine._loop import (
     LoopHandle,
@@ -29,6 +28,26 @@ if TYPE_CHECKING:
 logger = logging.getLogger("farine.amqp")
 
 T = TypeVar("T")
+
+
+def run_blocking_on(
+    loop: asyncio.AbstractEventLoop,
+    loop_thread: int,
+    coro: Coroutine[Any, Any, T],
+    timeout: float | None,
+) -> T:
+    """Run `coro` on `loop`, which runs in the service's thread, from another thread.
+
+    Raises:
+        RuntimeError: Called from the loop's own thread (it would wait for itself).
+    """
+    if threading.get_ident() == loop_thread:
+        coro.close()
+        raise RuntimeError(
+            "a blocking publish was called on the event loop thread; "
+            "in async code use `await publish(...)`"
+        )
+    return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
 
 class InlineHost:
@@ -102,9 +121,21 @@ class ThreadHost:
         await anyio.to_thread.run_sync(self.stop_blocking)
 
 
-#: Where the engine runs: the service's asyncio loop, a loop driven by the service's
-#: trio run, or a loop in a thread of its own.
-Host = InlineHost | TrioDriver | ThreadHost
+class Host(Protocol):
+    """Where the engine runs: `InlineHost`, `ThreadHost`, or a trio driver
+    (`SteppedDriver`, or the fast path's `TrioDriver`)."""
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the engine loop for the calling task; return its result."""
+        ...
+
+    def run_blocking(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        """Run `coro` on the engine loop from a thread that runs no event loop."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop running the engine loop."""
+        ...
 
 
 class CrossCall(Generic[T]):
@@ -137,3 +168,12 @@ class CrossCall(Generic[T]):
             self.reply.throw(exc)
         else:
             self.reply.send(task.result())
+
+
+class TrioHost(Host, Protocol):
+    """A `Host` for the trio backend: the engine loop runs in trio's thread, driven by a
+    task of the trio run (`drive()`)."""
+
+    async def drive(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Drive the engine loop until `stop()`; started with `nursery.start()`."""
+        ...

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any, cast
 import aiormq
 from pamqp import commands as spec
 
-from farine._broker.aiormq.fastpath import channel as _lean
 from farine._broker.aiormq.topology import close_quietly
 from farine._broker.errors import PublishError
 from farine._broker.interface import (
@@ -61,7 +60,7 @@ class DirectReplyChannel:
                 raise PublishError("the connection is closed")
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             try:
-                callback = _lean.deliver_inline(channel, self._on_message)
+                callback = self.engine.calls.deliver(channel, self._on_message)
                 await channel.basic_consume(DIRECT_REPLY_TO, callback, no_ack=True)
             except BaseException:
                 await close_quietly(channel)

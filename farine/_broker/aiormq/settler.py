@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Final
 import aiormq
 
 from farine._broker.aiormq.errors import describe
-from farine._broker.aiormq.fastpath import channel as _lean
 from farine._broker.message import Outcome
 from farine._loop import (
     LoopHandle,
@@ -19,6 +18,8 @@ from farine._loop import (
 
 if TYPE_CHECKING:
     import aiormq.abc
+
+    from farine._broker.aiormq.calls import ChannelCalls
 
 logger = logging.getLogger("farine.amqp")
 
@@ -71,15 +72,20 @@ class ChannelSettler:
 
     Each frame is a system call too: acks of the oldest deliveries of the channel go as
     one `basic.ack` with `multiple` set (valid as long as no older delivery is still
-    unsettled: the set of tags in flight, bounded by the prefetch count, tells). A
-    flush queues its frames itself (`_lean.settle()`), unless frames of an earlier flush
-    still wait for a task to send them their own way: then they follow, in order.
+    unsettled: the set of tags in flight, bounded by the prefetch count, tells). On the
+    fast path a flush queues its frames itself (`ChannelCalls.settle()`), unless frames
+    of an earlier flush still wait for a task to send them their own way: then they
+    follow, in order.
     """
 
     def __init__(
-        self, channel: aiormq.abc.AbstractChannel, loop: asyncio.AbstractEventLoop
+        self,
+        channel: aiormq.abc.AbstractChannel,
+        loop: asyncio.AbstractEventLoop,
+        calls: ChannelCalls,
     ) -> None:
         self.channel = channel
+        self._calls = calls
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._inbox = LoopHandle.of_asyncio_loop(loop, self._loop_thread)
@@ -170,7 +176,7 @@ class ChannelSettler:
             return len(batch)
         frames = settle_frames(batch, min(in_flight, default=None))
         if self._sender is None:
-            if _lean.settle(self.channel, frames):
+            if self._calls.settle(self.channel, frames):
                 return len(batch)
             self._sender = self._loop.create_task(self._send_all())
         self._outbox.append(frames)

@@ -48,6 +48,7 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
+from farine._broker.aiormq.calls import to_pamqp
 from farine._broker.aiormq.fastpath.frames import publish_frames, settle_frame
 
 if TYPE_CHECKING:
@@ -69,7 +70,6 @@ __all__ = (
     "read_inline",
     "settle",
     "supports",
-    "to_pamqp",
     "write_directly",
 )
 
@@ -125,26 +125,6 @@ def _lean_way(channel: aiormq.abc.AbstractChannel, use: str, attributes: tuple[s
         if not lean:
             logger.debug("aiormq channel without %s: %s take its way", attributes, use)
     return lean
-
-
-def to_pamqp(properties: PropertiesLike, message_id: str | None) -> spec.Basic.Properties:
-    """pamqp's properties for `properties` (without the deprecated `cluster_id`), with
-    `message_id` for theirs."""
-    return spec.Basic.Properties(
-        content_type=properties.content_type,
-        content_encoding=properties.content_encoding,
-        headers=properties.headers,  # pyright: ignore[reportArgumentType]
-        delivery_mode=properties.delivery_mode,
-        priority=properties.priority,
-        correlation_id=properties.correlation_id,
-        reply_to=properties.reply_to,
-        expiration=properties.expiration,
-        message_id=message_id,
-        timestamp=properties.timestamp,
-        message_type=properties.message_type,
-        user_id=properties.user_id,
-        app_id=properties.app_id,
-    )
 
 
 def publish(

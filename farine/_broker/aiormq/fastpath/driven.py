@@ -43,16 +43,17 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import outcome
 import trio
 
+from farine._broker.aiormq.hosts import run_blocking_on
+from farine._broker.aiormq.stepped import wait_future, wait_task
 from farine._broker.errors import PublishError
 
 if TYPE_CHECKING:
     from collections import deque
     from collections.abc import Callable, Coroutine
 
-__all__ = ("DrivenLoop", "HeldWrites", "TrioDriver", "run_blocking_on")
+__all__ = ("DrivenLoop", "HeldWrites", "TrioDriver")
 
 logger = logging.getLogger("farine.amqp")
 
@@ -63,26 +64,6 @@ _ITERATIONS_PER_STEP = 16
 
 #: How many steps a stopping driver gives cancelled tasks to finish.
 _WIND_DOWN_STEPS = 100
-
-
-def run_blocking_on(
-    loop: asyncio.AbstractEventLoop,
-    loop_thread: int,
-    coro: Coroutine[Any, Any, T],
-    timeout: float | None,
-) -> T:
-    """Run `coro` on `loop`, which runs in the service's thread, from another thread.
-
-    Raises:
-        RuntimeError: Called from the loop's own thread (it would wait for itself).
-    """
-    if threading.get_ident() == loop_thread:
-        coro.close()
-        raise RuntimeError(
-            "a blocking publish was called on the event loop thread; "
-            "in async code use `await publish(...)`"
-        )
-    return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
 
 def _run_ready(ready: deque[asyncio.Handle]) -> None:
@@ -103,13 +84,6 @@ def _run_ready(ready: deque[asyncio.Handle]) -> None:
 
 def _abort(_: object) -> trio.lowlevel.Abort:
     return trio.lowlevel.Abort.SUCCEEDED
-
-
-def _result(task: asyncio.Task[T]) -> T:
-    if task.cancelled():
-        # Cancelled by the loop stopping (the caller's own cancellation abandons it).
-        raise PublishError("the AMQP connection is closed")
-    return task.result()
 
 
 class _Selector(selectors.DefaultSelector):
@@ -498,26 +472,7 @@ class TrioDriver:
         # publish writes its frame without waiting for a round of trio's scheduler.
         if self._step_here():
             self._wake()  # the stepper runs the rest
-        if task.done():
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return _result(task)
-        caller = trio.lowlevel.current_task()
-        abandoned = False
-
-        def finished(task: asyncio.Task[T]) -> None:
-            result = outcome.capture(_result, task)
-            if not abandoned:
-                trio.lowlevel.reschedule(caller, result)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            nonlocal abandoned
-            abandoned = True
-            task.cancel()
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        task.add_done_callback(finished)
-        value: T = await trio.lowlevel.wait_task_rescheduled(abort)
-        return value
+        return await wait_task(task)
 
     def call_now(self, func: Callable[..., T], /, *args: Any) -> T:
         """Call `func(*args)` as part of a step, in the calling trio task, and run the
@@ -534,32 +489,9 @@ class TrioDriver:
         return result
 
     async def wait_future(self, future: asyncio.Future[T], on_abandon: Callable[[], object]) -> T:
-        """Wait, in a trio task of this run, for `future` of the loop, and return (or
-        raise) its result.
-
-        When the caller is cancelled, `on_abandon()` is called and the cancellation is
-        raised at once; the future is left to the loop.
-        """
-        if future.done():
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return future.result()
-        caller = trio.lowlevel.current_task()
-        abandoned = False
-
-        def finished(future: asyncio.Future[T]) -> None:
-            if not abandoned:
-                trio.lowlevel.reschedule(caller, outcome.capture(future.result))
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            nonlocal abandoned
-            abandoned = True
-            future.remove_done_callback(finished)
-            on_abandon()
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        future.add_done_callback(finished)
-        value: T = await trio.lowlevel.wait_task_rescheduled(abort)
-        return value
+        """Wait, in a trio task of this run, for `future` of the loop (see
+        `farine._broker.aiormq.stepped.wait_future`)."""
+        return await wait_future(future, on_abandon)
 
     def _step_here(self) -> bool:
         """Step the loop (without polling) in the calling task, if anything is ready or
