@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import cProfile
+import functools
 import inspect
 import io
 import logging
@@ -17,6 +18,7 @@ import anyio
 from farine._broker import Binding, ExchangeSpec, QueueSpec, Topology
 from farine._broker.errors import PublishError
 from farine._broker.message import Properties
+from farine._takers import Takers
 from farine.amqp._connection import get_connection
 from farine.codec import BadBody, BodyDecoder, annotation_of, encode
 from farine.entrypoints import (
@@ -246,10 +248,15 @@ class _ConsumerEntrypoint(Entrypoint):
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._cancel_on_stop, consumer)
-                # One task per message the broker may hand over at once (the prefetch),
-                # each taking the next message when done: no task is started per message.
-                for _ in range(self.prefetch):
-                    tg.start_soon(self._take_messages, consumer, connection)
+                takers = Takers(
+                    consumer,
+                    functools.partial(self._handle, connection=connection),
+                    limit=self.prefetch,
+                    # Set for every call a task makes; a transaction, if any, ends
+                    # inside each call, before its message is settled.
+                    scope=functools.partial(handler_transaction, self.spec.transaction),
+                )
+                tg.start_soon(takers.run)
                 task_status.started()
                 # The stream only ends once `_cancel_on_stop` cancelled the consumer; each
                 # task then finishes the message it is handling.
@@ -258,13 +265,6 @@ class _ConsumerEntrypoint(Entrypoint):
             # service is being cancelled after its shutdown timeout.
             with anyio.CancelScope(shield=True), anyio.move_on_after(15):
                 await consumer.aclose()
-
-    async def _take_messages(self, consumer: Consumer, connection: Connection) -> None:
-        # Set once for every call this task makes (each task has a context of its own);
-        # a transaction, if any, ends inside each call, before its message is settled.
-        with handler_transaction(self.spec.transaction):
-            async for message in consumer:
-                await self._handle(message, connection)
 
     async def _cancel_on_stop(self, consumer: Consumer) -> None:
         await self.service.stopping.wait()

@@ -10,6 +10,7 @@ queue for another instance.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -33,6 +34,7 @@ from farine._broker.errors import PublishError, UnroutableError
 from farine._broker.message import Properties
 from farine._deadlines import Deadlines
 from farine._loop import now
+from farine._takers import Takers
 from farine.amqp._connection import get_connection
 from farine.entrypoints import (
     Entrypoint,
@@ -208,12 +210,15 @@ class _RpcMethod(Entrypoint):
                 tg.start_soon(self._read_control, control)
                 tg.start_soon(self._deadlines.run)
                 task_status.started()
-                # One task per call the broker may hand over at once (the prefetch),
-                # each taking calls one after the other: starting a task per call
-                # costs about as much as the rest of a short call.
-                async with anyio.create_task_group() as calls:
-                    for _ in range(self.prefetch):
-                        calls.start_soon(self._take_calls, consumer, connection)
+                # Tasks take calls one after the other: starting a task per call costs
+                # about as much as the rest of a short call.
+                await Takers(
+                    consumer,
+                    functools.partial(self._handle, connection=connection),
+                    limit=self.prefetch,
+                    # A transaction, if any, ends inside each call, before its reply.
+                    scope=functools.partial(handler_transaction, self.spec.transaction),
+                ).run()
                 tg.cancel_scope.cancel()  # calls are done: no more cancels nor deadlines
         finally:
             # Shielded: closing returns unacked requests to the queue, even when the
@@ -244,13 +249,6 @@ class _RpcMethod(Entrypoint):
                 if scope is not None:
                     logger.info("%s: caller stopped stream %s", self.qualname, order.cancel)
                     scope.cancel()
-
-    async def _take_calls(self, consumer: Consumer, connection: Connection) -> None:
-        # Set once for every call this task makes (each task has a context of its own);
-        # a transaction, if any, ends inside each call, before its reply is sent.
-        with handler_transaction(self.spec.transaction):
-            async for message in consumer:
-                await self._handle(message, connection)
 
     # -- one call ---------------------------------------------------------------------
 

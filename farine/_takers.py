@@ -1,0 +1,91 @@
+"""Tasks that take messages from a consumer and handle them, as many as are busy."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import anyio
+import anyio.abc
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+    from contextlib import AbstractContextManager
+
+
+__all__ = ("Takers",)
+
+M = TypeVar("M")
+
+
+class Takers(Generic[M]):
+    """Take each message of `messages` and `handle()` it, at most `limit` at once.
+
+    Each task takes the next message once it has handled one: no task is started per
+    message. A task starts only when a message arrives while no other task is waiting
+    for one (and fewer than `limit` run), and a task that has handled its message ends
+    when another task already waits: an idle consumer holds one task, a busy one as
+    many as it handles messages at once.
+
+    Args:
+        messages: The consumer's messages; the takers end when it does.
+        handle: Handles one message.
+        limit: Most messages handled at once.
+        scope: Entered by each task around its work (for example a context variable
+            that its calls inherit).
+
+    Example:
+        ```python
+        await Takers(consumer, handle_message, limit=64).run()
+        ```
+    """
+
+    def __init__(
+        self,
+        messages: AsyncIterator[M],
+        handle: Callable[[M], Awaitable[None]],
+        *,
+        limit: int,
+        scope: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+    ) -> None:
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        self._messages = messages
+        self._handle = handle
+        self._limit = limit
+        self._scope = scope
+        self._tasks = 0
+        self._waiting = 0
+        self._group: anyio.abc.TaskGroup | None = None
+
+    @property
+    def tasks(self) -> int:
+        """Tasks alive now (waiting for a message or handling one)."""
+        return self._tasks
+
+    async def run(self) -> None:
+        """Take and handle messages until `messages` ends and every handler is done."""
+        async with anyio.create_task_group() as group:
+            self._group = group
+            self._tasks = 1
+            group.start_soon(self._take)
+
+    async def _take(self) -> None:
+        with self._scope():
+            while True:
+                self._waiting += 1
+                try:
+                    message = await anext(self._messages)
+                except StopAsyncIteration:
+                    self._tasks -= 1
+                    return
+                finally:
+                    self._waiting -= 1
+                if not self._waiting and self._tasks < self._limit:
+                    assert self._group is not None
+                    self._tasks += 1
+                    self._group.start_soon(self._take)
+                await self._handle(message)
+                if self._waiting:  # another task takes the next message
+                    self._tasks -= 1
+                    return
