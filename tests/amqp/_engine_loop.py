@@ -10,15 +10,28 @@ import trio
 from farine._broker.aiormq.fastpath.driven import TrioDriver
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Coroutine
+    from collections.abc import AsyncGenerator, Callable, Coroutine
+
+    from farine._broker.aiormq.stepped import SteppedDriver
 
 T = TypeVar("T")
 
 
 @contextlib.asynccontextmanager
 async def driven() -> AsyncGenerator[TrioDriver]:
-    """A running driver, stopped on the way out (else its nursery would wait forever)."""
-    driver = TrioDriver()
+    """A running driver of the fast path, stopped on the way out."""
+    async with driven_by(TrioDriver) as driver:
+        assert isinstance(driver, TrioDriver)
+        yield driver
+
+
+@contextlib.asynccontextmanager
+async def driven_by(
+    make: Callable[[], TrioDriver | SteppedDriver],
+) -> AsyncGenerator[TrioDriver | SteppedDriver]:
+    """A running driver made by `make`, stopped on the way out (else its nursery would
+    wait forever)."""
+    driver = make()
     async with trio.open_nursery() as nursery:
         await nursery.start(driver.drive)
         try:

@@ -1,7 +1,9 @@
 """The asyncio loop that trio drives in its own thread (aiormq on the trio backend).
 
-The driver's own tests run on trio only: it exists only there. The end-to-end test runs
-on both backends: on each, the AMQP connection lives in the service's own thread.
+The drivers' own tests run on trio only: they exist only there. Most run on both
+drivers, the fast path's `TrioDriver` and the stock path's `SteppedDriver`; the
+end-to-end tests run on both backends: on each, the AMQP connection lives in the
+service's own thread.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from pamqp import commands as spec
 from pamqp import frame
 
 from farine._broker import ConnectionOptions, open_connection
-from farine._broker.aiormq.fastpath.driven import HeldWrites, TrioDriver
+from farine._broker.aiormq.fastpath.driven import MAX_HELD_BYTES, HeldWrites, TrioDriver
+from farine._broker.aiormq.stepped import SteppedDriver
 from farine._broker.errors import BrokerUnavailable, PublishError
 from farine._broker.interface import Binding, ExchangeSpec, QueueSpec, Topology
 from farine._broker.message import Properties
 from tests.amqp import _rabbit
-from tests.amqp._engine_loop import driven
+from tests.amqp._engine_loop import driven, driven_by
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -37,10 +40,18 @@ pytestmark = [pytest.mark.anyio, pytest.mark.fastpath]
 
 trio_only = pytest.mark.parametrize("anyio_backend", ["trio"])
 
+Driver = TrioDriver | SteppedDriver
+
+
+@pytest.fixture(params=[TrioDriver, SteppedDriver], ids=["fast", "stock"])
+def make_driver(request: pytest.FixtureRequest) -> type[Driver]:
+    """Each driver class: the fast path's and the stock path's."""
+    return cast("type[Driver]", request.param)
+
 
 @trio_only
-async def test_calls_timers_and_errors_run_on_the_driven_loop() -> None:
-    async with driven() as driver:
+async def test_calls_timers_and_errors_run_on_the_driven_loop(make_driver: type[Driver]) -> None:
+    async with driven_by(make_driver) as driver:
 
         async def where() -> tuple[asyncio.AbstractEventLoop, int]:
             return asyncio.get_running_loop(), threading.get_ident()
@@ -65,7 +76,7 @@ async def test_calls_timers_and_errors_run_on_the_driven_loop() -> None:
 
 
 @trio_only
-async def test_steps_set_the_loop_up_as_run_forever_does() -> None:
+async def test_steps_set_the_loop_up_as_run_forever_does(make_driver: type[Driver]) -> None:
     """In a step the loop runs and owns the async generators started there (an abandoned
     one is closed on the loop); after it, trio's hooks are back."""
     closed = trio.Event()
@@ -82,7 +93,7 @@ async def test_steps_set_the_loop_up_as_run_forever_does() -> None:
         assert await anext(generator) == 1
         return asyncio.get_running_loop().is_running(), generator
 
-    async with driven() as driver:
+    async with driven_by(make_driver) as driver:
         hooks = sys.get_asyncgen_hooks()
         running, generator = await driver.run(start_one())
         assert running
@@ -95,8 +106,10 @@ async def test_steps_set_the_loop_up_as_run_forever_does() -> None:
 
 
 @trio_only
-async def test_work_scheduled_from_trio_or_other_threads_wakes_the_driver() -> None:
-    async with driven() as driver:
+async def test_work_scheduled_from_trio_or_other_threads_wakes_the_driver(
+    make_driver: type[Driver],
+) -> None:
+    async with driven_by(make_driver) as driver:
         event = asyncio.Event()
         results: list[str] = []
 
@@ -125,14 +138,16 @@ async def test_work_scheduled_from_trio_or_other_threads_wakes_the_driver() -> N
 
 
 @trio_only
-async def test_a_timer_set_by_a_call_run_in_the_callers_task_still_fires() -> None:
+async def test_a_timer_set_by_a_call_run_in_the_callers_task_still_fires(
+    make_driver: type[Driver],
+) -> None:
     """`run()` steps the loop itself; the idle driver must then shorten its wait."""
     fired = trio.Event()
 
     async def set_timer() -> None:
         asyncio.get_running_loop().call_later(0.02, fired.set)
 
-    async with driven() as driver:
+    async with driven_by(make_driver) as driver:
         await trio.testing.wait_all_tasks_blocked()  # the driver waits, with no timer
         await driver.run(set_timer())  # completes within the caller's own step
         with trio.fail_after(5):  # no I/O will come: only the timer can wake the driver
@@ -230,7 +245,9 @@ async def test_in_debug_mode_every_round_of_a_step_reports_slow_callbacks(
 
 @trio_only
 @pytest.mark.parametrize("attempt", range(4))  # trio shuffles which task runs first
-async def test_a_call_made_as_soon_as_the_driver_started_runs_to_the_end(attempt: int) -> None:
+async def test_a_call_made_as_soon_as_the_driver_started_runs_to_the_end(
+    attempt: int, make_driver: type[Driver]
+) -> None:
     # The call needs more steps than the caller's own: the stepper task runs them, so it
     # must already be waiting when `drive()` reports that it started.
     async def many_steps() -> int:
@@ -239,12 +256,12 @@ async def test_a_call_made_as_soon_as_the_driver_started_runs_to_the_end(attempt
         return attempt
 
     with trio.fail_after(5):
-        async with driven() as driver:
+        async with driven_by(make_driver) as driver:
             assert await driver.run(many_steps()) == attempt
 
 
 @trio_only
-async def test_cancelling_the_caller_cancels_the_coroutine() -> None:
+async def test_cancelling_the_caller_cancels_the_coroutine(make_driver: type[Driver]) -> None:
     cancelled = trio.Event()
 
     async def slow() -> None:
@@ -254,7 +271,7 @@ async def test_cancelling_the_caller_cancels_the_coroutine() -> None:
             cancelled.set()
             raise
 
-    async with driven() as driver:
+    async with driven_by(make_driver) as driver:
         with trio.move_on_after(0.05) as scope:
             await driver.run(slow())
         assert scope.cancelled_caught
@@ -263,9 +280,11 @@ async def test_cancelling_the_caller_cancels_the_coroutine() -> None:
 
 
 @trio_only
-async def test_calls_cut_short_by_the_loop_stopping_fail_as_a_closed_connection() -> None:
+async def test_calls_cut_short_by_the_loop_stopping_fail_as_a_closed_connection(
+    make_driver: type[Driver],
+) -> None:
     errors: list[PublishError] = []
-    async with driven() as driver:
+    async with driven_by(make_driver) as driver:
 
         async def caller() -> None:
             try:
@@ -284,8 +303,8 @@ async def test_calls_cut_short_by_the_loop_stopping_fail_as_a_closed_connection(
 
 
 @trio_only
-async def test_the_driver_outlives_cancellation_until_stopped() -> None:
-    driver = TrioDriver()
+async def test_the_driver_outlives_cancellation_until_stopped(make_driver: type[Driver]) -> None:
+    driver = make_driver()
     finished: list[str] = []
 
     async def leftover() -> None:
@@ -429,6 +448,28 @@ async def test_a_lone_write_goes_out_at_once_and_a_rounds_next_ones_together() -
             assert (await driver.run(publish(b"fifth", b"sixth")))[-1] == b"fifth"
             await trio.testing.wait_all_tasks_blocked()
             assert transport.writes[-2:] == [b"fifth", b"sixth"]
+
+
+@trio_only
+async def test_a_gathered_write_holds_a_bounded_number_of_bytes() -> None:
+    small = b"s" * (MAX_HELD_BYTES // 3 + 1)
+    large = b"L" * MAX_HELD_BYTES
+    with trio.fail_after(5):  # a lost flush hangs
+        async with driven() as driver:
+            writer, transport = _held(driver)
+            _new_round(driver)
+
+            async def publish(*frames: bytes) -> list[bytes]:
+                for data in frames:
+                    writer.write(data)
+                return list(transport.writes)
+
+            assert await driver.run(publish(b"first")) == [b"first"]
+            # Three thirds reach the bound: they go out together at once.
+            assert await driver.run(publish(small, small, small)) == [b"first", small * 3]
+            # A write that large goes out alone, after what is held.
+            assert await driver.run(publish(small, large)) == [b"first", small * 3, small, large]
+            assert all(len(data) <= MAX_HELD_BYTES + len(small) for data in transport.writes)
 
 
 @trio_only

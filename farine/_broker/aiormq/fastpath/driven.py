@@ -258,6 +258,10 @@ _SETTLE_FRAME_SIZE = 21
 _SETTLE_METHODS = frozenset(struct.pack(">HH", 60, method) for method in (80, 90, 120))
 
 
+#: The most bytes one gathered write holds; past it, what is held goes out at once.
+MAX_HELD_BYTES = 256 * 1024
+
+
 class HeldWrites:
     """Gathers the writes of an AMQP connection on a driven loop into fewer system calls.
 
@@ -272,17 +276,28 @@ class HeldWrites:
       made them is over: then the driver, or the stepper task, sends them in one write.
     * Frames that only settle deliveries are held, and go out with the next write, or
       alone once the step or trio's round is over.
+    * At most `MAX_HELD_BYTES` are held: past that, what is held goes out at once, and
+      a write that large goes out alone.
 
     Writes keep their order; `drain()` and `close()` send what is held first. Installed
     on the connection's `StreamWriter` (its `write`, `drain` and `close`).
     """
 
-    __slots__ = ("_drain", "_held", "_loop", "_round", "_settles_only", "_transport")
+    __slots__ = (
+        "_drain",
+        "_held",
+        "_held_bytes",
+        "_loop",
+        "_round",
+        "_settles_only",
+        "_transport",
+    )
 
     def __init__(self, writer: asyncio.StreamWriter, loop: DrivenLoop) -> None:
         self._transport = writer.transport
         self._loop = loop
         self._held: list[bytes] = []
+        self._held_bytes = 0
         self._settles_only = False  # what is held only settles deliveries
         self._round = -1  # the round of the last write sent at once
         self._drain = writer.drain
@@ -315,10 +330,19 @@ class HeldWrites:
                 else:
                     self._transport.write(data)
                 return
+        if len(data) >= MAX_HELD_BYTES:
+            # A large write goes out as it is, after what is held: joining it would
+            # copy it for nothing.
+            self.flush()
+            self._transport.write(data)
+            return
         if not held:
             self._loop.flush_later(self.flush)
         self._settles_only = False
         held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes >= MAX_HELD_BYTES:
+            self.flush()
 
     def flush(self) -> None:
         """Send what is held, in one write."""
@@ -326,6 +350,7 @@ class HeldWrites:
         if not held:
             return
         self._held = []
+        self._held_bytes = 0
         self._settles_only = False
         if not self._transport.is_closing():
             self._transport.write(held[0] if len(held) == 1 else b"".join(held))
