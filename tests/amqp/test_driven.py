@@ -25,7 +25,7 @@ from pamqp import commands as spec
 from pamqp import frame
 
 from farine._broker import ConnectionOptions, open_connection
-from farine._broker.aiormq.fastpath.driven import MAX_HELD_BYTES, HeldWrites, TrioDriver
+from farine._broker.aiormq.fastpath.driven import MAX_HELD_BYTES, RoundWriter, TrioDriver
 from farine._broker.aiormq.stepped import SteppedDriver
 from farine._broker.errors import BrokerUnavailable, PublishError
 from farine._broker.interface import Binding, ExchangeSpec, QueueSpec, Topology
@@ -156,7 +156,7 @@ async def test_a_timer_set_by_a_call_run_in_the_callers_task_still_fires(
 
 @trio_only
 async def test_a_call_that_makes_nothing_ready_runs_no_step_and_its_timer_still_fires() -> None:
-    """`call_now()` steps only when something is ready (a publish that writes its frames
+    """`call_in_step()` steps only when something is ready (a publish that writes its frames
     itself only arms a timer); the idle driver still wakes for that timer."""
     fired = trio.Event()
     ran: list[int] = []
@@ -172,9 +172,9 @@ async def test_a_call_that_makes_nothing_ready_runs_no_step_and_its_timer_still_
 
         vars(loop)["step"] = counted
         try:
-            driver.call_now(loop.call_later, 0.02, fired.set)
+            driver.call_in_step(loop.call_later, 0.02, fired.set)
             assert steps == []
-            driver.call_now(loop.call_soon, ran.append, 1)
+            driver.call_in_step(loop.call_soon, ran.append, 1)
             assert (steps, ran) == ([False], [1])
         finally:
             del vars(loop)["step"]
@@ -392,7 +392,7 @@ class _Transport:
 
 
 class _Writer:
-    """What `HeldWrites` takes over of a `StreamWriter`."""
+    """What `RoundWriter` takes over of a `StreamWriter`."""
 
     def __init__(self) -> None:
         self.transport = _Transport()
@@ -408,7 +408,7 @@ class _Writer:
 def _held(driver: TrioDriver) -> tuple[asyncio.StreamWriter, _Transport]:
     writer = _Writer()
     stream = cast("asyncio.StreamWriter", writer)
-    HeldWrites(stream, driver.loop)
+    RoundWriter(stream, driver.loop)
     return stream, writer.transport
 
 
@@ -474,7 +474,7 @@ async def test_a_gathered_write_holds_a_bounded_number_of_bytes() -> None:
 
 @trio_only
 async def test_settling_frames_ride_with_the_next_write_or_go_out_after_the_round() -> None:
-    assert len({len(ACK), len(NACK), len(REJECT)}) == 1  # the size `HeldWrites` looks for
+    assert len({len(ACK), len(NACK), len(REJECT)}) == 1  # the size `RoundWriter` looks for
     with trio.fail_after(5):  # a lost flush hangs
         async with driven() as driver:
             writer, transport = _held(driver)

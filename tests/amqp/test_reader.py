@@ -20,7 +20,7 @@ from yarl import URL
 
 from farine._broker.aiormq.calls import to_pamqp
 from farine._broker.aiormq.fastpath import reader as _reader
-from farine._broker.aiormq.fastpath.reader import FrameReader, read_leanly
+from farine._broker.aiormq.fastpath.reader import FrameReader, use_frame_reader
 from farine._broker.aiormq.fastpath.transport import TcpTransportFactory
 from tests.amqp import _rabbit
 from tests.amqp._engine_loop import on_engine_loop
@@ -218,7 +218,7 @@ async def test_farine_s_readers_only_are_read_leanly() -> None:
     async def receivers() -> tuple[object, object]:
         ours, theirs = asyncio.StreamReader(), asyncio.StreamReader()
         assert _reader.install()
-        read_leanly(ours)
+        use_frame_reader(ours)
         return aiormq.connection.FrameReceiver(ours), aiormq.connection.FrameReceiver(theirs)
 
     ours, theirs = await on_engine_loop(receivers())

@@ -83,7 +83,7 @@ async def test_settles_from_another_thread_start_the_flush_timer() -> None:
 
 
 class LeanChannel(FakeChannel):
-    """Also has what `_lean.settle()` uses: frames queued there are recorded too."""
+    """Also has what `internals.settle()` uses: frames queued there are recorded too."""
 
     number = 7
 

@@ -5,16 +5,17 @@ All aiormq calls happen in `Engine`, plain asyncio code that runs on one asyncio
 * on the asyncio backend, the service's own loop (`InlineHost`): calls are awaited
   directly and deliveries go straight into the consumer's stream;
 * on the trio backend, a loop in trio's own thread, driven by a trio task
-  (`TrioDriver`, see `_driven`): calls are asyncio tasks whose results resume the trio
-  caller directly (a publish on an open channel needs none: it queues its frames and
-  waits for its confirm's future), and deliveries go straight into the consumer's
-  stream, with no thread crossing;
+  (`SteppedDriver`, or the fast path's `TrioDriver`): calls are asyncio tasks whose
+  results resume the trio caller directly (on the fast path a publish on an open
+  channel needs none: it queues its frames and waits for its confirm's future), and
+  deliveries go straight into the consumer's stream, with no thread crossing;
 * for plain scripts (and blocking code with no runtime), a loop of its own in a daemon
   thread owned by the connection (`ThreadHost`): calls cross through the loops'
   handles, deliveries cross back in batches through the consumer's `Handoff` (one
   wake-up per burst), and acks cross in batches too (`ChannelSettler`).
 
-trio-asyncio is not used: it was about 3x slower and patches asyncio globally.
+How channels are used, aiormq's documented API or the fast path, is the engine's
+`ChannelCalls`, chosen per connection by `fastpath.channel_calls()`.
 
 Supervision lives in the engine: the connection is re-opened with capped exponential
 backoff whenever it drops; each consumer re-opens its channel, redeclares its
@@ -196,9 +197,8 @@ class AmqpConnection(Connection):
         """Publish on `channel`, the open channel of `channel_of` (if any yet; default:
         the publishing channel), and wait for the broker's confirm.
 
-        On trio, the publish starts with no asyncio task when it can
-        (`Engine.publish_now()`): creating and running one cost about 4% of a short
-        RPC call's instructions. It takes `Engine.publish()`'s way when something must
+        On trio with the fast path, the publish starts with no asyncio task when it can
+        (`Engine.publish_now()`). It takes `Engine.publish()`'s way when something must
         be awaited first, and after a connection loss, which that way retries.
         """
         engine = self._engine
@@ -207,7 +207,7 @@ class AmqpConnection(Connection):
         failed: BaseException | None = None
         deadline: float | None = None
         if driver is not None:
-            started = driver.call_now(
+            started = driver.call_in_step(
                 engine.publish_now, channel, exchange, routing_key, body, properties,
                 mandatory, limit, declare,
             )  # fmt: skip

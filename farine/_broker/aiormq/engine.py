@@ -295,7 +295,7 @@ class Engine:
 
         Returns the future of the broker's confirm and the watch of its deadline (to
         `forget()` once it is done), or None when `publish()` must do it. Called on the
-        engine loop, outside its coroutines (trio's tasks do, through `call_now()`).
+        engine loop, outside its coroutines (trio's tasks do, through `call_in_step()`).
         """
         if channel is None or channel.is_closed:
             return None

@@ -38,7 +38,7 @@ class FastChannelCalls(ChannelCalls):
 
         def opened(connection: aiormq.abc.AbstractConnection) -> None:
             if factory.writer is not None:
-                internals.write_directly(connection, factory.writer)
+                internals.register_writer(connection, factory.writer)
 
         return {"transport_factory": factory}, opened
 
@@ -72,10 +72,10 @@ class FastChannelCalls(ChannelCalls):
         channel: aiormq.abc.AbstractChannel,
         on_message: Callable[[aiormq.abc.DeliveredMessage], None],
     ) -> aiormq.abc.ConsumerCallback:
-        return internals.deliver_inline(channel, on_message)
+        return internals.deliver(channel, on_message)
 
     def confirm_inline(self, channel: aiormq.abc.AbstractChannel) -> None:
-        internals.read_inline(channel)
+        internals.take_channel_frames(channel)
 
     def trio_driver(self) -> TrioHost:
         return TrioDriver()

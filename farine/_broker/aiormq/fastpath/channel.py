@@ -1,39 +1,21 @@
-"""Leaner ways through aiormq's per-message steps: publishing, delivering, settling.
+"""Publishing, delivering and settling on aiormq channels without aiormq's per-call steps.
 
-Measured with callgrind (instructions, which this VM's noise does not move) on one
-sequential RPC call through RabbitMQ, both ends in one process, these two steps took a
-sixth of the call:
+* `publish()` / `publish_now()` build the frames of a publish (`frames.publish_frames()`),
+  register its confirm as `basic_publish()` does and queue the frames at once, with no
+  await in between: the delivery tag stays the frames' place in the queue without the
+  channel's lock. The confirm's future is the result.
+* `deliver()` hands each delivery to a plain function from the channel's reader,
+  instead of a task per delivery.
+* `settle()` queues the frames of acks, nacks and rejects at once, from the settler.
+* `register_writer()` lets publishes and settles write their frames to the socket
+  themselves whenever aiormq's writer queue is empty (nothing written out of order).
+* `take_channel_frames()` takes each confirm and delivery from the connection's reader
+  while the channel's own queue is empty, instead of the channel's reader task.
 
-* `Channel.basic_publish()` enters an async context manager, an `asyncio.timeout()` and
-  the channel's lock, and waits for the connection's writer task to write the frames
-  before it waits for the confirm: about a tenth of the call. `publish()` below builds
-  the same frames, registers the same confirm, and queues them at once, in one step
-  with no await in between: the delivery tag stays the frames' place in the queue
-  without the lock. It encodes them in one pass (`_frames.publish_frames()`), from
-  farine's properties: pamqp's way (objects built, validated and marshalled field by
-  field) took another tenth of the call.
-* each delivery runs the consumer's callback in a task of its own, registered in the
-  channel's future store: about a twentieth. `deliver_inline()` calls a plain function
-  from the channel's reader instead (farine's callbacks only hand the message over).
-
-Acks, nacks and rejects (`settle()`) go the same way as publishes: `basic_ack()` and
-the others are coroutines that each marshal their frame with pamqp and wait to queue
-it, run in a task of their own by the consumer's settler (`_ChannelSettler`): about a
-twentieth of a call too. `settle()` queues the frames at once, from the settler's
-flush.
-
-Both write their frames themselves when nothing waits in the connection's writer queue
-(`write_directly()`), instead of waking aiormq's writer task for each.
-
-On the way in, `read_inline()` takes each confirm and delivery from the connection's
-reader while the channel's own queue is empty, instead of queueing it for the channel's
-reader task (`_InlineReader`): about a seventh of a sequential RPC call's instructions
-on asyncio, a tenth on trio.
-
-They use aiormq attributes that are not part of its API (`PUBLISH_ATTRIBUTES`,
-`DELIVER_ATTRIBUTES`, `SETTLE_ATTRIBUTES`, `READ_ATTRIBUTES`). A channel that lacks one
-of them takes aiormq's own way, and the test suite checks that the installed aiormq has
-them all.
+They use aiormq attributes outside its API (`PUBLISH_ATTRIBUTES`, `DELIVER_ATTRIBUTES`,
+`SETTLE_ATTRIBUTES`, `READ_ATTRIBUTES`). A channel that lacks one of them takes
+aiormq's own way, and the test suite checks that the installed aiormq has them all.
+docs/design.md says what each saves.
 """
 
 from __future__ import annotations
@@ -64,13 +46,13 @@ __all__ = (
     "PUBLISH_ATTRIBUTES",
     "READ_ATTRIBUTES",
     "SETTLE_ATTRIBUTES",
-    "deliver_inline",
+    "deliver",
     "publish",
     "publish_now",
-    "read_inline",
+    "register_writer",
     "settle",
     "supports",
-    "write_directly",
+    "take_channel_frames",
 )
 
 logger = logging.getLogger("farine.amqp")
@@ -87,7 +69,7 @@ PUBLISH_ATTRIBUTES: Final = (
     "_Channel__lock",  # the lock `basic_publish` holds from its delivery tag to its frames
 )
 
-#: What `deliver_inline()` uses of an aiormq channel.
+#: What `deliver()` uses of an aiormq channel.
 DELIVER_ATTRIBUTES: Final = (
     "consumers",
     "_on_deliver_frame",  # called by the channel's reader for each `basic.deliver`
@@ -113,15 +95,17 @@ _marshall: Callable[[int, list[Any]], ChannelFrame] = ChannelFrame.marshall  # p
 
 #: Per channel class and use ("publishes", "settles"): has it all the attributes that
 #: use needs? (Checked on its first use.)
-_lean_types: dict[tuple[type, str], bool] = {}
+_supported: dict[tuple[type, str], bool] = {}
 
 
-def _lean_way(channel: aiormq.abc.AbstractChannel, use: str, attributes: tuple[str, ...]) -> bool:
+def _supported_for(
+    channel: aiormq.abc.AbstractChannel, use: str, attributes: tuple[str, ...]
+) -> bool:
     """True when `channel` has all of `attributes`, which `use` needs (cached per class)."""
     key = (type(channel), use)
-    lean = _lean_types.get(key)
+    lean = _supported.get(key)
     if lean is None:
-        lean = _lean_types[key] = supports(channel, attributes)
+        lean = _supported[key] = supports(channel, attributes)
         if not lean:
             logger.debug("aiormq channel without %s: %s take its way", attributes, use)
     return lean
@@ -167,7 +151,7 @@ def publish_now(
     confirm; else None, and nothing was sent."""
     raw = cast("Any", channel)
     if (
-        not _lean_way(channel, "publishes", PUBLISH_ATTRIBUTES)
+        not _supported_for(channel, "publishes", PUBLISH_ATTRIBUTES)
         or channel.is_closed
         or not raw.publisher_confirms
         or raw._Channel__lock.locked()
@@ -219,7 +203,7 @@ def settle(
     That is when the channel lacks what this uses, is closing, has no room for them all
     in its writer's queue, or a nack goes to a broker that takes none (aiormq raises).
     """
-    if not _lean_way(channel, "settles", SETTLE_ATTRIBUTES):
+    if not _supported_for(channel, "settles", SETTLE_ATTRIBUTES):
         return False
     raw = cast("Any", channel)
     if channel.is_closed or raw._Channel__close_event.is_set():
@@ -241,14 +225,15 @@ def settle(
 _writers: weakref.WeakKeyDictionary[object, asyncio.StreamWriter] = weakref.WeakKeyDictionary()
 
 
-def write_directly(connection: aiormq.abc.AbstractConnection, writer: asyncio.StreamWriter) -> None:
+def register_writer(
+    connection: aiormq.abc.AbstractConnection, writer: asyncio.StreamWriter
+) -> None:
     """Let `publish()` and `settle()` write to `connection`'s `writer` themselves.
 
-    aiormq's writer task takes each frame from the connection's queue and writes it:
-    a task step per frame (about 3% of a short RPC call's instructions, with a publish
-    each way and an ack). Whenever that queue is empty, everything queued before has
-    been written (an item leaves the queue only as the task takes it), so a frame
-    written at once keeps its place.
+    aiormq's writer task takes each frame from the connection's queue and writes it, a
+    task step per frame. Whenever that queue is empty, everything queued before has been
+    written (an item leaves the queue only as the task takes it), so a frame written at
+    once keeps its place.
     """
     _writers[connection] = writer
 
@@ -283,12 +268,12 @@ def _give(
         )
 
 
-def deliver_inline(
+def deliver(
     channel: aiormq.abc.AbstractChannel,
     on_message: Callable[[aiormq.abc.DeliveredMessage], None],
 ) -> aiormq.abc.ConsumerCallback:
     """Hand each delivery of `channel` to `on_message` with no task: from the
-    connection's reader while the channel's queue is empty (`read_inline()`), else from
+    connection's reader while the channel's queue is empty (`take_channel_frames()`), else from
     the channel's reader.
 
     Returns the callback to give `channel.basic_consume()`; it calls `on_message` too,
@@ -316,11 +301,11 @@ def deliver_inline(
         _give(message, frame, consumers, on_message)
 
     raw._on_deliver_frame = on_deliver_frame  # when the channel's reader has the frames
-    read_inline(channel, on_message)
+    take_channel_frames(channel, on_message)
     return callback
 
 
-#: What `read_inline()` uses of an aiormq channel.
+#: What `take_channel_frames()` uses of an aiormq channel.
 READ_ATTRIBUTES: Final = (
     "frames",  # the queue the connection's reader puts the channel's frames in
     "consumers",
@@ -330,7 +315,7 @@ READ_ATTRIBUTES: Final = (
 )
 
 
-class _InlineReader:
+class _ChannelFrames:
     """Takes a channel's deliveries and confirms from the connection's reader.
 
     aiormq's connection reader puts each frame in the channel's queue
@@ -451,16 +436,16 @@ class _InlineReader:
                 await self._put((0, frame))
 
 
-def read_inline(
+def take_channel_frames(
     channel: aiormq.abc.AbstractChannel,
     on_message: Callable[[aiormq.abc.DeliveredMessage], None] | None = None,
 ) -> None:
     """Take `channel`'s confirms, and its deliveries for `on_message` (if given), from
-    the connection's reader, with no queue hop (`_InlineReader`).
+    the connection's reader, with no queue hop (`_ChannelFrames`).
 
     Nothing changes for a channel that lacks what this uses.
     """
-    if not _lean_way(channel, "reads", READ_ATTRIBUTES):
+    if not _supported_for(channel, "reads", READ_ATTRIBUTES):
         return
-    reader = _InlineReader(channel, on_message)
+    reader = _ChannelFrames(channel, on_message)
     vars(cast("Any", channel).frames)["put"] = reader.put

@@ -1,10 +1,7 @@
-"""An asyncio event loop run in steps by a trio task, in trio's own thread.
+"""The fast path's asyncio event loop, run in steps by a trio task in trio's own thread.
 
-On the trio backend, aiormq still needs an asyncio loop. Running that loop in a thread
-of its own costs two thread crossings for every awaited call (a publish and its
-confirm), each a system call, a wake-up of the other thread and a GIL hand-off: about
-100 us of CPU per round trip here, more than the publish itself. So the loop runs in
-the trio thread instead, driven by one trio task:
+It does what `farine._broker.aiormq.stepped` does with public API, with a cheaper step
+(the loop's own `_run_once()`, inside what `run_forever()` sets up) and gathered writes:
 
 * the loop's selector is an epoll (or kqueue, ...) selector of its own, and the driver
   task waits, the trio way, for that selector's file descriptor to become readable:
@@ -12,14 +9,14 @@ the trio thread instead, driven by one trio task:
   threads) wake it through trio's own I/O wait; it then runs a step: it polls with a
   zero timeout and runs the ready callbacks, and those they make ready, for a few
   iterations of the loop (the first one only polls);
-* a trio task that awaits a call (`TrioDriver.run()`, or `call_now()` and
+* a trio task that awaits a call (`TrioDriver.run()`, or `call_in_step()` and
   `wait_future()`: a publish) runs a step itself at once, without polling, so the frame
   is written before anything else happens;
 * work that other trio code schedules on the loop between steps (`call_soon()`,
   `call_at()`, a future's result, an ack) is run by a second task, parked until then:
   no system call, no cancellation of the driver's wait;
 * the driver waits no longer than the loop's next timer;
-* the connection's writes are gathered (`HeldWrites`): with many calls in flight, what
+* the connection's writes are gathered (`RoundWriter`): with many calls in flight, what
   one round of trio's scheduler writes goes out in one system call.
 
 Callbacks that the loop runs (aiormq's) may call into trio (resuming a trio task,
@@ -53,7 +50,7 @@ if TYPE_CHECKING:
     from collections import deque
     from collections.abc import Callable, Coroutine
 
-__all__ = ("DrivenLoop", "HeldWrites", "TrioDriver")
+__all__ = ("DrivenLoop", "RoundWriter", "TrioDriver")
 
 logger = logging.getLogger("farine.amqp")
 
@@ -165,9 +162,8 @@ class DrivenLoop(asyncio.SelectorEventLoop):
 
         The first iteration is the loop's own (`_run_once()`), inside what
         `run_forever()` sets up (the running loop, its async generator hooks), without
-        its `stop()` and a callback to call it in each iteration: on trio, a sequential
-        RPC call runs 5 steps and 16 iterations, and these saved a tenth of its
-        instructions. The next ones only run what is ready (`_run_ready()`): they
+        its `stop()` and a callback to call it in each iteration. The next ones only
+        run what is ready (`_run_ready()`): they
         neither poll nor fire timers, which wait for the next step; in debug mode they
         are the loop's own too, which reports slow callbacks.
         """
@@ -262,13 +258,12 @@ _SETTLE_METHODS = frozenset(struct.pack(">HH", 60, method) for method in (80, 90
 MAX_HELD_BYTES = 256 * 1024
 
 
-class HeldWrites:
+class RoundWriter:
     """Gathers the writes of an AMQP connection on a driven loop into fewer system calls.
 
     Each write goes out with its own `send()` in asyncio; on trio, with many calls in
     flight, the tasks of one round of trio's scheduler each publish in a step of their
-    own, so each frame went out alone. Every send woke the broker, and on this 2-core
-    VM the wake-ups cost more than the sends: about a fifth of the CPU time per call.
+    own, so each frame would go out alone, each waking the broker.
 
     * The first write of a round of work (from one poll for I/O to the next,
       `DrivenLoop.io_rounds`) goes out at once: a lone call waits for nothing.
@@ -499,7 +494,7 @@ class TrioDriver:
             self._wake()  # the stepper runs the rest
         return await wait_task(task)
 
-    def call_now(self, func: Callable[..., T], /, *args: Any) -> T:
+    def call_in_step(self, func: Callable[..., T], /, *args: Any) -> T:
         """Call `func(*args)` as part of a step, in the calling trio task, and run the
         step: what it schedules on the loop runs now (the frames of a publish are
         written before the caller waits)."""

@@ -1,18 +1,12 @@
 """The frames of a `basic.publish`, encoded in one pass, and those that settle deliveries.
 
-pamqp encodes a publish as three objects (the method, a content header holding a
-`Basic.Properties`, the body), each validated when built, then marshalled property by
-property through a dispatch on each value's AMQP type: about a tenth of the
-instructions of a short RPC call, for two publishes. `publish_frames()` writes the same
-bytes directly, from the properties as farine holds them. It leaves to pamqp (returns
-None) what it does not encode itself the same way: a string longer than AMQP's short
-strings, an exchange name or a delivery mode pamqp refuses; pamqp then raises its own
-error. The headers
-table and the timestamp are encoded by pamqp's own functions.
+`publish_frames()` writes the bytes pamqp would write for a publish (method, content
+header, body frames), directly from farine's properties. It returns None for what it
+does not encode the same way (a string longer than AMQP's short strings, an exchange
+name or a delivery mode pamqp refuses): pamqp then encodes it, or raises its own error.
+The headers table and the timestamp are encoded by pamqp's own functions.
 
-`settle_frame()` encodes a `basic.ack`, `basic.nack` or `basic.reject` (a fixed layout:
-a delivery tag and two bits), which pamqp builds as an object and marshals through the
-same dispatch.
+`settle_frame()` encodes a `basic.ack`, `basic.nack` or `basic.reject`.
 
 The test suite compares their output with pamqp's, byte for byte.
 """

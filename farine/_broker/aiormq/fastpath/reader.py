@@ -1,24 +1,16 @@
-"""A leaner way to read AMQP frames, for farine's own connections.
-
-aiormq reads each frame with its `FrameReceiver`: three `readexactly()` awaits (frame
-type, then the rest of the frame head, then the payload), a `BytesIO` and a lock, then
-pamqp's `frame.unmarshal()`, which builds each frame field by field through a dispatch
-on each field's AMQP type. Measured with cProfile on a sequential RPC call through
-RabbitMQ (both ends in one process, eight frames read per call), that was about a
-quarter of the call.
+"""Reading the AMQP frames of farine's own connections with `FrameReader`.
 
 `FrameReader` reads the socket's bytes as they come (one `read()` for all the frames
 that arrived together) and cuts frames out of them with no await. It decodes the
-frames an RPC call or a consumer receives most, `basic.deliver`, `basic.ack`, content
-headers and bodies, and heartbeats, in one pass; any other frame, and any one it finds
+frames an RPC call or a consumer receives most (`basic.deliver`, `basic.ack`, content
+headers and bodies, heartbeats) in one pass; any other frame, and any one it finds
 anything unusual in, goes to pamqp, which then decodes it or raises its own error. The
-frames are the same objects pamqp builds (the test suite compares them), and it raises
-the errors aiormq's receiver raises.
+frames are the objects pamqp builds, and the errors are those aiormq's receiver raises.
 
-aiormq builds its receiver in `Connection.connect()` from the module's `FrameReceiver`.
-`install()` puts a subclass in its place that builds a `FrameReader` for the readers
-farine's transport factory registered with `read_leanly()`, and aiormq's own receiver
-for any other, so that other aiormq connections in the process are left as they are.
+aiormq builds its receiver in `Connection.connect()` from the module global
+`aiormq.connection.FrameReceiver`. `install()` puts a subclass in its place that builds
+a `FrameReader` for the readers registered with `use_frame_reader()`, and aiormq's own
+receiver for any other: other aiormq connections in the process are left as they are.
 """
 
 from __future__ import annotations
@@ -42,7 +34,7 @@ if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable
 
-__all__ = ("READ_SIZE", "FrameReader", "install", "read_leanly")
+__all__ = ("READ_SIZE", "FrameReader", "install", "use_frame_reader")
 
 logger = logging.getLogger("farine.amqp")
 
@@ -243,11 +235,11 @@ def _read_error(e: OSError) -> str:
     return f"Server communication error: {e!r}"
 
 
-#: The readers of farine's connections (registered by `read_leanly()`).
+#: The readers of farine's connections (registered by `use_frame_reader()`).
 _lean_readers: weakref.WeakSet[asyncio.StreamReader] = weakref.WeakSet()
 
 
-def read_leanly(reader: asyncio.StreamReader) -> None:
+def use_frame_reader(reader: asyncio.StreamReader) -> None:
     """Have `reader`'s frames read by a `FrameReader` (once `install()` has run)."""
     _lean_readers.add(reader)
 
@@ -265,7 +257,7 @@ class _Receiver(_aiormq_receiver):
 
 
 def install() -> bool:
-    """Have aiormq build a `FrameReader` for the readers `read_leanly()` registered.
+    """Have aiormq build a `FrameReader` for the readers `use_frame_reader()` registered.
 
     Returns False, leaving aiormq as it is, when its `FrameReceiver` is not the one
     farine knows (another library replaced it).

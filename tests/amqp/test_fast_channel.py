@@ -1,4 +1,4 @@
-"""The lean publish and delivery paths (`_lean`), and aiormq's own ways they fall back to."""
+"""The lean publish and delivery paths (`internals`), and aiormq's own ways they fall back to."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pamqp.header import ContentHeader
 
 import farine.amqp
 import farine.rpc
-from farine._broker.aiormq.fastpath import channel as _lean
+from farine._broker.aiormq.fastpath import channel as internals
 from farine.amqp import AsyncPublisher, Message, Properties, PublishError, UnroutableError
 from farine.amqp._connection import get_connection
 from tests.amqp._engine_loop import on_engine_loop
@@ -37,11 +37,15 @@ BIG = 300 * 1024
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both ways: the lean paths, and (as with an aiormq lacking what they use) aiormq's."""
     if request.param != "lean":
-        monkeypatch.setattr(_lean, "PUBLISH_ATTRIBUTES", (*_lean.PUBLISH_ATTRIBUTES, "_gone"))
-        monkeypatch.setattr(_lean, "DELIVER_ATTRIBUTES", (*_lean.DELIVER_ATTRIBUTES, "_gone"))
-        monkeypatch.setattr(_lean, "SETTLE_ATTRIBUTES", (*_lean.SETTLE_ATTRIBUTES, "_gone"))
-        monkeypatch.setattr(_lean, "READ_ATTRIBUTES", (*_lean.READ_ATTRIBUTES, "_gone"))
-    monkeypatch.setattr(_lean, "_lean_types", {})
+        monkeypatch.setattr(
+            internals, "PUBLISH_ATTRIBUTES", (*internals.PUBLISH_ATTRIBUTES, "_gone")
+        )
+        monkeypatch.setattr(
+            internals, "DELIVER_ATTRIBUTES", (*internals.DELIVER_ATTRIBUTES, "_gone")
+        )
+        monkeypatch.setattr(internals, "SETTLE_ATTRIBUTES", (*internals.SETTLE_ATTRIBUTES, "_gone"))
+        monkeypatch.setattr(internals, "READ_ATTRIBUTES", (*internals.READ_ATTRIBUTES, "_gone"))
+    monkeypatch.setattr(internals, "_supported", {})
     return str(request.param)
 
 
@@ -51,10 +55,10 @@ async def test_the_installed_aiormq_has_what_the_lean_paths_use(rabbitmq: Broker
         try:
             channel = await connection.channel()
             return (
-                _lean.supports(channel, _lean.PUBLISH_ATTRIBUTES),
-                _lean.supports(channel, _lean.DELIVER_ATTRIBUTES),
-                _lean.supports(channel, _lean.SETTLE_ATTRIBUTES),
-                _lean.supports(channel, _lean.READ_ATTRIBUTES),
+                internals.supports(channel, internals.PUBLISH_ATTRIBUTES),
+                internals.supports(channel, internals.DELIVER_ATTRIBUTES),
+                internals.supports(channel, internals.SETTLE_ATTRIBUTES),
+                internals.supports(channel, internals.READ_ATTRIBUTES),
             )
         finally:
             await connection.close()
@@ -231,7 +235,7 @@ async def test_a_hand_over_that_fails_is_logged_and_the_channel_goes_on(
                 got.append(message.body)
                 second.set()
 
-            callback = _lean.deliver_inline(channel, on_message)
+            callback = internals.deliver(channel, on_message)
             await channel.basic_consume(queue, callback, no_ack=True)
             for body in (b"first", b"second"):
                 await channel.basic_publish(body, routing_key=queue)
@@ -274,15 +278,15 @@ def test_frames_are_written_at_once_only_when_nothing_waits_before_them() -> Non
 
     ours, other, writer = Connection(), Connection(), Writer()
     queue: asyncio.Queue[ChannelFrame] = asyncio.Queue()
-    _lean.write_directly(ours, writer)  # pyright: ignore[reportArgumentType]
-    _lean._write(ours, queue, frame(b"1"))  # pyright: ignore[reportPrivateUsage]
+    internals.register_writer(ours, writer)  # pyright: ignore[reportArgumentType]
+    internals._write(ours, queue, frame(b"1"))  # pyright: ignore[reportPrivateUsage]
     assert (writer.written, queued()) == ([b"1"], [])
     queue.put_nowait(frame(b"2"))  # the writer task has yet to take it
-    _lean._write(ours, queue, frame(b"3"))  # pyright: ignore[reportPrivateUsage]
+    internals._write(ours, queue, frame(b"3"))  # pyright: ignore[reportPrivateUsage]
     assert (writer.written, queued()) == ([b"1"], [b"2", b"3"])
     writer.closing = True
-    _lean._write(ours, queue, frame(b"4"))  # pyright: ignore[reportPrivateUsage]
-    _lean._write(other, queue, frame(b"5"))  # pyright: ignore[reportPrivateUsage]
+    internals._write(ours, queue, frame(b"4"))  # pyright: ignore[reportPrivateUsage]
+    internals._write(other, queue, frame(b"5"))  # pyright: ignore[reportPrivateUsage]
     assert (writer.written, queued()) == ([b"1"], [b"4", b"5"])
 
 
@@ -290,11 +294,11 @@ async def test_farine_s_connections_write_their_frames_themselves(rabbitmq: Brok
     async with running(Echo, config=rabbitmq.config()) as runtime:
         connection: Any = await get_connection(rabbitmq.settings(runtime))
         engine = connection._engine  # the aiormq side, on both backends
-        assert engine.connection in _lean._writers  # pyright: ignore[reportPrivateUsage]
+        assert engine.connection in internals._writers  # pyright: ignore[reportPrivateUsage]
 
 
 class ReadChannel:
-    """What `_lean.read_inline()` uses of an aiormq channel."""
+    """What `internals.take_channel_frames()` uses of an aiormq channel."""
 
     number = 3
 
@@ -337,7 +341,7 @@ async def read(channel: ReadChannel, frames: list[Any]) -> list[tuple[int, bytes
             raise RuntimeError("boom")
         got.append((message.delivery_tag or 0, message.body))
 
-    _lean.read_inline(channel, on_message)  # pyright: ignore[reportArgumentType]
+    internals.take_channel_frames(channel, on_message)  # pyright: ignore[reportArgumentType]
     for frame in frames:
         await channel.frames.put((0, frame))
     return got
