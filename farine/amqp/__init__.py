@@ -20,6 +20,7 @@ from ._errors import PublishError as PublishError
 from ._errors import PublishTimeout as PublishTimeout
 from ._errors import UnroutableError as UnroutableError
 from ._message import Message as Message
+from ._message import MessageProperties as MessageProperties
 from ._message import Properties as Properties
 from ._publisher import AsyncPublisher as AsyncPublisher
 from ._publisher import Publisher as Publisher
@@ -30,6 +31,7 @@ __all__ = (
     "BrokerUnavailable",
     "ConsumeSpec",
     "Message",
+    "MessageProperties",
     "MessageStateError",
     "Properties",
     "PublishError",
