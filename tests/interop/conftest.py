@@ -83,6 +83,19 @@ class Queues:
     def __init__(self, vhost: str) -> None:
         self.vhost = vhost
 
+    async def flags(self, queue: str) -> dict[str, str]:
+        """The `durable`, `auto_delete` and `exclusive` flags RabbitMQ shows for `queue`."""
+        done = await anyio.run_process(
+            ["rabbitmqctl", "-q", "list_queues", "-p", self.vhost, "name", "durable",
+             "auto_delete", "exclusive", "--no-table-headers"],
+            check=True,
+        )  # fmt: skip
+        for line in done.stdout.decode().splitlines():
+            name, *values = line.split("\t")
+            if name == queue:
+                return dict(zip(("durable", "auto_delete", "exclusive"), values, strict=True))
+        raise AssertionError(f"no queue {queue!r} in {self.vhost}")
+
     async def snapshot(self) -> dict[str, tuple[int, int]]:
         """Queue name -> (messages ready + unacked, consumers)."""
         done = await anyio.run_process(
@@ -133,12 +146,16 @@ class Seed:
         self.workdir = workdir
         self.ini = workdir / "farine.ini"
         self.sections: set[str] = set()
+        self.keys: dict[str, dict[str, str]] = {}  # section -> extra INI lines
         self.record = workdir / "seed-record.jsonl"
         self.logs: list[Path] = []
 
     def env(self) -> dict[str, str]:
         lines = ["[DEFAULT]", f"amqp_uri = {self.amqp_uri}", ""]
-        lines += [f"[{section}]\n" for section in sorted(self.sections)]
+        for section in sorted(self.sections | set(self.keys)):
+            lines.append(f"[{section}]")
+            lines += [f"{key} = {value}" for key, value in self.keys.get(section, {}).items()]
+            lines.append("")
         self.ini.write_text("\n".join(lines), encoding="utf-8")
         environ = {
             key: value

@@ -313,3 +313,41 @@ async def test_the_seed_readme_examples_run_side_by_side_with_the_seed(
     assert snapshot["routing_key"] == (0, 0)
     assert "consume" not in snapshot  # farine once named the queue after the service
     assert not [name for name in snapshot if re.fullmatch("publish|readme", name)]
+
+
+# -- settings ----------------------------------------------------------------------------
+
+
+async def test_the_seeds_queue_flags_are_its_defaults_and_any_value_written_is_true(
+    seed: Seed, queues: Queues, farine_config: Config, names: str
+) -> None:
+    plain, written, alone = f"plain{names}", f"written{names}", f"alone{names}"
+    for name in (plain, written, alone):
+        seed.app("consumer", name, CLASS=name.capitalize(), ARGS=f"routing_key='{name}'")
+        seed.sections.add(name)
+    # The seed hands the INI's strings to kombu, which makes any non-empty one true.
+    seed.keys[written] = {"durable": "false", "auto_delete": "false"}
+    seed.keys[alone] = {"exclusive": "false"}
+    async with await seed.start(plain), await seed.start(written), await seed.start(alone):
+        for name in (plain, written, alone):
+            await queues.wait_for_consumers(name)
+        plain_flags = await queues.flags(plain)
+        written_flags = await queues.flags(written)
+        alone_flags = await queues.flags(alone)
+    assert plain_flags == {"durable": "true", "auto_delete": "false", "exclusive": "false"}
+    assert written_flags == {"durable": "true", "auto_delete": "true", "exclusive": "false"}
+    assert alone_flags["exclusive"] == "true"
+
+    # farine declares the seed's defaults: its consumer shares the queue the seed made.
+    seen = Recorder()
+
+    async def handle(self: object, body: Any, message: Message) -> None:
+        seen.add(body)
+
+    service = type(plain.capitalize(), (), {
+        "handle": farine.amqp.consume(routing_key=plain)(handle)
+    })  # fmt: skip
+    async with running(service, config=farine_config):
+        await publisher(farine_config, plain, plain)({"n": 1})
+        assert await seen.wait_for(1) == [{"n": 1}]
+    assert await queues.flags(plain) == plain_flags
