@@ -68,8 +68,13 @@ class FarineServer:
         raise ValueError("x")
 
 
+def seed_reply_queues(snapshot: dict[str, tuple[int, int]]) -> set[str]:
+    """Queues named as the seed's RPC client names its reply queue (uuid4().hex)."""
+    return {name for name in snapshot if re.fullmatch("[0-9a-f]{32}", name)}
+
+
 async def test_seed_client_calls_a_farine_server(
-    seed: Seed, farine_config: Config, names: str
+    seed: Seed, queues: Queues, farine_config: Config, names: str
 ) -> None:
     name = f"farsrv{names}"
     service = type(name.capitalize(), (FarineServer,), {})
@@ -78,6 +83,7 @@ async def test_seed_client_calls_a_farine_server(
     async def call(label: str, method: str, *args: Any, **kwargs: Any) -> None:
         calls[label] = await seed.call(name, method, *args, **kwargs)
 
+    before = seed_reply_queues(await queues.snapshot())
     # Each call is a Python 2 process of its own: run them at once.
     async with running(service, config=farine_config), anyio.create_task_group() as tg:
         tg.start_soon(lambda: call("plain", "echo", 1, "a", k=[1]))
@@ -96,6 +102,8 @@ async def test_seed_client_calls_a_farine_server(
     assert calls["zero"]["error"] == "StopIteration"
     assert calls["missing"]["error"] == "RPCError"
     assert "timeout" in calls["missing"]["text"]
+    # Each seed client leaves its durable reply queue behind.
+    assert len(seed_reply_queues(await queues.snapshot()) - before) == 5
 
 
 async def test_farine_client_calls_a_seed_server(
