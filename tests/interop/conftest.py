@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import pytest
 
+from farine.amqp._transport import close_shared_connections
 from farine.settings import Config
 
 if TYPE_CHECKING:
@@ -69,6 +70,9 @@ def vhost(seed_python: Path) -> Iterator[str]:
         _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
         yield name
     finally:
+        # Connections of code without a runtime (publishes from the tests themselves)
+        # would otherwise outlive the vhost and keep reconnecting until exit.
+        close_shared_connections()
         _rabbitmqctl("delete_vhost", name)
 
 
