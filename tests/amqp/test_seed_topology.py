@@ -14,6 +14,7 @@ import pytest
 import farine.amqp
 from farine.amqp import AsyncPublisher, Message, Properties
 from farine.amqp._connection import get_connection
+from farine.exceptions import ConfigurationError
 from tests.amqp.conftest import Broker, Recorder, running
 
 if TYPE_CHECKING:
@@ -220,3 +221,42 @@ async def test_payload_follows_the_content_type(broker: Broker) -> None:
         ("application/octet-stream", b"\x00\x01"),
         ("text/plain", "plain text"),
     ]
+
+
+async def test_several_routing_keys_share_a_queue_named_after_the_service(
+    broker: Broker,
+) -> None:
+    name = service_name(broker)
+    exchange = broker.exchange()
+    seen = Recorder()
+
+    async def handle(self: object, body: Any, message: Message) -> None:
+        seen.add((message.routing_key, body))
+
+    consumer = farine.amqp.consume(exchange=exchange, routing_key=["a", "b"])(handle)
+    service = type(name.capitalize(), (), {"handle": consumer})
+    async with running(service, config=broker.config()) as runtime:
+        await publisher(runtime, exchange, "a")({"n": 1})
+        await publisher(runtime, exchange, "b")({"n": 2})
+        assert sorted(await seen.wait_for(2)) == [("a", {"n": 1}), ("b", {"n": 2})]
+    assert await broker.ready(name) == 0  # the queue named after the service
+
+
+async def test_two_consumers_of_one_default_queue_with_other_bindings_are_refused(
+    broker: Broker,
+) -> None:
+    first, second = broker.exchange("first"), broker.exchange("second")
+
+    class Twice:
+        @farine.amqp.consume(exchange=first, routing_key="rk")
+        async def one(self, body: Any, message: Message) -> None: ...
+
+        @farine.amqp.consume(exchange=second, routing_key="rk")
+        async def other(self, body: Any, message: Message) -> None: ...
+
+    with pytest.RaisesGroup(
+        pytest.RaisesExc(ConfigurationError, match="default queue 'rk' with other bindings"),
+        flatten_subgroups=True,
+    ):
+        async with running(Twice, config=broker.config()):
+            pass
