@@ -169,7 +169,8 @@ class Key:
 KEYS: Final[tuple[Key, ...]] = (
     # -- the seed's keys ------------------------------------------------------------
     Key("type", _choice("direct", "topic", "fanout", "headers"), "direct", "str",
-        "Default exchange type for consumers and publishers."),
+        "Exchange type publishers declare (consumers declare `direct` unless given "
+        "`exchange_type=`, as baguette-messaging did)."),
     Key("durable", _parse_bool, True, "bool",
         "Exchanges and queues survive a broker restart."),
     Key("auto_delete", _parse_bool, False, "bool",

@@ -30,7 +30,6 @@ from farine import settings
 from farine._broker import get_broker
 from farine.connectors.sql import migrate
 from farine.discovery import discover
-from farine.exceptions import ConfigurationError
 from farine.rpc._client import _ScriptLoop
 from farine.runtime import Runtime
 from farine.settings import Config
@@ -104,11 +103,15 @@ async def test_amqp_consumer(config: Config, uri: str) -> None:
         await farine.amqp.AsyncPublisher("publish", "routing_key")({"result": 0})
         assert await seen.wait_for(1) == [({"result": 0}, None)]
     broker = get_broker(uri)
-    assert broker.has_queue("consume")  # the queue is named after the service, as in the seed
-    assert broker.message_count("consume") == 0
+    # The queue is named after the routing key, as baguette-messaging 0.19 named it.
+    assert broker.has_queue("routing_key")
+    assert not broker.has_queue("consume")
+    assert broker.message_count("routing_key") == 0
 
 
-async def test_the_seed_queue_name_argument_names_the_queue(config: Config, uri: str) -> None:
+async def test_the_seed_queue_name_argument_is_ignored_as_the_seed_ignored_it(
+    config: Config, uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
     seen = Recorder()
 
     class Consume(object):  # noqa: UP004
@@ -121,13 +124,26 @@ async def test_the_seed_queue_name_argument_names_the_queue(config: Config, uri:
     async with running(Consume, config=config):
         await farine.amqp.AsyncPublisher("publish", "routing_key")({"result": 0})
         assert await seen.wait_for(1) == [{"result": 0}]
-    assert get_broker(uri).has_queue("dummy_queue")
-    assert not get_broker(uri).has_queue("consume")
+    assert get_broker(uri).has_queue("routing_key")
+    assert not get_broker(uri).has_queue("dummy_queue")
+    assert "queue_name='dummy_queue' is ignored" in caplog.text
 
 
-def test_queue_and_queue_name_together_are_an_error() -> None:
-    with pytest.raises(ConfigurationError, match="queue_name"):
-        farine.amqp.consume(exchange="publish", queue="a", queue_name="b")
+async def test_a_consumer_without_routing_key_binds_its_service_name(
+    config: Config, uri: str
+) -> None:
+    seen = Recorder()
+
+    class Defkey:
+        @farine.amqp.consume()
+        def handle(self, body, message):
+            seen.add((body, message.exchange, message.routing_key))
+
+    async with running(Defkey, config=config):
+        # What a seed publisher with no exchange nor routing key sends: both the service.
+        await farine.amqp.AsyncPublisher("defkey", "defkey")({"n": 1})  # mandatory
+        assert await seen.wait_for(1) == [({"n": 1}, "defkey", "defkey")]
+    assert get_broker(uri).has_queue("defkey")
 
 
 # -- RPC -----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from farine._broker.errors import PublishError as PublishError
 from farine._broker.errors import PublishTimeout as PublishTimeout
 from farine._broker.errors import UnroutableError as UnroutableError
 from farine._broker.message import Message as Message
+from farine._broker.message import MessageProperties as MessageProperties
 from farine._broker.message import Properties as Properties
 
 from ._consumer import ConsumeSpec as ConsumeSpec
@@ -31,6 +32,7 @@ __all__ = (
     "BrokerUnavailable",
     "ConsumeSpec",
     "Message",
+    "MessageProperties",
     "MessageStateError",
     "Properties",
     "PublishError",

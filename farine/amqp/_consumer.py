@@ -50,9 +50,9 @@ _RAW = BodyDecoder()
 #: thread was free: the message was never started, so it goes back to the queue.
 _NOT_STARTED = object()
 
-# Default queue (the service name) -> (method, bindings) of the consumer using it, per
-# service: two consumers sharing it with different bindings would steal each other's
-# messages, so that is refused at start-up.
+# Default queue (the routing key or the service name) -> (method, bindings) of the
+# consumer using it, per service: two consumers sharing it with different bindings would
+# steal each other's messages, so that is refused at start-up.
 _default_queues: weakref.WeakKeyDictionary[ServiceContext, dict[str, tuple[str, Topology]]] = (
     weakref.WeakKeyDictionary()
 )
@@ -62,7 +62,7 @@ _default_queues: weakref.WeakKeyDictionary[ServiceContext, dict[str, tuple[str, 
 class ConsumeSpec(EntrypointSpec):
     """Spec of `farine.amqp.consume()` (see there for the fields)."""
 
-    exchange: str
+    exchange: str | None
     routing_keys: tuple[str, ...]
     queue: str | None = None
     exchange_type: str | None = None
@@ -72,6 +72,7 @@ class ConsumeSpec(EntrypointSpec):
     exclusive: bool | None = None
     queue_arguments: tuple[tuple[str, Any], ...] = ()
     transaction: bool | None = None
+    ignored_queue_name: str | None = None
     kind = "consume"
 
     def bind(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> Entrypoint:
@@ -79,7 +80,7 @@ class ConsumeSpec(EntrypointSpec):
 
 
 def consume(
-    exchange: str,
+    exchange: str | None = None,
     routing_key: str | Sequence[str] = "",
     *,
     queue: str | None = None,
@@ -101,17 +102,24 @@ def consume(
     handled at once.
 
     At start-up farine declares the exchange, the queue and the binding (unless the
-    `auto_declare` setting is off). Ack policy: a message the handler did not settle is
-    acked when it returns; when it raises, the traceback is logged and the message is
-    requeued once (rejected if it was already redelivered). A body that does not decode
-    is logged and rejected without requeue.
+    `auto_declare` setting is off) with baguette-messaging 0.19's defaults, so that old and
+    new consumers of one declaration share one queue: the exchange is the service's name,
+    the queue is named after the routing key (after the service when there is none), and
+    without a routing key the binding key is the service's name. Ack policy: a message
+    the handler did not settle is acked when it returns; when it raises, the traceback is
+    logged and the message is requeued once (rejected if it was already redelivered). A
+    body that does not decode is logged and rejected without requeue.
 
     Args:
-        exchange: The exchange to bind to.
+        exchange: The exchange to bind to (default: the service name).
         routing_key: The binding key (or several; topic patterns on topic exchanges).
-        queue: The queue name (default: the service name, as in the seed).
-        exchange_type: `direct`, `topic`, `fanout` or `headers` (default: the `type`
-            setting).
+            Default: none, which binds with the service name.
+        queue: The queue name. Default: the routing key, or the service name when there
+            is no routing key or there are several. Services consuming one routing key
+            therefore share its queue and compete for its messages, as in the seed: give
+            each its own `queue=` for a copy per service.
+        exchange_type: `direct`, `topic`, `fanout` or `headers` (default: `direct`, as
+            the seed's consumers declared whatever the `type` setting says).
         prefetch: Messages in flight at once (default: the `prefetch` setting).
         durable: Declare the queue durable (default: the `durable` setting).
         auto_delete: Delete the queue with its last consumer (default: the setting).
@@ -120,7 +128,8 @@ def consume(
         transaction: With a database, run each call of a `def` handler in a
             transaction (each `db_run` of an `async def` one), committed or rolled back
             before the message is acked or nacked. Default: the `transaction` setting.
-        queue_name: The seed's name for `queue` (give one or the other).
+        queue_name: Accepted and ignored, as baguette-messaging 0.19 ignored it (a
+            warning is logged at start-up); name the queue with `queue=`.
 
     Example:
         ```python
@@ -139,14 +148,11 @@ def consume(
         )
     if prefetch is not None and prefetch < 1:
         raise ConfigurationError("prefetch must be >= 1")
-    if queue_name is not None:
-        if queue is not None:
-            raise ConfigurationError("give queue= or its seed alias queue_name=, not both")
-        queue = queue_name
     keys = (routing_key,) if isinstance(routing_key, str) else tuple(routing_key)
     spec = ConsumeSpec(
-        exchange=exchange,
-        routing_keys=keys or ("",),
+        exchange=exchange or None,
+        routing_keys=tuple(key for key in keys if key),
+        ignored_queue_name=queue_name,
         queue=queue,
         exchange_type=exchange_type,
         prefetch=prefetch,
@@ -183,20 +189,31 @@ class _ConsumerEntrypoint(Entrypoint):
             pass
         self.spec = spec
         self.call_target = handler if is_async_callable(handler) else self._gate(handler)
-        self.exchange_type = spec.exchange_type or settings.type
-        self.queue = spec.queue or service.name
+        # baguette-messaging 0.19's consumer: exchange <- the service, queue and binding
+        # key <- the routing key, else the service; type `direct` unless given; the
+        # exchange never auto-deleted; the queue's flags from the settings.
+        self.exchange = spec.exchange or service.name
+        self.routing_keys = spec.routing_keys or (service.name,)
+        self.exchange_type = spec.exchange_type or "direct"
+        if spec.queue is not None:
+            self.queue = spec.queue
+        elif len(spec.routing_keys) == 1:
+            self.queue = spec.routing_keys[0]
+        else:
+            self.queue = service.name
         self.prefetch = spec.prefetch or settings.prefetch
         self.decoder = BodyDecoder(
             annotation_of(handler, "body"),
             where=f"{service.name}.{name}",
             max_size=settings.max_body_size,
         )
-        exchange = ExchangeSpec(
-            spec.exchange,
-            self.exchange_type,
-            durable=settings.durable,
-            auto_delete=settings.auto_delete,
-        )
+        if spec.ignored_queue_name is not None:
+            logger.warning(
+                "%s: queue_name=%r is ignored, as baguette-messaging 0.19 ignored it; the "
+                "queue is %r (give queue= to name it)",
+                self.qualname, spec.ignored_queue_name, self.queue,
+            )  # fmt: skip
+        exchange = ExchangeSpec(self.exchange, self.exchange_type, durable=settings.durable)
         queue = QueueSpec(
             self.queue,
             durable=_pick(spec.durable, settings.durable),
@@ -204,7 +221,7 @@ class _ConsumerEntrypoint(Entrypoint):
             exclusive=_pick(spec.exclusive, settings.exclusive),
             arguments=spec.queue_arguments,
         )
-        bindings = tuple(Binding(self.queue, spec.exchange, key) for key in spec.routing_keys)
+        bindings = tuple(Binding(self.queue, self.exchange, key) for key in self.routing_keys)
         self.topology = (
             Topology(exchanges=(exchange,), queues=(queue,), bindings=bindings)
             if settings.auto_declare
@@ -233,10 +250,10 @@ class _ConsumerEntrypoint(Entrypoint):
         return gated
 
     def describe(self) -> str:
-        keys = ", ".join(repr(k) for k in self.spec.routing_keys)
+        keys = ", ".join(repr(k) for k in self.routing_keys)
         return (
             f"{self.qualname} (consume: queue {self.queue!r} <- {self.exchange_type} exchange "
-            f"{self.spec.exchange!r}, routing key {keys}, prefetch {self.prefetch}, "
+            f"{self.exchange!r}, routing key {keys}, prefetch {self.prefetch}, "
             f"broker {self.service.settings.amqp_uri.split(':')[0]})"
         )
 
@@ -277,10 +294,7 @@ class _ConsumerEntrypoint(Entrypoint):
             message.nack(requeue=True)
             return
         try:
-            properties = message.properties
-            body = self.decoder.decode(
-                message.body, properties.content_type, properties.content_encoding
-            )
+            body = self.decoder.decode(message.body, message.content_type, message.content_encoding)
         except BadBody as exc:
             logger.error(
                 "%s: rejecting message %s from exchange %r (routing key %r): bad body: %s",
@@ -359,7 +373,7 @@ class _ConsumerEntrypoint(Entrypoint):
         profiler.create_stats()
         pstats.Stats(profiler, stream=text).strip_dirs().print_stats()
         raw["__debug__"] = text.getvalue()
-        exchange = self.spec.exchange
+        exchange = self.exchange
         debug_queue = Topology(
             exchanges=self.topology.exchanges,
             queues=(QueueSpec("debug", durable=True),),

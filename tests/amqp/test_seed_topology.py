@@ -1,0 +1,262 @@
+"""baguette-messaging 0.19's consumer topology and kombu's message attributes.
+
+On memory:// and RabbitMQ, on both backends. The real seed declaring the same names side by
+side is tested in tests/interop/test_seed_interop.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import farine.amqp
+from farine.amqp import AsyncPublisher, Message, Properties
+from farine.amqp._connection import get_connection
+from farine.exceptions import ConfigurationError
+from tests.amqp.conftest import Broker, Recorder, running
+
+if TYPE_CHECKING:
+    from farine.runtime import Runtime
+
+pytestmark = pytest.mark.anyio
+
+
+def publisher(runtime: Runtime, exchange: str, routing_key: str) -> AsyncPublisher:
+    assert runtime.config is not None
+    return AsyncPublisher(exchange, routing_key, settings=runtime.config.service("tests"))
+
+
+def service_name(broker: Broker) -> str:
+    """A service name of this test: its default exchange and queue are removed after it."""
+    name = f"seedtopo{uuid.uuid4().hex[:10]}"
+    broker.exchanges.append(name)
+    broker.queues.append(name)
+    return name
+
+
+async def test_the_queue_is_named_after_the_routing_key(broker: Broker) -> None:
+    exchange, key = broker.exchange(), broker.queue("rk")
+    seen = Recorder()
+
+    class Consume:
+        @farine.amqp.consume(exchange=exchange, routing_key=key)
+        async def handle(self, body: Any, message: Message) -> None:
+            seen.add(body)
+
+    async with running(Consume, config=broker.config()) as runtime:
+        await publisher(runtime, exchange, key)({"n": 1})
+        assert await seen.wait_for(1) == [{"n": 1}]
+    assert await broker.ready(key) == 0  # the queue `key` exists, and was drained
+
+
+async def test_without_routing_key_exchange_queue_and_binding_are_the_service(
+    broker: Broker,
+) -> None:
+    name = service_name(broker)
+    seen = Recorder()
+
+    async def handle(self: object, body: Any, message: Message) -> None:
+        seen.add((body, message.exchange, message.routing_key))
+
+    service = type(name.capitalize(), (), {"handle": farine.amqp.consume()(handle)})
+    async with running(service, config=broker.config()) as runtime:
+        # What a seed publisher sends by default: exchange and key both the service name
+        # (mandatory: unroutable would raise).
+        await publisher(runtime, name, name)({"n": 1})
+        assert await seen.wait_for(1) == [({"n": 1}, name, name)]
+    assert await broker.ready(name) == 0
+
+
+async def test_services_consuming_one_routing_key_share_its_queue(broker: Broker) -> None:
+    exchange, key = broker.exchange(), broker.queue("shared")
+    seen = Recorder()
+
+    class First:
+        @farine.amqp.consume(exchange=exchange, routing_key=key)
+        async def handle(self, body: Any, message: Message) -> None:
+            seen.add(("first", body["n"]))
+
+    class Second:
+        @farine.amqp.consume(exchange=exchange, routing_key=key)
+        async def handle(self, body: Any, message: Message) -> None:
+            seen.add(("second", body["n"]))
+
+    async with running(First, Second, config=broker.config()) as runtime:
+        for n in range(20):
+            await publisher(runtime, exchange, key)({"n": n})
+        await seen.wait_for(20)
+        # Competing consumers of one queue: each message once, whichever service took it.
+        assert sorted(n for _, n in seen.items) == list(range(20))
+        assert await broker.ready(key) == 0
+    assert len(seen.items) == 20
+
+
+async def test_a_queue_per_service_gets_a_copy_each(broker: Broker) -> None:
+    exchange = broker.exchange()
+    first_queue, second_queue = broker.queue("first"), broker.queue("second")
+    seen = Recorder()
+
+    class First:
+        @farine.amqp.consume(exchange=exchange, routing_key="rk", queue=first_queue)
+        async def handle(self, body: Any, message: Message) -> None:
+            seen.add(("first", body["n"]))
+
+    class Second:
+        @farine.amqp.consume(exchange=exchange, routing_key="rk", queue=second_queue)
+        async def handle(self, body: Any, message: Message) -> None:
+            seen.add(("second", body["n"]))
+
+    async with running(First, Second, config=broker.config()) as runtime:
+        await publisher(runtime, exchange, "rk")({"n": 1})
+        assert sorted(await seen.wait_for(2)) == [("first", 1), ("second", 1)]
+
+
+async def test_the_consumer_exchange_is_direct_whatever_the_type_setting(
+    broker: Broker,
+) -> None:
+    exchange, key = broker.exchange(), broker.queue("rk")
+    seen = Recorder()
+
+    class Consume:
+        @farine.amqp.consume(exchange=exchange, routing_key=key)
+        async def handle(self, body: Any, message: Message) -> None:
+            seen.add(body)
+
+    # `type` is the publishers' setting, as in the seed: the consumer still declares
+    # `direct`, and a direct publisher reaches it (a topic one would fail to declare).
+    async with running(Consume, config=broker.config(type="topic")) as runtime:
+        assert runtime.config is not None
+        direct = AsyncPublisher(
+            exchange, key, exchange_type="direct", settings=runtime.config.service("tests")
+        )
+        await direct({"n": 1})
+        assert await seen.wait_for(1) == [{"n": 1}]
+
+
+async def test_messages_have_kombus_attributes(broker: Broker) -> None:
+    exchange, key = broker.exchange(), broker.queue("rk")
+    seen = Recorder()
+
+    class Consume:
+        @farine.amqp.consume(exchange=exchange, routing_key=key)
+        def handle(self, body: Any, message: Message) -> None:
+            seen.add(
+                {
+                    "payload": message.payload,
+                    "decode": message.decode(),
+                    "body": message.body,
+                    "content_type": message.content_type,
+                    "content_encoding": message.content_encoding,
+                    "headers": dict(message.headers),
+                    "delivery_info": message.delivery_info,
+                    "properties": dict(message.properties),
+                    "reply_to": message.properties["reply_to"],
+                    "get": message.properties.get("priority", "unset"),
+                    "attribute": message.properties.correlation_id,
+                    "acknowledged": message.acknowledged,
+                }
+            )
+            message.ack()
+            seen.add(message.acknowledged)
+
+    async with running(Consume, config=broker.config()) as runtime:
+        await publisher(runtime, exchange, key)(
+            {"a": [1, "x"]}, headers={"h": "v"}, correlation_id="c-1", reply_to="r-q"
+        )
+        got, acknowledged = await seen.wait_for(2)
+    properties = got.pop("properties")
+    # farine's publisher also sets these two; kombu's dict has the timestamp in seconds.
+    assert isinstance(properties.pop("message_id"), str)
+    assert isinstance(properties.pop("timestamp"), int)
+    assert properties == {
+        "content_type": "application/json",
+        "content_encoding": "utf-8",
+        "application_headers": {"h": "v"},
+        "delivery_mode": 2,
+        "correlation_id": "c-1",
+        "reply_to": "r-q",
+    }
+    info = got.pop("delivery_info")
+    assert info["exchange"] == exchange
+    assert info["routing_key"] == key
+    assert info["redelivered"] is False
+    assert isinstance(info["delivery_tag"], int)
+    assert set(info) == {"consumer_tag", "delivery_tag", "redelivered", "exchange", "routing_key"}
+    assert got == {
+        "payload": {"a": [1, "x"]},
+        "decode": {"a": [1, "x"]},
+        "body": b'{"a":[1,"x"]}',
+        "content_type": "application/json",
+        "content_encoding": "utf-8",
+        "headers": {"h": "v"},
+        "reply_to": "r-q",
+        "get": "unset",
+        "attribute": "c-1",
+        "acknowledged": False,
+    }
+    assert acknowledged is True
+
+
+async def test_payload_follows_the_content_type(broker: Broker) -> None:
+    exchange, key = broker.exchange(), broker.queue("rk")
+    seen = Recorder()
+
+    class Consume:
+        @farine.amqp.consume(exchange=exchange, routing_key=key)
+        async def handle(self, body: Any, message: Message) -> None:
+            seen.add((message.content_type, message.payload))
+
+    async with running(Consume, config=broker.config()) as runtime:
+        assert runtime.config is not None
+        connection = await get_connection(runtime.config.service("tests"))
+        for body, content_type in [
+            (b"plain text", "text/plain"),
+            (b"\x00\x01", "application/octet-stream"),
+        ]:
+            await connection.publish(exchange, key, body, Properties(content_type=content_type))
+        items = await seen.wait_for(2)
+    assert sorted(items) == [
+        ("application/octet-stream", b"\x00\x01"),
+        ("text/plain", "plain text"),
+    ]
+
+
+async def test_several_routing_keys_share_a_queue_named_after_the_service(
+    broker: Broker,
+) -> None:
+    name = service_name(broker)
+    exchange = broker.exchange()
+    seen = Recorder()
+
+    async def handle(self: object, body: Any, message: Message) -> None:
+        seen.add((message.routing_key, body))
+
+    consumer = farine.amqp.consume(exchange=exchange, routing_key=["a", "b"])(handle)
+    service = type(name.capitalize(), (), {"handle": consumer})
+    async with running(service, config=broker.config()) as runtime:
+        await publisher(runtime, exchange, "a")({"n": 1})
+        await publisher(runtime, exchange, "b")({"n": 2})
+        assert sorted(await seen.wait_for(2)) == [("a", {"n": 1}), ("b", {"n": 2})]
+    assert await broker.ready(name) == 0  # the queue named after the service
+
+
+async def test_two_consumers_of_one_default_queue_with_other_bindings_are_refused(
+    broker: Broker,
+) -> None:
+    first, second = broker.exchange("first"), broker.exchange("second")
+
+    class Twice:
+        @farine.amqp.consume(exchange=first, routing_key="rk")
+        async def one(self, body: Any, message: Message) -> None: ...
+
+        @farine.amqp.consume(exchange=second, routing_key="rk")
+        async def other(self, body: Any, message: Message) -> None: ...
+
+    with pytest.RaisesGroup(
+        pytest.RaisesExc(ConfigurationError, match="default queue 'rk' with other bindings"),
+        flatten_subgroups=True,
+    ):
+        async with running(Twice, config=broker.config()):
+            pass
