@@ -11,7 +11,9 @@ Shape of a running process::
           service B ...
       signal watcher
 
-A service is *ready* once every entrypoint has called `task_status.started()`.
+The extensions a service uses (`farine.extensions`: the database, ...) set it up
+before its entrypoints start; it is *ready* once every entrypoint has called
+`task_status.started()`.
 On SIGINT/SIGTERM (or `Runtime.stop()`), `stopping` is set: entrypoints stop taking new
 work and return once their in-flight handler calls are done; whatever still runs after
 the service's `shutdown_timeout` is cancelled. A second signal exits at once.
@@ -32,6 +34,7 @@ import anyio
 from farine._workers import WorkerPool
 from farine.entrypoints import Entrypoint, ServiceContext
 from farine.exceptions import ConfigurationError
+from farine.extensions import extensions_for
 from farine.settings import Config, current
 
 if TYPE_CHECKING:
@@ -194,11 +197,10 @@ class Runtime:
         self._scopes.append((scope, settings.shutdown_timeout))
         with scope:
             async with self._announce_stop(ctx), ctx.exit_stack, anyio.create_task_group() as tg:
-                if settings.db_connector:
-                    # Imported here: a service without a database never loads peewee.
-                    from farine.connectors.sql._service import attach_database
-
-                    await attach_database(ctx)
+                # Connectors (the database, ...) set the service up before its
+                # entrypoints start.
+                for extension in extensions_for(settings):
+                    await extension.attach(ctx)
                 for attr, spec in definition.entrypoints:
                     if spec.transaction and not settings.db_connector:
                         # A transaction the code asks for but cannot get is a bug to
