@@ -213,7 +213,7 @@ def _print_json(value: Any) -> None:
 
 def _call(args: argparse.Namespace, backend: Backend) -> int:
     from farine.rpc import Client
-    from farine.rpc._client import use_script_backend
+    from farine.rpc._blocking_client import use_script_backend
 
     service, method = cast(tuple[str, str], args.target)
     positional = cast(list[Any], args.args_json)

@@ -11,7 +11,9 @@ Shape of a running process::
           service B ...
       signal watcher
 
-A service is *ready* once every entrypoint has called `task_status.started()`.
+A service's entrypoints start concurrently, after the extensions it uses
+(`farine.extensions`: the database, ...) have set it up; the service is *ready* once
+every entrypoint has called `task_status.started()`.
 On SIGINT/SIGTERM (or `Runtime.stop()`), `stopping` is set: entrypoints stop taking new
 work and return once their in-flight handler calls are done; whatever still runs after
 the service's `shutdown_timeout` is cancelled. A second signal exits at once.
@@ -32,6 +34,7 @@ import anyio
 from farine._workers import WorkerPool
 from farine.entrypoints import Entrypoint, ServiceContext
 from farine.exceptions import ConfigurationError
+from farine.extensions import extensions_for
 from farine.settings import Config, current
 
 if TYPE_CHECKING:
@@ -63,17 +66,59 @@ def current_runtime() -> Runtime | None:
     return _runtime
 
 
-class _Started:
-    """A task status that forwards only the first `started()` call."""
+class _Startup:
+    """The entrypoints of a service starting together: ready once every one of them is.
 
-    def __init__(self, status: TaskStatus[None]) -> None:
-        self._status = status
+    The first entrypoint to fail before it is ready fails the start-up; the others are
+    then cancelled, and a failure of theirs meanwhile is not reported again.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._pending = count
+        self._failure: BaseException | None = None
+        self._over = anyio.Event()
+        if count == 0:
+            self._over.set()
+
+    def ready(self) -> None:
+        """Count one more entrypoint as ready."""
+        self._pending -= 1
+        if self._pending == 0:
+            self._over.set()
+
+    def fail(self, exc: BaseException) -> bool:
+        """Fail the start-up with `exc`; False when it already failed (or is over)."""
+        if self._over.is_set():
+            return False
+        self._failure = exc
+        self._over.set()
+        return True
+
+    async def wait(self) -> None:
+        """Wait until every entrypoint is ready.
+
+        Raises:
+            Exception: The first error of an entrypoint that failed to start.
+        """
+        await self._over.wait()
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+
+class _Started:
+    """The task status of one entrypoint: its first `started()` call counts it as ready."""
+
+    def __init__(self, entrypoint: Entrypoint, startup: _Startup) -> None:
+        self._entrypoint = entrypoint
+        self._startup = startup
         self.done = False
 
     def started(self, value: None = None) -> None:
         if not self.done:
             self.done = True
-            self._status.started()
+            logger.info("entrypoint ready: %s", self._entrypoint.describe())
+            self._startup.ready()
 
 
 class Runtime:
@@ -194,11 +239,11 @@ class Runtime:
         self._scopes.append((scope, settings.shutdown_timeout))
         with scope:
             async with self._announce_stop(ctx), ctx.exit_stack, anyio.create_task_group() as tg:
-                if settings.db_connector:
-                    # Imported here: a service without a database never loads peewee.
-                    from farine.connectors.sql._service import attach_database
-
-                    await attach_database(ctx)
+                # Connectors (the database, ...) set the service up before its
+                # entrypoints start.
+                for extension in extensions_for(settings):
+                    await extension.attach(ctx)
+                entrypoints: list[Entrypoint] = []
                 for attr, spec in definition.entrypoints:
                     if spec.transaction and not settings.db_connector:
                         # A transaction the code asks for but cannot get is a bug to
@@ -209,11 +254,15 @@ class Runtime:
                         )
                     handler = getattr(ctx.instance, attr)
                     try:
-                        entrypoint = spec.bind(ctx, handler, attr)
+                        entrypoints.append(spec.bind(ctx, handler, attr))
                     except ConfigurationError as exc:
                         raise ConfigurationError(f"{ctx.name}.{attr}: {exc}") from None
-                    await tg.start(self._supervise, entrypoint)
-                    logger.info("entrypoint ready: %s", entrypoint.describe())
+                # All at once: each start waits for broker round trips (declares,
+                # consume), so one after another would add them up.
+                startup = _Startup(len(entrypoints))
+                for entrypoint in entrypoints:
+                    tg.start_soon(self._supervise, entrypoint, startup)
+                await startup.wait()
                 logger.info("service ready: %s", ctx.name)
                 task_status.started()
         if scope.cancelled_caught:
@@ -240,17 +289,23 @@ class Runtime:
             yield
             tg.cancel_scope.cancel()
 
-    async def _supervise(self, entrypoint: Entrypoint, *, task_status: TaskStatus[None]) -> None:
-        started = _Started(task_status)
+    async def _supervise(self, entrypoint: Entrypoint, startup: _Startup) -> None:
+        started = _Started(entrypoint, startup)
         initial, factor, cap = RESTART_BACKOFF
         delay = initial
         with entrypoint.service.activate():
             while True:
                 try:
                     await entrypoint.serve(task_status=started)
-                except Exception:
+                except Exception as exc:
                     if not started.done:
-                        raise
+                        if not startup.fail(exc):
+                            logger.debug(
+                                "entrypoint %s also failed to start",
+                                entrypoint.qualname,
+                                exc_info=True,
+                            )
+                        return
                     if self.stopping.is_set():
                         logger.exception("entrypoint %s failed while stopping", entrypoint.qualname)
                         return

@@ -9,7 +9,7 @@ import pytest
 
 from farine import settings
 from farine._broker.aiormq.fastpath import ENV_VAR as FAST_PATH_ENV_VAR
-from farine.rpc._client import _ScriptLoop  # pyright: ignore[reportPrivateUsage]
+from farine.rpc._blocking_client import ScriptLoop
 from tests._db import db_settings as db_settings
 from tests._db import pg_database as pg_database
 
@@ -61,4 +61,4 @@ def write_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[s
 def close_script_loop() -> Iterator[None]:
     """Stop the loop behind blocking RPC clients called outside a runtime, after the test."""
     yield
-    _ScriptLoop.close()
+    ScriptLoop.close()

@@ -13,7 +13,7 @@ import pytest
 
 import farine.testing
 from farine import settings
-from farine.rpc._client import _ScriptLoop  # pyright: ignore[reportPrivateUsage]
+from farine.rpc._blocking_client import ScriptLoop
 from farine.settings import KEYS, Config, reference_table
 from tests._proc import FarineProcess, run_farine
 
@@ -118,7 +118,7 @@ async def test_rpc_guide_script_calls_the_example_server(
                 await anyio.to_thread.run_sync(script.main)
                 await script.amain()
     finally:
-        _ScriptLoop.close()
+        ScriptLoop.close()
         for name in ("rpc_stock", "rpc_stock.service", "rpc_script"):
             sys.modules.pop(name, None)
     lines = capsys.readouterr().out.splitlines()

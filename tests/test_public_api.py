@@ -19,6 +19,7 @@ MODULES = [
     "farine.entrypoints",
     "farine.codec",
     "farine.runtime",
+    "farine.extensions",
     "farine.discovery",
 ]
 

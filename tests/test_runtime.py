@@ -172,6 +172,100 @@ async def test_entrypoint_failing_before_ready_fails_startup() -> None:
     assert current_runtime() is None
 
 
+@dataclass(eq=False)
+class Rendezvous:
+    """Where entrypoints starting at the same time meet."""
+
+    expected: int
+    arrived: int = 0
+    everyone_here: anyio.Event = field(default_factory=anyio.Event)
+
+
+@dataclass(frozen=True, eq=False)
+class RendezvousSpec(EntrypointSpec):
+    """Ready only once every entrypoint of its rendezvous has begun starting."""
+
+    rendezvous: Rendezvous
+
+    def bind(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> Entrypoint:
+        return _Meeting(service, handler, name, self.rendezvous)
+
+
+class _Meeting(Entrypoint):
+    def __init__(
+        self,
+        service: ServiceContext,
+        handler: Callable[..., Any],
+        name: str,
+        rendezvous: Rendezvous,
+    ) -> None:
+        super().__init__(service, handler, name)
+        self.rendezvous = rendezvous
+
+    async def serve(self, *, task_status: TaskStatus[None]) -> None:
+        rendezvous = self.rendezvous
+        rendezvous.arrived += 1
+        if rendezvous.arrived == rendezvous.expected:
+            rendezvous.everyone_here.set()
+        # Started one after another, the first would wait here for the others forever.
+        with anyio.fail_after(5):
+            await rendezvous.everyone_here.wait()
+        task_status.started()
+        await self.service.stopping.wait()
+
+
+async def test_entrypoints_of_a_service_start_concurrently(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="farine.runtime")
+    rendezvous = Rendezvous(expected=3)
+
+    class Svc:
+        def a(self) -> None: ...
+        def b(self) -> None: ...
+        def c(self) -> None: ...
+
+    for method in (Svc.a, Svc.b, Svc.c):
+        record_spec(method, RendezvousSpec(rendezvous))
+    runtime = Runtime([definition(Svc)], config=CONFIG)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(runtime.run)
+            assert rendezvous.arrived == 3
+            runtime.stop()
+    messages = [record.getMessage() for record in caplog.records]
+    ready = [m for m in messages if m.startswith("entrypoint ready: ")]
+    # In the order they became ready, each before the service is.
+    assert sorted(ready) == [f"entrypoint ready: svc.{name}" for name in "abc"]
+    assert messages.index("service ready: svc") > max(messages.index(m) for m in ready)
+
+
+async def test_first_entrypoint_failing_to_start_fails_startup_and_cancels_the_others() -> None:
+    broken_a, broken_b, never = Probe(), Probe(), Probe()  # never: its gate never opens
+
+    class Svc:
+        @gated(broken_a, fail_before_ready=True)
+        def a(self) -> None: ...
+
+        @gated(broken_b, fail_before_ready=True)
+        def b(self) -> None: ...
+
+        @gated(never)
+        def slow(self) -> None: ...
+
+    runtime = Runtime([definition(Svc)], config=CONFIG)
+    # One error, as when entrypoints started one after another: the first failure.
+    with (
+        anyio.fail_after(5),
+        pytest.RaisesGroup(
+            pytest.RaisesExc(RuntimeError, match="^cannot start$"), flatten_subgroups=True
+        ),
+    ):
+        await runtime.run()
+    assert never.serve_calls == 1  # it was starting too, and was cancelled
+    assert (broken_a.serve_calls, broken_b.serve_calls) == (1, 1)
+
+
 async def test_disabled_service_is_skipped() -> None:
     ran: list[str] = []
 

@@ -30,7 +30,7 @@ from farine import settings
 from farine._broker import get_broker
 from farine.connectors.sql import migrate
 from farine.discovery import discover
-from farine.rpc._client import _ScriptLoop
+from farine.rpc._blocking_client import ScriptLoop
 from farine.runtime import Runtime
 from farine.settings import Config
 from tests._sse_server import Reply, serve_sse
@@ -55,7 +55,7 @@ def config(uri: str) -> Iterator[Config]:
     found = Config.from_string(f"[DEFAULT]\namqp_uri = {uri}\nshutdown_timeout = 5\n")
     settings.use(found)
     yield found
-    _ScriptLoop.close()  # the loop behind blocking helpers called from plain threads
+    ScriptLoop.close()  # the loop behind blocking helpers called from plain threads
 
 
 # -- AMQP ----------------------------------------------------------------------------
@@ -210,7 +210,7 @@ async def stream_config(uri: str) -> AsyncIterator[Config]:
         found = Config.from_string(text)
         settings.use(found)
         yield found
-        _ScriptLoop.close()
+        ScriptLoop.close()
 
 
 async def test_http_stream(stream_config: Config) -> None:

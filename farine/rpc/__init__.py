@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from farine.exceptions import RPCError as RPCError
 
-from ._client import AsyncClient as AsyncClient
-from ._client import Client as Client
+from ._async_client import AsyncClient as AsyncClient
+from ._blocking_client import Client as Client
 from ._client import client as client
 from ._server import MethodSpec as MethodSpec
 from ._server import method as method

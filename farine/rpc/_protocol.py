@@ -206,7 +206,7 @@ class BadArguments(RPCError):
 @dataclass(frozen=True, slots=True)
 class _Param:
     name: str
-    kind: inspect._ParameterKind  # pyright: ignore[reportPrivateUsage]
+    kind: int  # an `inspect.Parameter` kind (they are ints), named without its private type
     decoder: msgspec.json.Decoder[Any]
 
 

@@ -20,9 +20,7 @@ from farine import settings
 from farine.amqp._connection import get_connection
 from farine.discovery import find_entrypoints
 from farine.exceptions import RPCError
-from farine.rpc._client import (
-    _open_router,  # pyright: ignore[reportPrivateUsage]
-)
+from farine.rpc._router import open_router
 from tests.amqp.conftest import Broker, Recorder, instance_of, running
 
 if TYPE_CHECKING:
@@ -337,7 +335,7 @@ async def test_calls_in_flight_when_their_router_closes_end_at_once(broker: Brok
         connection = await get_connection(service.settings)
         async with anyio.create_task_group() as tg:
             # A router of its own (a client inside a runtime shares the runtime's).
-            async with _open_router(connection) as router:
+            async with open_router(connection) as router:
                 rpc = farine.rpc.AsyncClient(svc.__name__, 30, router=router)
 
                 async def call() -> None:

@@ -11,7 +11,7 @@ import pytest
 import farine.rpc
 from farine import settings
 from farine.exceptions import RPCError
-from farine.rpc._client import _ScriptLoop  # pyright: ignore[reportPrivateUsage]
+from farine.rpc._blocking_client import ScriptLoop
 from farine.settings import Config
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ def _dead_broker() -> Iterator[None]:
         Config.from_string(f"[DEFAULT]\namqp_uri = {DEAD_BROKER}\nconnect_retry_timeout = 60\n")
     )
     yield
-    _ScriptLoop.close()
+    ScriptLoop.close()
 
 
 def test_blocking_call_to_an_unreachable_broker_fails_within_its_deadline() -> None:
