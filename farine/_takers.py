@@ -67,25 +67,30 @@ class Takers(Generic[M]):
         """Take and handle messages until `messages` ends and every handler is done."""
         async with anyio.create_task_group() as group:
             self._group = group
-            self._tasks = 1
-            group.start_soon(self._take)
+            self._start_task()
+
+    def _start_task(self) -> None:
+        # Counted as waiting from now, before it first runs: a task finishing meanwhile
+        # sees that one waits already, and ends.
+        assert self._group is not None
+        self._tasks += 1
+        self._waiting += 1
+        self._group.start_soon(self._take)
 
     async def _take(self) -> None:
         with self._scope():
-            while True:
-                self._waiting += 1
+            while True:  # counted as waiting here
                 try:
                     message = await anext(self._messages)
                 except StopAsyncIteration:
+                    self._waiting -= 1
                     self._tasks -= 1
                     return
-                finally:
-                    self._waiting -= 1
+                self._waiting -= 1
                 if not self._waiting and self._tasks < self._limit:
-                    assert self._group is not None
-                    self._tasks += 1
-                    self._group.start_soon(self._take)
+                    self._start_task()
                 await self._handle(message)
                 if self._waiting:  # another task takes the next message
                     self._tasks -= 1
                     return
+                self._waiting += 1
