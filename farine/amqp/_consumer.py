@@ -18,8 +18,8 @@ import anyio
 from farine._broker import Binding, ExchangeSpec, QueueSpec, Topology
 from farine._broker.errors import PublishError
 from farine._broker.message import Properties
+from farine._connections import get_connection
 from farine._takers import Takers
-from farine.amqp._connection import get_connection
 from farine.codec import BadBody, BodyDecoder, annotation_of, encode
 from farine.entrypoints import (
     Entrypoint,

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from farine import settings as farine_settings
 from farine._broker import ExchangeSpec
 from farine._broker.message import Properties
+from farine._connections import get_connection, get_connection_blocking
 from farine._inject import injector
-from farine.amqp._connection import get_connection, get_connection_blocking
 from farine.codec import CONTENT_TYPES, encode
 from farine.entrypoints import current_service
 

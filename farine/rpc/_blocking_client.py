@@ -16,7 +16,7 @@ import anyio
 import anyio.from_thread
 
 from farine._broker.errors import BrokerUnavailable
-from farine.amqp._connection import get_connection
+from farine._connections import get_connection
 from farine.exceptions import RPCError
 from farine.rpc._async_client import AsyncClient, ClientBase
 from farine.rpc._router import Router, open_router, router_in_runtime

@@ -11,8 +11,8 @@ import msgspec
 import pytest
 
 import farine.amqp
+from farine._connections import get_connection
 from farine.amqp import AsyncPublisher, Message, MessageStateError, Properties, UnroutableError
-from farine.amqp._connection import get_connection
 from tests.amqp.conftest import Broker, Recorder, running
 
 if TYPE_CHECKING:

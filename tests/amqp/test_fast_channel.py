@@ -17,8 +17,8 @@ from pamqp.header import ContentHeader
 import farine.amqp
 import farine.rpc
 from farine._broker.aiormq.fastpath import channel as internals
+from farine._connections import get_connection
 from farine.amqp import AsyncPublisher, Message, Properties, PublishError, UnroutableError
-from farine.amqp._connection import get_connection
 from tests.amqp._engine_loop import on_engine_loop
 from tests.amqp._rabbit import RABBITMQ_URI
 from tests.amqp.conftest import Broker, LogWatcher, Recorder, running

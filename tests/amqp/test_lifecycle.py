@@ -13,8 +13,8 @@ import pytest
 
 import farine.amqp
 from farine._broker import AmqpConnection
+from farine._connections import get_connection
 from farine.amqp import AsyncPublisher, BrokerUnavailable, Message, PublishTimeout
-from farine.amqp._connection import get_connection
 from farine.discovery import ServiceDefinition, find_entrypoints
 from farine.runtime import Runtime
 from tests.amqp import _rabbit

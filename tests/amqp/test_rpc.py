@@ -17,7 +17,7 @@ import pytest
 import farine.execute
 import farine.rpc
 from farine import settings
-from farine.amqp._connection import get_connection
+from farine._connections import get_connection
 from farine.discovery import find_entrypoints
 from farine.exceptions import RPCError
 from farine.rpc._router import open_router

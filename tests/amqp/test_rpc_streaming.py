@@ -18,7 +18,7 @@ import farine.amqp
 import farine.rpc
 from farine import settings
 from farine._broker.message import Message, Properties
-from farine.amqp._connection import get_connection
+from farine._connections import get_connection
 from farine.exceptions import RPCError
 from farine.rpc._protocol import encode_item
 from tests.amqp.conftest import Broker, LogWatcher, Recorder, instance_of, running

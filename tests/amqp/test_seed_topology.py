@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import farine.amqp
+from farine._connections import get_connection
 from farine.amqp import AsyncPublisher, Message, Properties
-from farine.amqp._connection import get_connection
 from farine.exceptions import ConfigurationError
 from tests.amqp.conftest import Broker, Recorder, running
 

@@ -1,4 +1,4 @@
-"""Which connection a publisher or consumer uses.
+"""Which broker connection a publisher, consumer, RPC client or RPC server uses.
 
 Inside a runtime, one connection per broker URI is shared by every service of the
 process (`Runtime.resource`), opened by the first service that needs it, with its
