@@ -122,6 +122,35 @@ class ConnectionOptions:
     client_properties: dict[str, Any] = field(default_factory=dict[str, Any])
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to publish: where it goes, what it carries, how long to wait.
+
+    Attributes:
+        exchange: Exchange name (`""` is the default exchange).
+        routing_key: Routing key.
+        body: Encoded body.
+        properties: AMQP properties.
+        mandatory: Report a message no queue receives (`UnroutableError`).
+        timeout: Seconds to wait for the connection and the confirm (default:
+            `publish_timeout`).
+        declare: Declare this exchange first (once per connection).
+
+    Example:
+        ```python
+        await connection.publish(Outgoing("orders", "placed", b'{"id": 7}', Properties()))
+        ```
+    """
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: Properties
+    mandatory: bool = True
+    timeout: float | None = None
+    declare: ExchangeSpec | None = None
+
+
 class Consumer(abc.ABC):
     """Deliveries of one queue on one channel, received on the consumer's event loop."""
 
@@ -181,17 +210,7 @@ class ReplyChannel(abc.ABC):
     """
 
     @abc.abstractmethod
-    async def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: Properties,
-        *,
-        mandatory: bool = True,
-        timeout: float | None = None,  # noqa: ASYNC109  # also bounds the wait for a reconnection; raises PublishTimeout
-        declare: ExchangeSpec | None = None,
-    ) -> None:
+    async def publish(self, message: Outgoing) -> None:
         """Publish a request and wait for the broker's confirm (see `Connection.publish`)."""
 
     @abc.abstractmethod
@@ -220,47 +239,18 @@ class Connection(abc.ABC):
         """Declare exchanges, queues and bindings now."""
 
     @abc.abstractmethod
-    async def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: Properties,
-        *,
-        mandatory: bool = True,
-        timeout: float | None = None,  # noqa: ASYNC109  # also bounds the wait for a reconnection; raises PublishTimeout
-        declare: ExchangeSpec | None = None,
-    ) -> None:
-        """Publish and wait for the broker's confirm.
-
-        Args:
-            exchange: Exchange name (`""` is the default exchange).
-            routing_key: Routing key.
-            body: Encoded body.
-            properties: AMQP properties.
-            mandatory: Report a message no queue receives (`UnroutableError`).
-            timeout: Seconds to wait for the connection and the confirm (default:
-                `publish_timeout`).
-            declare: Declare this exchange first (once per connection).
+    async def publish(self, message: Outgoing) -> None:
+        """Publish `message` and wait for the broker's confirm.
 
         Raises:
-            UnroutableError: `mandatory` and no queue is bound to receive it.
-            PublishTimeout: Not confirmed in time.
+            UnroutableError: `message.mandatory` and no queue is bound to receive it.
+            PublishTimeout: Not confirmed within `message.timeout` (default:
+                `publish_timeout`), the wait for a reconnection included.
             PublishError: The broker refused it.
         """
 
     @abc.abstractmethod
-    def publish_blocking(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: Properties,
-        *,
-        mandatory: bool = True,
-        timeout: float | None = None,
-        declare: ExchangeSpec | None = None,
-    ) -> None:
+    def publish_blocking(self, message: Outgoing) -> None:
         """`publish()` from a thread that runs no event loop (a worker thread, a script)."""
 
     @abc.abstractmethod

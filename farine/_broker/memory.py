@@ -39,6 +39,7 @@ from farine._broker.interface import (
     ConnectionOptions,
     Consumer,
     ExchangeSpec,
+    Outgoing,
     QueueSpec,
     ReplyChannel,
     Topology,
@@ -513,58 +514,34 @@ class MemoryConnection(Connection):
         self.broker.declare(topology, owner=self)
         await anyio.lowlevel.checkpoint()
 
-    async def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: Properties,
-        *,
-        mandatory: bool = True,
-        timeout: float | None = None,  # noqa: ASYNC109  # also bounds the wait for a reconnection; raises PublishTimeout
-        declare: ExchangeSpec | None = None,
-    ) -> None:
+    async def publish(self, message: Outgoing) -> None:
         await anyio.lowlevel.checkpoint()
-        self.publish_blocking(
-            exchange, routing_key, body, properties, mandatory=mandatory, declare=declare
-        )
+        self.publish_blocking(message)
 
-    def publish_blocking(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: Properties,
-        *,
-        mandatory: bool = True,
-        timeout: float | None = None,
-        declare: ExchangeSpec | None = None,
-    ) -> None:
-        if self.closed:
-            raise PublishError("the connection is closed")
-        if properties.reply_to == DIRECT_REPLY_TO:
+    def publish_blocking(self, message: Outgoing) -> None:
+        if message.properties.reply_to == DIRECT_REPLY_TO:
             # RabbitMQ closes the channel: nobody consumes the replies on it.
             raise PublishError(
                 f"reply_to {DIRECT_REPLY_TO!r} needs a reply channel (open_reply_channel)"
             )
-        self._publish(exchange, routing_key, body, properties, mandatory, declare)
+        self.route(message)
 
-    def _publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: Properties,
-        mandatory: bool,
-        declare: ExchangeSpec | None,
-    ) -> None:
+    def route(self, message: Outgoing) -> None:
+        """Publish `message` as it is (its `reply_to` included), at once.
+
+        Raises:
+            PublishError: The connection is closed.
+            UnroutableError: `message.mandatory` and no queue is bound to receive it.
+        """
         if self.closed:
             raise PublishError("the connection is closed")
-        if declare is not None:
-            self.broker.declare_exchange(declare)
-        routed = self.broker.publish(exchange, routing_key, body, properties)
-        if not routed and mandatory:
-            raise UnroutableError(_unroutable(exchange, routing_key))
+        if message.declare is not None:
+            self.broker.declare_exchange(message.declare)
+        routed = self.broker.publish(
+            message.exchange, message.routing_key, message.body, message.properties
+        )
+        if not routed and message.mandatory:
+            raise UnroutableError(_unroutable(message.exchange, message.routing_key))
 
     async def consume(self, queue: str, *, prefetch: int, topology: Topology) -> Consumer:
         self.broker.declare(topology, owner=self)
@@ -606,21 +583,12 @@ class _MemoryReplyChannel(ReplyChannel):
             Handoff[Message](LoopHandle.current(), on_replies)
         )
 
-    async def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: Properties,
-        *,
-        mandatory: bool = True,
-        timeout: float | None = None,  # noqa: ASYNC109  # also bounds the wait for a reconnection; raises PublishTimeout
-        declare: ExchangeSpec | None = None,
-    ) -> None:
+    async def publish(self, message: Outgoing) -> None:
         await anyio.lowlevel.checkpoint()
-        if properties.reply_to == DIRECT_REPLY_TO:
-            properties = dataclasses.replace(properties, reply_to=self.address)
-        self._connection._publish(exchange, routing_key, body, properties, mandatory, declare)  # pyright: ignore[reportPrivateUsage]
+        if message.properties.reply_to == DIRECT_REPLY_TO:
+            properties = dataclasses.replace(message.properties, reply_to=self.address)
+            message = dataclasses.replace(message, properties=properties)
+        self._connection.route(message)
 
     async def aclose(self) -> None:
         self._connection.broker.remove_reply_channel(self.address)

@@ -17,6 +17,7 @@ import anyio
 
 from farine._broker import Binding, ExchangeSpec, QueueSpec, Topology
 from farine._broker.errors import PublishError
+from farine._broker.interface import Outgoing
 from farine._broker.message import Properties
 from farine._connections import get_connection
 from farine._takers import Takers
@@ -383,11 +384,15 @@ class _ConsumerEntrypoint(Entrypoint):
         try:
             await connection.declare(debug_queue)
             await connection.publish(
-                exchange,
-                "debug",
-                encode(raw),
-                Properties(content_type="application/json", delivery_mode=settings.delivery_mode),
-                timeout=settings.publish_timeout,
+                Outgoing(
+                    exchange,
+                    "debug",
+                    encode(raw),
+                    Properties(
+                        content_type="application/json", delivery_mode=settings.delivery_mode
+                    ),
+                    timeout=settings.publish_timeout,
+                )
             )
         except (PublishError, ConfigurationError) as exc:
             logger.warning("%s: could not publish the __debug__ stats: %s", self.qualname, exc)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from farine import settings as farine_settings
 from farine._broker import ExchangeSpec
+from farine._broker.interface import Outgoing
 from farine._broker.message import Properties
 from farine._connections import get_connection, get_connection_blocking
 from farine._inject import injector
@@ -165,9 +166,8 @@ class Publisher(_BasePublisher):
         limit = self.settings.publish_timeout if timeout is None else timeout
         for key in keys:
             connection.publish_blocking(
-                self.exchange, key, data, properties,
-                mandatory=mandatory, timeout=limit, declare=self._declare,
-            )  # fmt: skip
+                Outgoing(self.exchange, key, data, properties, mandatory, limit, self._declare)
+            )
 
     __call__ = send
 
@@ -201,9 +201,8 @@ class AsyncPublisher(_BasePublisher):
         limit = self.settings.publish_timeout if timeout is None else timeout
         for key in keys:
             await connection.publish(
-                self.exchange, key, data, properties,
-                mandatory=mandatory, timeout=limit, declare=self._declare,
-            )  # fmt: skip
+                Outgoing(self.exchange, key, data, properties, mandatory, limit, self._declare)
+            )
 
     __call__ = send
 

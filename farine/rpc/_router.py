@@ -34,6 +34,7 @@ from farine._broker.errors import (
     PublishTimeout,
     UnroutableError,
 )
+from farine._broker.interface import Outgoing
 from farine._broker.message import Message, Properties
 from farine._connections import get_connection
 from farine._deadlines import Deadlines
@@ -376,13 +377,15 @@ class Router:
         key = routing_key(service, method)
         try:
             await self.channel.publish(
-                service,
-                key,
-                body,
-                properties,
-                mandatory=True,
-                timeout=limit,
-                declare=self._exchange(service, settings),
+                Outgoing(
+                    service,
+                    key,
+                    body,
+                    properties,
+                    mandatory=True,
+                    timeout=limit,
+                    declare=self._exchange(service, settings),
+                )
             )
         except PublishTimeout:
             raise timeout_error(f"{service}.{method}", limit) from None
@@ -424,8 +427,10 @@ class Router:
         try:
             # Bounded: with the connection down, the stream itself is lost anyway.
             await self.connection.publish(
-                "", call.control, body, Properties(content_type=CONTENT_TYPE),
-                mandatory=False, timeout=CONTROL_TIMEOUT,
+                Outgoing(
+                    "", call.control, body, Properties(content_type=CONTENT_TYPE),
+                    mandatory=False, timeout=CONTROL_TIMEOUT,
+                )
             )  # fmt: skip
         except PublishError:
             logger.debug("could not send %r to %s", order, call.correlation_id, exc_info=True)

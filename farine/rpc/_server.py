@@ -31,6 +31,7 @@ from farine._broker import (
     is_direct_reply_to,
 )
 from farine._broker.errors import PublishError, UnroutableError
+from farine._broker.interface import Outgoing
 from farine._broker.message import Properties
 from farine._connections import get_connection
 from farine._deadlines import Deadlines
@@ -406,7 +407,7 @@ class _Replier:
             headers=headers,
         )
         publish = self.connection.publish(
-            "", self.reply_to, body, properties, mandatory=self.mandatory
+            Outgoing("", self.reply_to, body, properties, mandatory=self.mandatory)
         )
         try:
             if shield:

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 import farine.amqp
+from farine._broker.interface import Outgoing
 from farine._connections import get_connection
 from farine.amqp import AsyncPublisher, Message, MessageStateError, Properties, UnroutableError
 from tests.amqp.conftest import Broker, Recorder, running
@@ -48,7 +49,7 @@ async def publish_raw(runtime: Runtime, exchange: str, routing_key: str, body: b
     assert runtime.config is not None
     connection = await get_connection(runtime.config.service("tests"))
     await connection.publish(
-        exchange, routing_key, body, Properties(content_type="application/json")
+        Outgoing(exchange, routing_key, body, Properties(content_type="application/json"))
     )
 
 
@@ -245,7 +246,7 @@ async def test_content_types_pick_the_format_and_unknown_ones_are_rejected(
         connection = await get_connection(runtime.config.service("tests"))
         for key, body, content_type, encoding in raw:
             properties = Properties(content_type=content_type, content_encoding=encoding)
-            await connection.publish(exchange, key, body, properties)
+            await connection.publish(Outgoing(exchange, key, body, properties))
         items = await seen.wait_for(7)
         await log.wait()
     assert sorted(items, key=repr) == sorted(

@@ -28,7 +28,7 @@ from farine._broker import ConnectionOptions, open_connection
 from farine._broker.aiormq.fastpath.driven import MAX_HELD_BYTES, RoundWriter, TrioDriver
 from farine._broker.aiormq.stepped import SteppedDriver
 from farine._broker.errors import BrokerUnavailable, PublishError
-from farine._broker.interface import Binding, ExchangeSpec, QueueSpec, Topology
+from farine._broker.interface import Binding, ExchangeSpec, Outgoing, QueueSpec, Topology
 from farine._broker.message import Properties
 from tests.amqp import _rabbit
 from tests.amqp._engine_loop import driven, driven_by
@@ -341,7 +341,7 @@ async def test_the_connection_lives_in_the_services_thread() -> None:
     try:
         async with open_connection(_rabbit.RABBITMQ_URI, ConnectionOptions()) as connection:
             consumer = await connection.consume(name, prefetch=10, topology=topology)
-            await connection.publish(name, "rk", b'{"n": 1}', Properties())
+            await connection.publish(Outgoing(name, "rk", b'{"n": 1}', Properties()))
             with anyio.fail_after(10):
                 message = await anext(aiter(consumer))
             assert message.body == b'{"n": 1}'

@@ -17,6 +17,7 @@ from pamqp.header import ContentHeader
 import farine.amqp
 import farine.rpc
 from farine._broker.aiormq.fastpath import channel as internals
+from farine._broker.interface import Outgoing
 from farine._connections import get_connection
 from farine.amqp import AsyncPublisher, Message, Properties, PublishError, UnroutableError
 from tests.amqp._engine_loop import on_engine_loop
@@ -129,10 +130,12 @@ async def test_a_publish_to_a_missing_exchange_fails_and_the_next_one_goes_throu
         connection = await get_connection(broker.settings(runtime))
         with anyio.fail_after(15):
             if not first:
-                await connection.publish(exchange, "in", b'{"n": 0}', Properties())
+                await connection.publish(Outgoing(exchange, "in", b'{"n": 0}', Properties()))
             with pytest.raises(PublishError, match=r"no exchange|NOT_FOUND"):
-                await connection.publish(broker.exchange("missing"), "in", b"{}", Properties())
-            await connection.publish(exchange, "in", b'{"n": 1}', Properties())
+                await connection.publish(
+                    Outgoing(broker.exchange("missing"), "in", b"{}", Properties())
+                )
+            await connection.publish(Outgoing(exchange, "in", b'{"n": 1}', Properties()))
             expected = [{"n": 1}] if first else [{"n": 0}, {"n": 1}]
             assert await seen.wait_for(len(expected)) == expected
 

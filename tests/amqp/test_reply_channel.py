@@ -15,6 +15,7 @@ from farine._broker import (
     is_direct_reply_to,
     open_connection,
 )
+from farine._broker.interface import Outgoing
 from farine.amqp import Message, Properties, UnroutableError
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ async def test_replies_to_a_reply_channel_arrive_without_a_queue(broker: Broker)
         channel = await connection.open_reply_channel(on_replies, lambda: None)
         try:
             properties = Properties(correlation_id="c1", reply_to=DIRECT_REPLY_TO)
-            await channel.publish("", queue, b"request", properties)
+            await channel.publish(Outgoing("", queue, b"request", properties))
             with anyio.fail_after(10):
                 request = await requests.__anext__()
             request.ack()
@@ -49,11 +50,13 @@ async def test_replies_to_a_reply_channel_arrive_without_a_queue(broker: Broker)
             assert is_direct_reply_to(reply_to)
             assert reply_to != DIRECT_REPLY_TO
             await connection.publish(
-                "", reply_to, b"one", Properties(correlation_id="c1"), mandatory=False
+                Outgoing("", reply_to, b"one", Properties(correlation_id="c1"), mandatory=False)
             )
             # As RabbitMQ does: a mandatory reply is delivered, yet reported unroutable.
             with pytest.raises(UnroutableError):
-                await connection.publish("", reply_to, b"two", Properties(correlation_id="c1"))
+                await connection.publish(
+                    Outgoing("", reply_to, b"two", Properties(correlation_id="c1"))
+                )
             with anyio.fail_after(10):
                 await arrived.wait()
             assert [(m.body, m.correlation_id) for m in replies] == [(b"one", "c1"), (b"two", "c1")]

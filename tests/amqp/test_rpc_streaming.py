@@ -17,6 +17,7 @@ import pytest
 import farine.amqp
 import farine.rpc
 from farine import settings
+from farine._broker.interface import Outgoing
 from farine._broker.message import Message, Properties
 from farine._connections import get_connection
 from farine.exceptions import RPCError
@@ -166,7 +167,7 @@ class Unpaced:
         properties = Properties(correlation_id=message.correlation_id)
         for i in range(n):
             await connection.publish(
-                "", message.reply_to, encode_item(i), properties, mandatory=False
+                Outgoing("", message.reply_to, encode_item(i), properties, mandatory=False)
             )
         self.sent.add(n)
 

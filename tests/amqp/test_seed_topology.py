@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import farine.amqp
+from farine._broker.interface import Outgoing
 from farine._connections import get_connection
 from farine.amqp import AsyncPublisher, Message, Properties
 from farine.exceptions import ConfigurationError
@@ -215,7 +216,9 @@ async def test_payload_follows_the_content_type(broker: Broker) -> None:
             (b"plain text", "text/plain"),
             (b"\x00\x01", "application/octet-stream"),
         ]:
-            await connection.publish(exchange, key, body, Properties(content_type=content_type))
+            await connection.publish(
+                Outgoing(exchange, key, body, Properties(content_type=content_type))
+            )
         items = await seen.wait_for(2)
     assert sorted(items) == [
         ("application/octet-stream", b"\x00\x01"),

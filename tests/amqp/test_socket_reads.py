@@ -12,7 +12,7 @@ from yarl import URL
 from farine._broker import ConnectionOptions, open_connection
 from farine._broker.aiormq.fastpath.reader import READ_SIZE
 from farine._broker.aiormq.fastpath.transport import TcpTransportFactory
-from farine._broker.interface import Binding, ExchangeSpec, QueueSpec, Topology
+from farine._broker.interface import Binding, ExchangeSpec, Outgoing, QueueSpec, Topology
 from farine._broker.message import Properties
 from tests.amqp import _rabbit
 from tests.amqp._engine_loop import on_engine_loop
@@ -48,7 +48,7 @@ async def test_messages_larger_than_a_read_arrive_whole() -> None:
         async with open_connection(_rabbit.RABBITMQ_URI, ConnectionOptions()) as connection:
             consumer = await connection.consume(name, prefetch=10, topology=topology)
             for body in bodies:
-                await connection.publish(name, "rk", body, Properties())
+                await connection.publish(Outgoing(name, "rk", body, Properties()))
             received: list[bytes] = []
             with anyio.fail_after(10):
                 async for message in consumer:

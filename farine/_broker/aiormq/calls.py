@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from farine._broker.aiormq.hosts import TrioHost
     from farine._broker.aiormq.settler import SettleFrame
+    from farine._broker.interface import Outgoing
     from farine._broker.message import PropertiesLike
 
 __all__ = ("ChannelCalls", "to_pamqp")
@@ -61,7 +62,7 @@ class ChannelCalls:
     Example:
         ```python
         calls = ChannelCalls()
-        confirm = await calls.publish(channel, b"{}", "orders", "placed", properties, True)
+        confirm = await calls.publish(channel, Outgoing("orders", "placed", b"{}", properties))
         ```
     """
 
@@ -75,15 +76,7 @@ class ChannelCalls:
         connection it opened."""
         return {}, _nothing
 
-    def publish(
-        self,
-        channel: aiormq.abc.AbstractChannel,
-        body: bytes,
-        exchange: str,
-        routing_key: str,
-        properties: PropertiesLike,
-        mandatory: bool,
-    ) -> Awaitable[Any]:
+    def publish(self, channel: aiormq.abc.AbstractChannel, message: Outgoing) -> Awaitable[Any]:
         """Publish on a confirm channel; awaited, the result is the broker's confirm.
 
         Raises (when awaited):
@@ -91,21 +84,15 @@ class ChannelCalls:
             aiormq.ChannelClosed: The channel closed (its reason).
         """
         return channel.basic_publish(
-            body,
-            exchange=exchange,
-            routing_key=routing_key,
-            properties=to_pamqp(properties, properties.message_id),
-            mandatory=mandatory,
+            message.body,
+            exchange=message.exchange,
+            routing_key=message.routing_key,
+            properties=to_pamqp(message.properties, message.properties.message_id),
+            mandatory=message.mandatory,
         )
 
     def publish_now(
-        self,
-        channel: aiormq.abc.AbstractChannel,
-        body: bytes,
-        exchange: str,
-        routing_key: str,
-        properties: PropertiesLike,
-        mandatory: bool,
+        self, channel: aiormq.abc.AbstractChannel, message: Outgoing
     ) -> asyncio.Future[Any] | None:
         """Start a publish with no task: the future of its confirm, or None (nothing was
         sent) when `publish()` must do it. The stock path always returns None."""

@@ -48,11 +48,11 @@ from farine._broker.interface import (
     Connection,
     ConnectionOptions,
     Consumer,
-    ExchangeSpec,
+    Outgoing,
     ReplyChannel,
     Topology,
 )
-from farine._broker.message import Message, Properties
+from farine._broker.message import Message
 from farine._loop import (
     Handoff,
     LoopHandle,
@@ -95,25 +95,12 @@ class _AmqpReplyChannel(ReplyChannel):
         self._engine_channel = engine_channel
         self._connection = connection
 
-    async def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: Properties,
-        *,
-        mandatory: bool = True,
-        timeout: float | None = None,  # noqa: ASYNC109  # also bounds the wait for a reconnection; raises PublishTimeout
-        declare: ExchangeSpec | None = None,
-    ) -> None:
+    async def publish(self, message: Outgoing) -> None:
         connection = self._connection
         engine_channel = self._engine_channel
         if connection.closed or engine_channel.closed:
             raise PublishError("the reply channel is closed")
-        await connection.publish_through(
-            exchange, routing_key, body, properties, mandatory, timeout, declare,
-            engine_channel.channel, engine_channel.get,
-        )  # fmt: skip
+        await connection.publish_through(message, engine_channel.channel, engine_channel.get)
 
     async def aclose(self) -> None:
         if self._connection.closed:
@@ -164,33 +151,14 @@ class AmqpConnection(Connection):
     async def declare(self, topology: Topology) -> None:
         await self._host.run(self._engine.declare(topology))
 
-    async def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: Properties,
-        *,
-        mandatory: bool = True,
-        timeout: float | None = None,  # noqa: ASYNC109  # also bounds the wait for a reconnection; raises PublishTimeout
-        declare: ExchangeSpec | None = None,
-    ) -> None:
+    async def publish(self, message: Outgoing) -> None:
         if self.closed:
             raise PublishError("the connection is closed")
-        await self.publish_through(
-            exchange, routing_key, body, properties, mandatory, timeout, declare,
-            self._engine.publish_channel, None,
-        )  # fmt: skip
+        await self.publish_through(message, self._engine.publish_channel, None)
 
     async def publish_through(
         self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: Properties,
-        mandatory: bool,
-        timeout: float | None,  # noqa: ASYNC109  # enforced by the engine
-        declare: ExchangeSpec | None,
+        message: Outgoing,
         channel: aiormq.abc.AbstractChannel | None,
         channel_of: Callable[[], Awaitable[aiormq.abc.AbstractChannel]] | None,
     ) -> None:
@@ -202,15 +170,12 @@ class AmqpConnection(Connection):
         be awaited first, and after a connection loss, which that way retries.
         """
         engine = self._engine
-        limit = self.options.publish_timeout if timeout is None else timeout
+        limit = self.options.publish_timeout if message.timeout is None else message.timeout
         driver = self._driver
         failed: BaseException | None = None
         deadline: float | None = None
         if driver is not None:
-            started = driver.call_in_step(
-                engine.publish_now, channel, exchange, routing_key, body, properties,
-                mandatory, limit, declare,
-            )  # fmt: skip
+            started = driver.call_in_step(engine.publish_now, channel, message, limit)
             if started is not None:
                 confirm, watch = started
                 try:
@@ -218,42 +183,26 @@ class AmqpConnection(Connection):
                     result = await driver.wait_future(confirm, confirm.cancel)
                 except asyncio.CancelledError:
                     if watch.timed_out():
-                        raise engine.timeout_error(exchange, routing_key, limit) from None
+                        raise engine.timeout_error(message, limit) from None
                     # As a publish task cancelled by the loop stopping.
                     raise PublishError("the AMQP connection is closed") from None
                 except (aiormq.PublishError, aiormq.ChannelNotFoundEntity) as exc:
-                    raise refused(exc, exchange, routing_key) from None
+                    raise refused(exc, message.exchange, message.routing_key) from None
                 except RETRYABLE as exc:
                     failed, deadline = exc, watch.deadline
                 else:
-                    check_confirm(result, exchange)
+                    check_confirm(result, message.exchange)
                     return
                 finally:
                     engine.forget(watch)
-        publish = engine.publish(
-            exchange, routing_key, body, properties, mandatory, limit, declare, channel_of,
-            failed, deadline,
-        )  # fmt: skip
-        await self._run(publish)
+        await self._run(engine.publish(message, limit, channel_of, failed, deadline))
 
-    def publish_blocking(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: Properties,
-        *,
-        mandatory: bool = True,
-        timeout: float | None = None,
-        declare: ExchangeSpec | None = None,
-    ) -> None:
+    def publish_blocking(self, message: Outgoing) -> None:
         if self.closed:
             raise PublishError("the connection is closed")
-        limit = self.options.publish_timeout if timeout is None else timeout
+        limit = self.options.publish_timeout if message.timeout is None else message.timeout
         self._host.run_blocking(
-            self._engine.publish(
-                exchange, routing_key, body, properties, mandatory, limit, declare
-            ),
+            self._engine.publish(message, limit),
             limit + 5,  # the engine enforces `limit`; this only guards against a stuck loop
         )
 

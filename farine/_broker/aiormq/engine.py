@@ -17,7 +17,7 @@ from farine._broker.errors import BrokerUnavailable, PublishError, PublishTimeou
 from farine._broker.interface import (
     BACKOFF,
     ConnectionOptions,
-    ExchangeSpec,
+    Outgoing,
     Topology,
 )
 from farine._redact import redact
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from farine._broker.aiormq.calls import ChannelCalls
     from farine._broker.aiormq.consumer import SupervisedConsumer
     from farine._broker.aiormq.reply import DirectReplyChannel
-    from farine._broker.message import Properties
 
 logger = logging.getLogger("farine.amqp")
 
@@ -205,23 +204,30 @@ class Engine:
 
     async def publish(
         self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: Properties,
-        mandatory: bool,
+        message: Outgoing,
         timeout: float,  # noqa: ASYNC109  # enforced on the engine loop, maybe another thread
-        declare: ExchangeSpec | None,
         channel_of: Callable[[], Awaitable[aiormq.abc.AbstractChannel]] | None = None,
         failed: BaseException | None = None,
         deadline: float | None = None,
     ) -> None:
         """Publish and wait for the confirm, waiting out and retrying connection losses.
 
-        `channel_of` returns the channel to publish on (default: the publishing channel).
-        `failed` is the error of a first try (by `publish_now()`), to count and retry
-        within the same `deadline` (on the loop's clock; default: in `timeout` seconds).
+        Args:
+            message: What to publish (its own `timeout` is resolved into `timeout`).
+            timeout: Seconds until the publish fails with `PublishTimeout`.
+            channel_of: Returns the channel to publish on (default: the publishing
+                channel).
+            failed: The error of a first try (by `publish_now()`), to count and retry
+                within the same `deadline`.
+            deadline: On the loop's clock (default: in `timeout` seconds).
+
+        Raises:
+            PublishTimeout: Not confirmed in time.
+            UnroutableError: Returned by the broker.
+            PublishError: Refused, or failed more than `max_retries` times.
         """
+        exchange = message.exchange
+        declare = message.declare
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + timeout
@@ -240,17 +246,15 @@ class Engine:
                     if declare is not None and declare.name and declare.name not in self._declared:
                         await declare_topology(channel, Topology(exchanges=(declare,)))
                         self._declared.add(declare.name)
-                    confirm = await self.calls.publish(
-                        channel, body, exchange, routing_key, properties, mandatory
-                    )
+                    confirm = await self.calls.publish(channel, message)
                 finally:
                     deadlines.forget(watch)
             except asyncio.CancelledError:
                 if not watch.timed_out():
                     raise
-                raise self.timeout_error(exchange, routing_key, timeout) from None
+                raise self.timeout_error(message, timeout) from None
             except (aiormq.PublishError, aiormq.ChannelNotFoundEntity) as exc:
-                raise refused(exc, exchange, routing_key) from None
+                raise refused(exc, exchange, message.routing_key) from None
             except RETRYABLE as exc:
                 failures += 1
                 await self._before_retry(exc, failures, exchange)
@@ -258,12 +262,12 @@ class Engine:
             check_confirm(confirm, exchange)
             return
 
-    def timeout_error(self, exchange: str, routing_key: str, timeout: float) -> PublishTimeout:
+    def timeout_error(self, message: Outgoing, timeout: float) -> PublishTimeout:
         """The error of a publish not confirmed within `timeout` seconds."""
         state = "" if self.connected.is_set() else f" (not connected to {self.shown_uri})"
         return PublishTimeout(
-            f"publish to exchange {exchange!r} with routing key {routing_key!r} "
-            f"not confirmed within {timeout:g}s{state}"
+            f"publish to exchange {message.exchange!r} with routing key "
+            f"{message.routing_key!r} not confirmed within {timeout:g}s{state}"
         )
 
     async def _before_retry(self, exc: BaseException, failures: int, exchange: str) -> None:
@@ -280,15 +284,7 @@ class Engine:
         await asyncio.sleep(min(0.05 * failures, 1.0))
 
     def publish_now(
-        self,
-        channel: aiormq.abc.AbstractChannel | None,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: Properties,
-        mandatory: bool,
-        timeout: float,
-        declare: ExchangeSpec | None,
+        self, channel: aiormq.abc.AbstractChannel | None, message: Outgoing, timeout: float
     ) -> tuple[asyncio.Future[Any], PublishWatch] | None:
         """Start a publish on `channel` with no task, when nothing must be awaited before
         its frames are queued (the channel is open, its exchange declared).
@@ -299,13 +295,12 @@ class Engine:
         """
         if channel is None or channel.is_closed:
             return None
+        declare = message.declare
         if declare is not None and declare.name and declare.name not in self._declared:
             return None
         deadlines = self._deadlines
         assert deadlines is not None, "engine not started"
-        confirm = self.calls.publish_now(
-            channel, body, exchange, routing_key, properties, mandatory
-        )
+        confirm = self.calls.publish_now(channel, message)
         if confirm is None:
             return None
         return confirm, deadlines.watch(deadlines.now() + timeout, confirm)

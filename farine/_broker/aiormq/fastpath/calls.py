@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from farine._broker.aiormq.hosts import TrioHost
     from farine._broker.aiormq.settler import SettleFrame
-    from farine._broker.message import PropertiesLike
+    from farine._broker.interface import Outgoing
 
 __all__ = ("FastChannelCalls",)
 
@@ -42,27 +42,19 @@ class FastChannelCalls(ChannelCalls):
 
         return {"transport_factory": factory}, opened
 
-    def publish(
-        self,
-        channel: aiormq.abc.AbstractChannel,
-        body: bytes,
-        exchange: str,
-        routing_key: str,
-        properties: PropertiesLike,
-        mandatory: bool,
-    ) -> Awaitable[Any]:
-        return internals.publish(channel, body, exchange, routing_key, properties, mandatory)
+    def publish(self, channel: aiormq.abc.AbstractChannel, message: Outgoing) -> Awaitable[Any]:
+        return internals.publish(
+            channel, message.body, message.exchange, message.routing_key,
+            message.properties, message.mandatory,
+        )  # fmt: skip
 
     def publish_now(
-        self,
-        channel: aiormq.abc.AbstractChannel,
-        body: bytes,
-        exchange: str,
-        routing_key: str,
-        properties: PropertiesLike,
-        mandatory: bool,
+        self, channel: aiormq.abc.AbstractChannel, message: Outgoing
     ) -> asyncio.Future[Any] | None:
-        return internals.publish_now(channel, body, exchange, routing_key, properties, mandatory)
+        return internals.publish_now(
+            channel, message.body, message.exchange, message.routing_key,
+            message.properties, message.mandatory,
+        )  # fmt: skip
 
     def settle(self, channel: aiormq.abc.AbstractChannel, frames: list[SettleFrame]) -> bool:
         return internals.settle(channel, frames)
