@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Generic, NoReturn, TypeVar
 
 import anyio
 
-from farine import _loop
+from farine._broker import loops
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,7 +28,7 @@ class Deadlines(Generic[T]):
     an earlier deadline than every other one wakes it at once.
 
     Every method runs on the event loop of `run()`'s task; deadlines are on its clock
-    (`anyio.current_time()`, or `farine._loop.now()`, the same for less).
+    (`anyio.current_time()`, or `farine._broker.loops.now()`, the same for less).
 
     Args:
         expired: Called with each item whose deadline passed (it is removed first).
@@ -55,7 +55,7 @@ class Deadlines(Generic[T]):
     async def run(self) -> NoReturn:
         """Expire items as their deadlines pass, until cancelled."""
         while True:
-            now = _loop.now()
+            now = loops.now()
             earliest = math.inf
             for item, deadline in list(self._items.items()):
                 if deadline <= now:

@@ -25,7 +25,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from farine._broker.aiormq.fastpath import decide
-from farine._loop import LoopHandle, Reply
+from farine._broker.loops import LoopHandle, Reply
 
 if TYPE_CHECKING:
     from collections.abc import Callable

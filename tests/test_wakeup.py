@@ -1,11 +1,11 @@
-"""`farine._loop.Wakeup` (one task woken by code on its loop) and `now()`, on both backends."""
+"""`farine._broker.loops.Wakeup` (one task woken by code on its loop) and `now()`, both backends."""
 
 from __future__ import annotations
 
 import anyio
 import pytest
 
-from farine._loop import Wakeup, now
+from farine._broker.loops import Wakeup, now
 
 pytestmark = pytest.mark.anyio
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import anyio
 import anyio.lowlevel
 
-from farine._loop import Wakeup
+from farine._broker.loops import Wakeup
 
 if TYPE_CHECKING:
     from collections.abc import Callable

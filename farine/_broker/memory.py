@@ -45,8 +45,8 @@ from farine._broker.interface import (
     Topology,
     is_direct_reply_to,
 )
+from farine._broker.loops import Handoff, LoopHandle
 from farine._broker.message import Message, Outcome, Properties
-from farine._loop import Handoff, LoopHandle
 from farine.exceptions import ConfigurationError
 
 if TYPE_CHECKING:

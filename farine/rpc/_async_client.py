@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from farine import settings as farine_settings
-from farine._loop import now
+from farine._broker.loops import now
 from farine.entrypoints import current_service
 from farine.exceptions import RPCError
 from farine.rpc._protocol import decode_reply, error_from_reply

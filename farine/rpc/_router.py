@@ -35,10 +35,10 @@ from farine._broker.errors import (
     UnroutableError,
 )
 from farine._broker.interface import Outgoing
+from farine._broker.loops import Wakeup, now
 from farine._broker.message import Message, Properties
 from farine._connections import get_connection
 from farine._deadlines import Deadlines
-from farine._loop import Wakeup, now
 from farine.exceptions import ConfigurationError, RPCError
 from farine.rpc._protocol import (
     HEADER_CONTROL,

@@ -32,10 +32,10 @@ from farine._broker import (
 )
 from farine._broker.errors import PublishError, UnroutableError
 from farine._broker.interface import Outgoing
+from farine._broker.loops import now
 from farine._broker.message import Properties
 from farine._connections import get_connection
 from farine._deadlines import Deadlines
-from farine._loop import now
 from farine._takers import Takers
 from farine.entrypoints import (
     Entrypoint,

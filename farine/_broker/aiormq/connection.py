@@ -52,11 +52,11 @@ from farine._broker.interface import (
     ReplyChannel,
     Topology,
 )
-from farine._broker.message import Message
-from farine._loop import (
+from farine._broker.loops import (
     Handoff,
     LoopHandle,
 )
+from farine._broker.message import Message
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine

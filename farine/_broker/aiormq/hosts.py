@@ -14,7 +14,7 @@ import anyio
 import trio
 
 from farine._broker.errors import PublishError
-from farine._loop import (
+from farine._broker.loops import (
     LoopHandle,
     Reply,
     defer_wakes_on,

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Final
 import aiormq
 
 from farine._broker.aiormq.errors import describe
-from farine._broker.message import Outcome
-from farine._loop import (
+from farine._broker.loops import (
     LoopHandle,
 )
+from farine._broker.message import Outcome
 
 if TYPE_CHECKING:
     import aiormq.abc
