@@ -73,6 +73,57 @@ def run_row(script: str, argv: list[str], label: str, path: str | None) -> dict[
     return result
 
 
+class RowProcess:
+    """A row running in a process of its own, answering one JSON line per command.
+
+    The process is `script --row label` with the row's path in its environment; it
+    reads commands as JSON lines on stdin and answers each with one JSON line on stdout.
+    """
+
+    def __init__(self, script: str, argv: list[str], label: str, path: str | None) -> None:
+        self.label = label
+        self.path = path
+        env = dict(os.environ, **{ENV_VAR: PATH_ENV[path] if path else "off"})
+        self.process = subprocess.Popen(
+            [sys.executable, script, *argv, "--row", label],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
+    def answer(self) -> Any:
+        """The row's next answer.
+
+        Raises:
+            RuntimeError: The row's process ended instead.
+        """
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"row {self.label!r} failed (exit code {self.process.wait()})")
+        return json.loads(line)
+
+    def ask(self, command: object) -> Any:
+        """Send `command`; return the row's answer."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        return self.answer()
+
+    def check_ready(self) -> None:
+        """Wait until the row is set up; check it runs on the path its label names.
+
+        Raises:
+            RuntimeError: The row failed, or runs on the other path.
+        """
+        ready = self.answer()
+        if not isinstance(ready, dict) or "ready" not in ready:
+            raise RuntimeError(f"row {self.label!r}: {ready!r}")
+        if self.path in ("fast", "stock") and ready["ready"] != (self.path == "fast"):
+            raise RuntimeError(f"row {self.label!r} runs with fast path = {ready['ready']}")
+
+
 def max_rss_mib() -> float:
     """The peak resident set size of this process so far, in MiB (Linux: KiB units)."""
     import resource
