@@ -25,21 +25,29 @@ Rows:
   a worker thread (`loop.run_in_executor`), as a blocking method must be: the floor of
   a `def` method. The JSON line also gives each farine `def` row against it.
 * farine, on asyncio and on trio, with an `async def` and a `def` server method
-  (`@farine.rpc.method()`); the client is `farine.rpc.AsyncClient` on the runtime's
-  loop (what `@farine.rpc.client` injects into `async def` methods).
+  (`@farine.rpc.method()`), on the fast path and on the stock path (aiormq's documented
+  API only); the client is `farine.rpc.AsyncClient` on the runtime's loop (what
+  `@farine.rpc.client` injects into `async def` methods).
 
     python bench/rpc.py [--calls 2000] [--concurrent 20000] [--inflight 64] [--rounds 2]
-                        [--only trio]
+                        [--repeat 3] [--fast-path on|off|both] [--only trio]
+
+`--fast-path` chooses the farine rows' paths (default: `FARINE_AMQP_FAST_PATH` if set,
+else both); a row's path is set by its process's `FARINE_AMQP_FAST_PATH`, and raw
+aiormq's processes have the fast path off, so that nothing of farine replaces aiormq's
+globals under them.
 
 Each row runs in a process of its own (a farine runtime per process), all set up and
 warmed up at once; then they take turns: each makes 100 sequential calls in its turn,
 then 2500 concurrent ones, and the next row takes over. This VM's speed drifts by a
 third within a minute (the CPU time of the same calls too), so rows measured one after
 the other, a minute each, differed by as much; taking turns spreads the drift over
-every row alike. `--rounds` repeats the whole, and every sample counts: p50 and p99
-are over all sequential calls of the row, calls/s and CPU/call over all its
-concurrent ones. It prints the figures so far after each round, a table, then (last
-line) one JSON object with every figure and the ratios to raw aiormq.
+every row alike. Within a repeat, `--rounds` rounds run and every sample counts: p50
+and p99 are over all sequential calls of the row, calls/s and CPU/call over all its
+concurrent ones. `--repeat` runs the whole N times (the same processes); the table
+shows the median of each figure and the median of each repeat's ratio to raw aiormq.
+It prints the figures so far after each round, the table, then (last line) one JSON
+object with every median.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -61,10 +70,12 @@ import aiormq
 import aiormq.abc
 import anyio
 import msgspec
+from _paths import CHOICES, PATH_ENV, fast_path_enabled, median, paths
 from _raw import FARINE_READ_SIZE, connect_kwargs
 from pamqp import commands as spec
 
 import farine.rpc
+from farine._broker.aiormq.fastpath import ENV_VAR
 from farine.discovery import ServiceDefinition, find_entrypoints
 from farine.runtime import Runtime
 from farine.settings import Config
@@ -117,14 +128,23 @@ class Row:
     minute, weighs on every row alike.
     """
 
-    def __init__(self, label: str, argv: list[str]) -> None:
+    def __init__(self, label: str, argv: list[str], path: str | None) -> None:
         self.label = label
+        self.path = path
+        # The row's path is its process's FARINE_AMQP_FAST_PATH (off for raw aiormq,
+        # whose process then never loads the fast path's replacements of aiormq's globals).
+        env = dict(os.environ, **{ENV_VAR: PATH_ENV[path] if path else "off"})
         self.process = subprocess.Popen(
             [sys.executable, __file__, *argv, "--row", label],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env=env,
         )
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the samples so far (a new repeat starts)."""
         self.latencies: list[float] = []
         self.calls = 0
         self.elapsed = 0.0
@@ -191,7 +211,7 @@ async def _serve_row(
     their latencies) and `conc` (calls by `inflight` tasks: elapsed and CPU time)."""
     for i in range(WARMUP):
         assert await call(i) == i + 1
-    row.results.put("ready")
+    row.results.put({"ready": fast_path_enabled()})
     while True:
         command, count, inflight = await anyio.to_thread.run_sync(row.commands.get)
         if command == "stop":
@@ -345,52 +365,28 @@ async def _cleanup(uri: str, name: str) -> None:
     await anyio.to_thread.run_sync(asyncio.run, remove())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=2000, help="sequential calls (latency)")
-    parser.add_argument("--concurrent", type=int, default=20000, help="calls for calls/s")
-    parser.add_argument("--inflight", type=int, default=64, help="calls in flight (calls/s)")
-    parser.add_argument("--uri", default="amqp://guest:guest@127.0.0.1:5672/")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds (all samples count)")
-    parser.add_argument("--only", default="", help="run the rows whose names contain this")
-    parser.add_argument("--row", default="", help=argparse.SUPPRESS)  # one row's process
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    uri: str = args.uri
+def _path_of(label: str) -> str | None:
+    """The path a row's label names (None for raw aiormq)."""
+    return None if "raw" in label else label.split(",")[0].split()[-1]
+
+
+def _ratios(figures: Figures, base: Figures) -> dict[str, float]:
+    return {
+        "p50": figures.p50_ms / base.p50_ms,
+        "p99": figures.p99_ms / base.p99_ms,
+        "calls_per_s": figures.calls_per_s / base.calls_per_s,
+        "cpu_us_per_call": figures.cpu_us_per_call / base.cpu_us_per_call,
+    }
+
+
+def _run_rounds(active: list[Row], args: argparse.Namespace, label: str, turn: int) -> int:
+    """One repeat of the benchmark: `--rounds` rounds of turns; returns the next turn."""
     calls: int = args.calls
     concurrent: int = args.concurrent
     inflight: int = args.inflight
-    raw = "raw aiormq (asyncio)"
-
-    def farine_row(kind: Literal["def", "async"], backend: str) -> Callable[[_Pipe], object]:
-        return lambda row: anyio.run(farine_run, uri, row, kind, backend=backend)
-
-    setups: dict[str, Callable[[_Pipe], object]] = {
-        raw: lambda row: asyncio.run(raw_aiormq(uri, row)),
-        "raw aiormq, 64 KiB reads": lambda row: asyncio.run(raw_aiormq(uri, row, FARINE_READ_SIZE)),
-        "raw aiormq, method in thread": lambda row: asyncio.run(
-            raw_aiormq(uri, row, in_thread=True)
-        ),
-        "farine asyncio, async def": farine_row("async", "asyncio"),
-        "farine asyncio, def": farine_row("def", "asyncio"),
-        "farine trio, async def": farine_row("async", "trio"),
-        "farine trio, def": farine_row("def", "trio"),
-    }
-    if args.row:  # one row, in its own process, run by the coordinator below
-        setups[args.row](_Pipe())
-        return
-    only: str = args.only
     rounds: int = args.rounds
-    # One process per row (one farine runtime per process), all set up at once.
-    active = [Row(label, ["--uri", uri]) for label in setups if not only or only in label]
-    for row in active:
-        if (ready := row.answer()) != "ready":
-            raise RuntimeError(f"row {row.label!r}: {ready!r}")
-    # Rows take turns, a batch each (the first row of each turn moves on by one), so
-    # that the speed of this VM, which drifts within a minute, weighs on each alike.
     batches = max(1, calls // BATCH)
     chunks = max(1, concurrent // CHUNK)
-    turn = 0
     for round_ in range(1, rounds + 1):
         for _ in range(batches):
             for row in active[turn % len(active) :] + active[: turn % len(active)]:
@@ -406,42 +402,111 @@ def main() -> None:
         for row in active:
             figures = row.figures()
             print(
-                f"  [{round_}/{rounds}] {row.label:<29} p50 {figures.p50_ms:6.3f} ms  "
+                f"  [{label} {round_}/{rounds}] {row.label:<33} p50 {figures.p50_ms:6.3f} ms  "
                 f"p99 {figures.p99_ms:6.3f} ms  {figures.calls_per_s:7.0f} calls/s  "
                 f"{figures.cpu_us_per_call:4.0f} us CPU/call  (so far)",
                 flush=True,
             )
+    return turn
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=2000, help="sequential calls (latency)")
+    parser.add_argument("--concurrent", type=int, default=20000, help="calls for calls/s")
+    parser.add_argument("--inflight", type=int, default=64, help="calls in flight (calls/s)")
+    parser.add_argument("--uri", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per repeat (all count)")
+    parser.add_argument("--repeat", type=int, default=3, help="repeats of the whole; medians")
+    parser.add_argument("--fast-path", choices=CHOICES, default=None, help="default: both")
+    parser.add_argument("--only", default="", help="run the rows whose names contain this")
+    parser.add_argument("--row", default="", help=argparse.SUPPRESS)  # one row's process
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    uri: str = args.uri
+    raw = "raw aiormq (asyncio)"
+    path_list = ["fast", "stock", "auto"] if args.row else paths(args.fast_path)
+
+    def farine_row(kind: Literal["def", "async"], backend: str) -> Callable[[_Pipe], object]:
+        return lambda row: anyio.run(farine_run, uri, row, kind, backend=backend)
+
+    setups: dict[str, Callable[[_Pipe], object]] = {
+        raw: lambda row: asyncio.run(raw_aiormq(uri, row)),
+        "raw aiormq, 64 KiB reads": lambda row: asyncio.run(raw_aiormq(uri, row, FARINE_READ_SIZE)),
+        "raw aiormq, method in thread": lambda row: asyncio.run(
+            raw_aiormq(uri, row, in_thread=True)
+        ),
+    }
+    for backend in ("asyncio", "trio"):
+        for path in path_list:
+            setups[f"farine {backend} {path}, async def"] = farine_row("async", backend)
+            setups[f"farine {backend} {path}, def"] = farine_row("def", backend)
+    if args.row:  # one row, in its own process, run by the coordinator below
+        setups[args.row](_Pipe())
+        return
+    only: str = args.only
+    repeat = max(1, args.repeat)
+    # One process per row (one farine runtime per process), all set up at once.
+    active = [
+        Row(label, ["--uri", uri], _path_of(label))
+        for label in setups
+        if not only or only in label or label == raw
+    ]
+    for row in active:
+        ready = row.answer()
+        if not isinstance(ready, dict) or "ready" not in ready:
+            raise RuntimeError(f"row {row.label!r}: {ready!r}")
+        if row.path in ("fast", "stock") and ready["ready"] != (row.path == "fast"):
+            raise RuntimeError(f"row {row.label!r} runs with fast path = {ready['ready']}")
+    # Rows take turns, a batch each (the first row of each turn moves on by one), so
+    # that the speed of this VM, which drifts within a minute, weighs on each alike.
+    turn = 0
+    runs: dict[str, list[Figures]] = {row.label: [] for row in active}
+    ratio_runs: dict[str, list[dict[str, float]]] = {row.label: [] for row in active}
+    for n in range(1, repeat + 1):
+        for row in active:
+            row.reset()
+        turn = _run_rounds(active, args, f"{n}/{repeat}", turn)
+        figures = {row.label: row.figures() for row in active}
+        for label, f in figures.items():
+            runs[label].append(f)
+            ratio_runs[label].append(_ratios(f, figures[raw]))
     for row in active:
         row.ask("stop")
     for row in active:
         if row.process.wait() != 0:
             raise RuntimeError(f"row {row.label!r} failed while stopping")
-    rows = {row.label: row.figures() for row in active}
-    base = rows.get(raw)
+    rows = {
+        label: Figures(
+            p50_ms=median([f.p50_ms for f in fs]),
+            p99_ms=median([f.p99_ms for f in fs]),
+            calls_per_s=median([f.calls_per_s for f in fs]),
+            cpu_us_per_call=median([f.cpu_us_per_call for f in fs]),
+        )
+        for label, fs in runs.items()
+    }
+    ratios = {
+        label: {key: round(median([r[key] for r in rs]), 3) for key in rs[0]}
+        for label, rs in ratio_runs.items()
+    }
     print()
-    header = f"{'workload':<29} {'p50 ms':>7} {'p99 ms':>7} {'calls/s':>8} {'p50 x raw':>10}"
+    print(f"median of {repeat} runs (ratios: the median of each run's ratio to raw aiormq)")
+    header = f"{'workload':<33} {'p50 ms':>7} {'p99 ms':>7} {'calls/s':>8} {'p50 x raw':>10}"
     print(header + f" {'calls/s x raw':>14} {'CPU us/call':>12}")
-    ratios: dict[str, dict[str, float]] = {}
     for label, figures in rows.items():
-        ratio = dict.fromkeys(("p50", "p99", "calls_per_s", "cpu_us_per_call"), float("nan"))
-        if base is not None:
-            ratio = {
-                "p50": figures.p50_ms / base.p50_ms,
-                "p99": figures.p99_ms / base.p99_ms,
-                "calls_per_s": figures.calls_per_s / base.calls_per_s,
-                "cpu_us_per_call": figures.cpu_us_per_call / base.cpu_us_per_call,
-            }
-            ratios[label] = {k: round(v, 3) for k, v in ratio.items()}
+        ratio = ratios[label]
         print(
-            f"{label:<29} {figures.p50_ms:>7.3f} {figures.p99_ms:>7.3f} "
+            f"{label:<33} {figures.p50_ms:>7.3f} {figures.p99_ms:>7.3f} "
             f"{figures.calls_per_s:>8.0f} {ratio['p50']:>10.2f} {ratio['calls_per_s']:>14.2f}"
             f" {figures.cpu_us_per_call:>12.0f}"
         )
     trio_vs_asyncio: dict[str, float] = {}
-    for kind in ("async def", "def"):
-        a, t = rows.get(f"farine asyncio, {kind}"), rows.get(f"farine trio, {kind}")
-        if a is not None and t is not None:
-            trio_vs_asyncio[kind] = round(t.calls_per_s / a.calls_per_s, 3)
+    for path in paths(args.fast_path):
+        for kind in ("async def", "def"):
+            a = rows.get(f"farine asyncio {path}, {kind}")
+            t = rows.get(f"farine trio {path}, {kind}")
+            if a is not None and t is not None:
+                trio_vs_asyncio[f"{path}, {kind}"] = round(t.calls_per_s / a.calls_per_s, 3)
     threaded = rows.get("raw aiormq, method in thread")
     def_ratios = {
         label: {
@@ -454,11 +519,12 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "calls": calls,
-                "concurrent": concurrent,
-                "inflight": inflight,
+                "calls": args.calls,
+                "concurrent": args.concurrent,
+                "inflight": args.inflight,
                 "prefetch": PREFETCH,
-                "rounds": rounds,
+                "rounds": args.rounds,
+                "repeat": repeat,
                 "figures": {
                     label: {
                         "p50_ms": round(f.p50_ms, 3),
