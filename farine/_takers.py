@@ -66,8 +66,12 @@ class Takers(Generic[M]):
     async def run(self) -> None:
         """Take and handle messages until `messages` ends and every handler is done."""
         async with anyio.create_task_group() as group:
-            self._group = group
-            self._start_task()
+            self.start_in(group)
+
+    def start_in(self, group: anyio.abc.TaskGroup) -> None:
+        """Take and handle messages in tasks of `group`, which waits for them to end."""
+        self._group = group
+        self._start_task()
 
     def _start_task(self) -> None:
         # Counted as waiting from now, before it first runs: a task finishing meanwhile

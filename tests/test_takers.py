@@ -109,6 +109,25 @@ async def test_each_task_runs_in_its_scope() -> None:
     assert len(entered) >= 1
 
 
+async def test_takers_can_run_in_the_callers_task_group() -> None:
+    send, receive = anyio.create_memory_object_stream[int](10)
+    done: list[int] = []
+
+    async def handle(n: int) -> None:
+        done.append(n)
+
+    takers = Takers(receive, handle, limit=4)
+    with send, receive, anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            takers.start_in(tg)
+            await send.send(1)
+            await anyio.wait_all_tasks_blocked()
+            assert takers.tasks == 1
+            send.close()
+    assert done == [1]
+    assert takers.tasks == 0
+
+
 def test_a_limit_below_one_is_refused() -> None:
     send, receive = anyio.create_memory_object_stream[int]()
     with send, receive, pytest.raises(ValueError, match="limit must be >= 1"):

@@ -274,7 +274,7 @@ class _ConsumerEntrypoint(Entrypoint):
                     # inside each call, before its message is settled.
                     scope=functools.partial(handler_transaction, self.spec.transaction),
                 )
-                tg.start_soon(takers.run)
+                takers.start_in(tg)
                 task_status.started()
                 # The stream only ends once `_cancel_on_stop` cancelled the consumer; each
                 # task then finishes the message it is handling.

@@ -50,6 +50,7 @@ class SupervisedConsumer:
         self.channel: aiormq.abc.AbstractChannel | None = None
         self.consumer_tag: str | None = None
         self._stop = asyncio.Event()
+        self._watching: asyncio.Future[None] | None = None  # resolved to end `_watch()`
         self._task: asyncio.Task[None] | None = None
         self.attachments = 0
 
@@ -60,6 +61,7 @@ class SupervisedConsumer:
             await ready
         except BaseException:
             self._stop.set()
+            self._wake_watch()
             await self._finish_task()
             raise
 
@@ -74,6 +76,7 @@ class SupervisedConsumer:
 
             def on_cancel(_: spec.Basic.Cancel) -> None:
                 cancelled.set()
+                self._wake_watch()
 
             channel.on_consumer_cancel_callbacks.add(on_cancel)
             settler = ChannelSettler(channel, asyncio.get_running_loop(), self.engine.calls)
@@ -151,16 +154,26 @@ class SupervisedConsumer:
                 delay = initial
 
     async def _watch(self, channel: aiormq.abc.AbstractChannel, cancelled: asyncio.Event) -> str:
+        """Wait until the channel closes, the broker cancels the consumer, or `cancel()`.
+
+        One future, resolved by whichever comes first: no task per thing waited for.
+        """
         closing = cast("asyncio.Future[Any]", channel.closing)  # pyright: ignore[reportUnknownMemberType]
-        waiters = [
-            asyncio.ensure_future(cancelled.wait()),
-            asyncio.ensure_future(self._stop.wait()),
-        ]
+        watching = asyncio.get_running_loop().create_future()
+
+        def wake(_: object = None) -> None:
+            if not watching.done():
+                watching.set_result(None)
+
+        closing.add_done_callback(wake)
+        self._watching = watching
+        if cancelled.is_set() or self._stop.is_set():
+            wake()
         try:
-            await asyncio.wait([closing, *waiters], return_when=asyncio.FIRST_COMPLETED)
+            await watching
         finally:
-            for waiter in waiters:
-                waiter.cancel()
+            self._watching = None
+            closing.remove_done_callback(wake)
         if cancelled.is_set():
             return "cancelled by the broker: its queue was deleted?"
         if closing.done():
@@ -170,6 +183,11 @@ class SupervisedConsumer:
         closing.cancel()
         return "stopped"
 
+    def _wake_watch(self) -> None:
+        watching = self._watching
+        if watching is not None and not watching.done():
+            watching.set_result(None)
+
     async def _pause(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), delay)
@@ -177,6 +195,7 @@ class SupervisedConsumer:
     async def cancel(self) -> None:
         """Stop deliveries at the broker; the channel stays open for the last acks."""
         self._stop.set()
+        self._wake_watch()
         await self._finish_task()
         channel, tag = self.channel, self.consumer_tag
         if channel is not None and tag is not None and not channel.is_closed:
