@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import threading
 import uuid
@@ -32,7 +33,9 @@ __all__ = (
     "seed_server",
 )
 
-RABBITMQ_URI: Final = "amqp://guest:guest@127.0.0.1:5672/"
+#: The RabbitMQ the tests use. `FARINE_TEST_AMQP_URI` names another virtual host: .ci/run
+#: gives each job one of its own, so jobs running side by side never share a queue.
+RABBITMQ_URI: Final = os.environ.get("FARINE_TEST_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/")
 REPLY_TIMEOUT: Final = 15.0
 
 T = TypeVar("T")
