@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import logging
 import queue
 import threading
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeAlias, TypeVar, cast
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = ("IDLE_TIMEOUT", "WorkerPool")
 
+logger = logging.getLogger("farine.runtime")
+
 R = TypeVar("R")
 
 _Claim: TypeAlias = "Callable[[anyio.lowlevel.EventLoopToken, Any], None]"
@@ -46,8 +49,11 @@ def _thread_marks(fast_path: str) -> tuple[_Claim, _Release] | None:
     None when the fast path is off: calls then go through `anyio.to_thread`."""
     if not decide(fast_path).enabled:
         return None
-    from farine._broker.aiormq.fastpath import threads
-
+    try:
+        from farine._broker.aiormq.fastpath import threads
+    except ImportError as exc:  # an anyio or trio that moved what it reads
+        logger.info("worker threads: %s; calls go through anyio.to_thread", exc)
+        return None
     return threads.claim, threads.release
 
 

@@ -15,9 +15,11 @@ some tools label JSON as text). Anything else is a bad body.
 from __future__ import annotations
 
 import inspect
+import itertools
+import re
 import types
 import typing
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgspec
 import msgspec.inspect
@@ -25,7 +27,7 @@ import msgspec.inspect
 from farine.exceptions import ConfigurationError, FarineError
 
 if typing.TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
 __all__ = (
     "CONTENT_TYPES",
@@ -33,12 +35,21 @@ __all__ = (
     "BodyDecoder",
     "annotation_of",
     "check_decodable",
+    "check_depth",
     "encode",
     "to_builtins",
 )
 
 #: Default largest body decoded, in bytes (the `max_body_size` setting overrides it).
 DEFAULT_MAX_BODY_SIZE: Final = 16 * 1024 * 1024
+
+#: Default deepest nesting of arrays and objects in a body (the `body_max_depth` setting
+#: overrides it).
+DEFAULT_BODY_MAX_DEPTH: Final = 256
+
+#: The largest `body_max_depth` accepted: every supported interpreter decodes this deep
+#: from any handler, so the limit, not the interpreter's recursion limit, decides.
+BODY_MAX_DEPTH_LIMIT: Final = 512
 
 _encoder = msgspec.json.Encoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
@@ -97,6 +108,93 @@ def _walk(info: msgspec.inspect.Type, seen: set[int]) -> None:
 class BadBody(FarineError):
     """A body that cannot be decoded: invalid JSON, wrong type, too large, too deep, or a
     content type farine does not read."""
+
+
+# A JSON string, escapes included: its brackets are text, not nesting.
+_JSON_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS: Final = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_NESTING_STEP: Final = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+# Every bytes but those that can open a msgpack array or map (fix, 16- and 32-bit forms).
+_NOT_MSGPACK_OPENERS: Final = bytes(
+    sorted(set(range(256)) - set(range(0x80, 0xA0)) - set(range(0xDC, 0xE0)))
+)
+
+
+def check_depth(
+    data: bytes | bytearray | memoryview | str, max_depth: int, format: str = "JSON"
+) -> None:
+    """Raise `BadBody` if arrays and objects in `data` nest deeper than `max_depth`.
+
+    The limit is the same on every interpreter: decoding itself would stop at a depth
+    that depends on the Python version's recursion limit. `[1]` and `{"a": 1}` have depth
+    1, `[[1]]` depth 2. Malformed data that is not too deep passes: decoding it says
+    what is wrong.
+
+    Args:
+        data: The encoded body.
+        max_depth: The deepest nesting allowed (the `body_max_depth` setting).
+        format: `"JSON"` or `"msgpack"`.
+
+    Raises:
+        BadBody: `data` nests deeper than `max_depth`.
+
+    Example:
+        >>> check_depth(b"[[1]]", 1)
+        Traceback (most recent call last):
+        farine.codec.BadBody: JSON nested too deeply (more than body_max_depth = 1 levels)
+    """
+    if format == "JSON":
+        too_deep = _json_deeper_than(data, max_depth)
+    else:
+        too_deep = _msgpack_deeper_than(data, max_depth)
+    if too_deep:
+        raise BadBody(f"{format} nested too deeply (more than body_max_depth = {max_depth} levels)")
+
+
+def _json_deeper_than(data: bytes | bytearray | memoryview | str, limit: int) -> bool:
+    raw = data.encode() if isinstance(data, str) else data
+    if isinstance(raw, memoryview):
+        raw = raw.tobytes()
+    # Depth cannot exceed the number of openers: most bodies end the check here, in C.
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return any(
+        depth > limit for depth in itertools.accumulate(map(_NESTING_STEP.__getitem__, brackets))
+    )
+
+
+def _msgpack_deeper_than(data: bytes | bytearray | memoryview | str, limit: int) -> bool:
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    # Depth cannot exceed the number of bytes that may open a container (in C, as for JSON).
+    if len(raw.translate(None, _NOT_MSGPACK_OPENERS)) <= limit:
+        return False
+    try:
+        value: Any = msgspec.msgpack.decode(raw)
+    except msgspec.DecodeError:
+        return False  # the typed decoder says what is wrong with it
+    except RecursionError:
+        return True  # deeper than this interpreter decodes, so deeper than any limit
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        children = _children(item)
+        if children is not None:
+            depth += 1
+            if depth > limit:
+                return True
+            stack.extend((child, depth) for child in children)
+    return False
+
+
+def _children(item: object) -> Iterable[object] | None:
+    """What a decoded container holds (a map's keys too), or None for a scalar."""
+    if isinstance(item, dict):
+        mapping = cast("dict[object, object]", item)
+        return itertools.chain(mapping.keys(), mapping.values())
+    if isinstance(item, list | tuple):
+        return cast("list[object]", item)
+    return None
 
 
 def encode(value: object, serializer: str = "json") -> bytes:
@@ -168,12 +266,19 @@ class BodyDecoder:
         type: The target type (a Struct, dataclass, TypedDict, builtins, generics, unions).
         where: Names the handler in the start-up error when msgspec cannot decode `type`.
         max_size: Bodies larger than this many bytes are rejected before decoding.
+        max_depth: Bodies whose arrays and objects nest deeper than this are rejected
+            before decoding (see `check_depth`).
     """
 
-    __slots__ = ("_decoder", "_msgpack", "max_size", "type")
+    __slots__ = ("_decoder", "_msgpack", "max_depth", "max_size", "type")
 
     def __init__(
-        self, type: Any = Any, *, where: str = "", max_size: int = DEFAULT_MAX_BODY_SIZE
+        self,
+        type: Any = Any,
+        *,
+        where: str = "",
+        max_size: int = DEFAULT_MAX_BODY_SIZE,
+        max_depth: int = DEFAULT_BODY_MAX_DEPTH,
     ) -> None:
         try:
             check_decodable(type)
@@ -184,6 +289,7 @@ class BodyDecoder:
             ) from None
         self.type = type
         self.max_size = max_size
+        self.max_depth = max_depth
         self._msgpack: msgspec.msgpack.Decoder[Any] | None = None
 
     def decode(
@@ -195,7 +301,8 @@ class BodyDecoder:
         """Decode `data` into the target type, as its `content_type` says (default: JSON).
 
         Raises:
-            BadBody: With the reason (too large, invalid JSON, wrong type, too deep, a
+            BadBody: With the reason (too large, invalid JSON, wrong type, nested deeper
+                than `max_depth`, a
                 content type or encoding farine does not read).
         """
         if len(data) > self.max_size:
@@ -211,6 +318,7 @@ class BodyDecoder:
         return self._json(data)
 
     def _json(self, data: bytes | bytearray | memoryview | str) -> Any:
+        check_depth(data, self.max_depth, "JSON")
         return self._with(self._decoder.decode, data, "JSON")
 
     def _with(self, decode: Callable[[Any], Any], data: object, format: str) -> Any:
@@ -220,7 +328,7 @@ class BodyDecoder:
             raise BadBody(f"does not match {_type_name(self.type)}: {exc}") from None
         except msgspec.DecodeError as exc:
             raise BadBody(f"invalid {format}: {exc}") from None
-        except RecursionError:
+        except RecursionError:  # a safety net: check_depth rejects such bodies first
             raise BadBody(f"{format} nested too deeply") from None
 
     def _decode_as(self, data: bytes | bytearray | memoryview | str, content_type: str) -> Any:
@@ -255,9 +363,9 @@ class BodyDecoder:
         decoder = self._msgpack
         if decoder is None:
             decoder = self._msgpack = msgspec.msgpack.Decoder(self.type)
-        return self._with(
-            decoder.decode, data.encode() if isinstance(data, str) else data, "msgpack"
-        )
+        raw = data.encode() if isinstance(data, str) else data
+        check_depth(raw, self.max_depth, "msgpack")
+        return self._with(decoder.decode, raw, "msgpack")
 
 
 def _type_name(tp: Any) -> str:

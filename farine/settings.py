@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final, cast
 
 from farine._redact import redact
+from farine.codec import BODY_MAX_DEPTH_LIMIT, DEFAULT_BODY_MAX_DEPTH
 from farine.exceptions import SettingsError
 
 __all__ = (
@@ -71,6 +72,13 @@ def _parse_positive_int(raw: str) -> int:
     value = _parse_int(raw)
     if value < 1:
         raise ValueError("expected an integer >= 1")
+    return value
+
+
+def _parse_body_max_depth(raw: str) -> int:
+    value = _parse_int(raw)
+    if not 1 <= value <= BODY_MAX_DEPTH_LIMIT:
+        raise ValueError(f"expected an integer from 1 to {BODY_MAX_DEPTH_LIMIT}")
     return value
 
 
@@ -210,6 +218,9 @@ KEYS: Final[tuple[Key, ...]] = (
         "Messages a consumer may hold unacknowledged."),
     Key("max_body_size", _parse_positive_int, 16 * 1024 * 1024, "int",
         "Largest body (bytes) a consumer decodes; larger ones are rejected."),
+    Key("body_max_depth", _parse_body_max_depth, DEFAULT_BODY_MAX_DEPTH, "int",
+        "Deepest nesting of arrays and objects in a body a consumer decodes (1 to "
+        f"{BODY_MAX_DEPTH_LIMIT}); deeper ones are rejected, the same on every Python."),
     Key("heartbeat", _parse_positive_int, 60, "int", "AMQP heartbeat interval in seconds."),
     Key("connect_timeout", _parse_non_negative_float, 10.0, "float",
         "Seconds one connection attempt (AMQP or HTTP) may take."),
@@ -286,6 +297,7 @@ class ServiceSettings(Mapping[str, Any]):
     log_level: str | None = None
     prefetch: int = 64
     max_body_size: int = 16 * 1024 * 1024
+    body_max_depth: int = DEFAULT_BODY_MAX_DEPTH
     heartbeat: int = 60
     connect_timeout: float = 10.0
     connect_retry_timeout: float = 60.0

@@ -7,7 +7,15 @@ from typing import Any
 import msgspec
 import pytest
 
-from farine.codec import CONTENT_TYPES, BadBody, BodyDecoder, encode
+from farine.codec import (
+    BODY_MAX_DEPTH_LIMIT,
+    CONTENT_TYPES,
+    DEFAULT_BODY_MAX_DEPTH,
+    BadBody,
+    BodyDecoder,
+    check_depth,
+    encode,
+)
 
 
 class Order(msgspec.Struct):
@@ -65,3 +73,58 @@ def test_compressed_bodies_are_refused_by_name() -> None:
     with pytest.raises(BadBody, match="unsupported content encoding 'gzip'"):
         BodyDecoder(Any).decode(b"\x1f\x8b", "application/json", "gzip")
     assert BodyDecoder(Any).decode(b"[1]", "application/json", "UTF-8") == [1]
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"1" + b"]" * depth
+
+
+@pytest.mark.parametrize("serializer", sorted(CONTENT_TYPES))
+def test_nesting_up_to_body_max_depth_decodes_and_deeper_is_rejected(serializer: str) -> None:
+    content_type, _ = CONTENT_TYPES[serializer]
+    decoder = BodyDecoder(Any, max_depth=3)
+    assert decoder.decode(encode({"a": [[1]]}, serializer), content_type) == {"a": [[1]]}
+    with pytest.raises(BadBody, match=r"nested too deeply \(more than body_max_depth = 3 "):
+        decoder.decode(encode({"a": [[[1]]]}, serializer), content_type)
+
+
+@pytest.mark.parametrize("depth", [200, 1200, 100_000])
+def test_the_default_depth_limit_is_the_same_on_every_python(depth: int) -> None:
+    # Python 3.11 stops near 1,000 levels, 3.12 and 3.13 far deeper: the limit decides.
+    data = _nested(depth)
+    if depth <= DEFAULT_BODY_MAX_DEPTH:
+        assert BodyDecoder(Any).decode(data) is not None
+        return
+    with pytest.raises(BadBody, match="JSON nested too deeply"):
+        BodyDecoder(Any).decode(data)
+    with pytest.raises(BadBody, match="msgpack nested too deeply"):
+        BodyDecoder(Any).decode(b"\x91" * depth + b"\x01", "application/msgpack")
+
+
+def test_brackets_in_strings_are_not_nesting() -> None:
+    decoder = BodyDecoder(Any, max_depth=2)
+    text = '"[[[[{{{{ \\" ]]]]"'
+    assert decoder.decode(f'{{"a": [{text}]}}'.encode()) == {"a": ['[[[[{{{{ " ]]]]']}
+    # Closers inside a string do not hide the depth outside it.
+    with pytest.raises(BadBody, match="nested too deeply"):
+        decoder.decode(f"[{text}, [[1]]]".encode())
+
+
+def test_check_depth_leaves_malformed_bodies_to_the_decoder() -> None:
+    check_depth(b'[[}, "', 2)  # not JSON, but not too deep: decoding says what is wrong
+    check_depth(b"\x91" * 3 + b"\xc1", 3, "msgpack")
+    with pytest.raises(BadBody, match="invalid JSON"):
+        BodyDecoder(Any, max_depth=2).decode(b'[[}, "')
+    with pytest.raises(BadBody, match="invalid msgpack"):
+        BodyDecoder(Any, max_depth=2).decode(b"\x91" * 3 + b"\xc1", "application/msgpack")
+
+
+def test_the_largest_body_max_depth_decodes_on_this_python() -> None:
+    # Deep inside a test's call stack, as a handler is deep inside the runtime's.
+    def nest(levels: int) -> Any:
+        if levels:
+            return nest(levels - 1)
+        decoder = BodyDecoder(Any, max_depth=BODY_MAX_DEPTH_LIMIT)
+        return decoder.decode(_nested(BODY_MAX_DEPTH_LIMIT))
+
+    assert nest(150) is not None

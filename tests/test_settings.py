@@ -111,6 +111,8 @@ def test_loading_is_lazy_and_load_is_kept(write_config: Callable[[str], Path]) -
         ("durable", "perhaps", "expected a boolean"),
         ("max_workers", "ten", "expected an integer"),
         ("max_workers", "0", "expected an integer >= 1"),
+        ("body_max_depth", "0", "expected an integer from 1 to 512"),
+        ("body_max_depth", "513", "expected an integer from 1 to 512"),
         ("shutdown_timeout", "-1", ">= 0"),
         ("shutdown_timeout", "soon", "expected a number of seconds"),
         ("retry_policy", "[1, 2]", "expected a JSON object"),

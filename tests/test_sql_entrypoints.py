@@ -10,10 +10,12 @@ services are defined here but belong to the `tests.sqlapp` module, so its models
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import subprocess
 import sys
 import uuid
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -30,6 +32,7 @@ from farine.discovery import ServiceDefinition, find_entrypoints
 from farine.exceptions import ConfigurationError, RPCError
 from farine.runtime import Runtime
 from farine.settings import Config
+from tests._db import postgres, rows
 from tests._sse_server import Reply, serve_sse
 from tests.amqp.conftest import LogWatcher, Recorder
 from tests.sqlapp.models import Person
@@ -270,6 +273,12 @@ class Batch(WithDatabase):
         Person.create(name="ada")
         raise Boom("ada")
 
+    # A second entrypoint keeps the service (and its database) up once `fill` has
+    # returned, so the test counts through a running service.
+    @farine.rpc.method()
+    def count(self) -> int:
+        return count_people()
+
 
 async def test_execute_transaction_rolls_back(db_settings: str) -> None:
     watcher = LogWatcher("not restarting")
@@ -282,6 +291,49 @@ async def test_execute_transaction_rolls_back(db_settings: str) -> None:
             assert await ctx.call(count_people) == 0
     finally:
         log.removeHandler(watcher)
+
+
+class Once(WithDatabase):
+    @farine.execute.method(restart=False)
+    def run(self) -> None:
+        count_people()
+
+
+def _open_connections(database: str) -> int:
+    admin = postgres("test")
+    try:
+        found = rows(admin, f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}'")
+    finally:
+        admin.close()
+    return int(found[0][0])
+
+
+async def test_a_call_after_the_service_stopped_leaves_no_connection_open(
+    db_settings: str,
+) -> None:
+    # `once` stops when its only entrypoint returns, and its database is closed then; a
+    # call that comes later (or that was still running) must close what it opened.
+    watcher = LogWatcher("service stopped: once")
+    log = logging.getLogger("farine.runtime")
+    level = log.level
+    log.setLevel(logging.INFO)
+    log.addHandler(watcher)
+    database = db_settings.split("db_name = ", 1)[1].split("\n", 1)[0]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            async with running(Once, config=config(db_settings)) as runtime:
+                await watcher.wait()
+                before = _open_connections(database) if "postgres" in db_settings else 0
+                ctx = runtime.services["once"]
+                assert await ctx.call(count_people) == 0
+                after = _open_connections(database) if "postgres" in db_settings else 0
+                assert after == before
+            gc.collect()  # Python 3.13 warns about a SQLite connection collected open
+        assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    finally:
+        log.removeHandler(watcher)
+        log.setLevel(level)
 
 
 class Feed(WithDatabase):

@@ -4,6 +4,8 @@ the fast path on (the pool's own threads) and off (`anyio.to_thread`)."""
 from __future__ import annotations
 
 import contextvars
+import logging
+import sys
 import threading
 import uuid
 
@@ -12,6 +14,7 @@ import anyio.from_thread
 import pytest
 
 from farine import _workers
+from farine._broker.aiormq import fastpath
 from farine._broker.aiormq.fastpath import ENV_VAR as FAST_PATH_ENV_VAR
 from farine._workers import WorkerPool
 
@@ -225,3 +228,23 @@ async def test_idle_threads_exit(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pool.threads == 0
     assert await pool.run(lambda: 2) == 2  # a new thread starts for the next call
     assert pool.threads == 1
+
+
+async def test_without_the_thread_marks_calls_go_through_anyio_threads(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An anyio or trio that moved what the fast path reads: `def` handlers still run."""
+    monkeypatch.delenv(FAST_PATH_ENV_VAR, raising=False)
+    monkeypatch.delitem(sys.modules, "farine._broker.aiormq.fastpath.threads", raising=False)
+    monkeypatch.setitem(sys.modules, "farine._broker.aiormq.fastpath.threads", None)
+    monkeypatch.delattr(fastpath, "threads", raising=False)
+    caplog.set_level(logging.INFO, logger="farine.runtime")
+    pool = WorkerPool(1, name=_unique("pool-no-marks"), fast_path="on")
+
+    async def on_loop() -> str:
+        return "on the loop"
+
+    with anyio.fail_after(10):
+        assert await pool.run(lambda: anyio.from_thread.run(on_loop)) == "on the loop"
+    assert _pool_threads("pool-no-marks") == []
+    assert any("calls go through anyio.to_thread" in r.getMessage() for r in caplog.records)

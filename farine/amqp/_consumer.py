@@ -207,6 +207,7 @@ class _ConsumerEntrypoint(Entrypoint):
             annotation_of(handler, "body"),
             where=f"{service.name}.{name}",
             max_size=settings.max_body_size,
+            max_depth=settings.body_max_depth,
         )
         if spec.ignored_queue_name is not None:
             logger.warning(

@@ -92,6 +92,7 @@ class HttpStreamSpec(EntrypointSpec):
             annotation_of(handler, data_name),
             where=f"{service.name}.{name}",
             max_size=settings.max_body_size,
+            max_depth=settings.body_max_depth,
         )
         return _HttpStream(
             service,
@@ -229,7 +230,7 @@ class _Decode:
 
     __slots__ = ("_decoder", "_mode", "max_size")
 
-    def __init__(self, annotation: Any, *, where: str, max_size: int) -> None:
+    def __init__(self, annotation: Any, *, where: str, max_size: int, max_depth: int) -> None:
         self.max_size = max_size
         if annotation is Any:
             self._mode = "auto"  # JSON when it parses, else the raw string (the seed's way)
@@ -237,7 +238,7 @@ class _Decode:
             self._mode = "raw"  # SSE data is text: `data: str` asks for it as is
         else:
             self._mode = "typed"
-        self._decoder = BodyDecoder(annotation, where=where, max_size=max_size)
+        self._decoder = BodyDecoder(annotation, where=where, max_size=max_size, max_depth=max_depth)
 
     def __call__(self, text: str) -> Any:
         body = text.encode()

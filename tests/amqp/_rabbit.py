@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import threading
 import uuid
@@ -18,6 +19,7 @@ import aiormq
 import aiormq.abc
 import anyio
 from pamqp.commands import Basic
+from yarl import URL
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
@@ -30,9 +32,19 @@ __all__ = (
     "rabbitmq_available",
     "seed_call",
     "seed_server",
+    "uri_on_port",
 )
 
-RABBITMQ_URI: Final = "amqp://guest:guest@127.0.0.1:5672/"
+#: The RabbitMQ the tests use. `FARINE_TEST_AMQP_URI` names another virtual host: .ci/run
+#: gives each job one of its own, so jobs running side by side never share a queue.
+RABBITMQ_URI: Final = os.environ.get("FARINE_TEST_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def uri_on_port(port: int) -> str:
+    """`RABBITMQ_URI` on another port (a proxy's, or one nothing listens on)."""
+    return str(URL(RABBITMQ_URI).with_port(port))
+
+
 REPLY_TIMEOUT: Final = 15.0
 
 T = TypeVar("T")

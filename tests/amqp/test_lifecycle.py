@@ -252,7 +252,7 @@ async def test_start_waits_for_the_broker_and_publish_times_out_while_it_is_down
     exchange, queue = rabbitmq.exchange(), rabbitmq.queue()
     seen = Recorder()
     proxy = TcpProxy(5672)
-    uri = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+    uri = _rabbit.uri_on_port(proxy.port)
     refused = watch_log("cannot connect to")
     ready = watch_log("ready: worker")
 
@@ -316,7 +316,7 @@ class _Proxied:
 async def _proxied(rabbitmq: Broker) -> AsyncGenerator[tuple[_Proxied, Runtime]]:
     exchange, queue = rabbitmq.exchange(), rabbitmq.queue()
     proxy = TcpProxy(5672)
-    config = rabbitmq.config(amqp_uri=f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
+    config = rabbitmq.config(amqp_uri=_rabbit.uri_on_port(proxy.port))
     settings = config.service("worker")
     async with anyio.create_task_group() as tg:
         proxied = _Proxied(proxy, tg, AsyncPublisher(exchange, "rk", settings=settings))
@@ -399,7 +399,7 @@ async def _serve_in_group(proxy: TcpProxy, *, task_status: TaskStatus[TaskGroup]
 
 @pytest.mark.rabbitmq
 async def test_start_fails_clearly_when_the_broker_stays_down(rabbitmq: Broker) -> None:
-    uri = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+    uri = _rabbit.uri_on_port(free_port())
 
     class Worker:
         @farine.amqp.consume(exchange=rabbitmq.exchange(), routing_key="rk")

@@ -56,8 +56,9 @@ class DatabaseUnavailable(FarineError, AttributeError):
 
 
 @contextlib.contextmanager
-def _call_scope(db: peewee.Database, transaction: bool) -> Generator[None]:
+def _call_scope(entry: _Shared, transaction: bool) -> Generator[None]:
     """One handler call, in its worker thread: a connection, maybe a transaction."""
+    db = entry.db
     flag = requested_transaction()
     in_transaction = transaction if flag is None else flag
     token = _current_db.set(db)
@@ -73,6 +74,10 @@ def _call_scope(db: peewee.Database, transaction: bool) -> Generator[None]:
                 yield
     finally:
         _current_db.reset(token)
+        if entry.closed:
+            # The service stopped while this call ran (or it came late): nobody will
+            # close the pool again, so the connection just returned must not stay open.
+            close(db)
 
 
 class _DatabaseAttribute:
@@ -156,6 +161,7 @@ class _Shared:
     key: tuple[Any, ...]
     owner: str
     users: int = 0
+    closed: bool = False
     models: list[type[peewee.Model]] = field(default_factory=list[type[peewee.Model]])
 
 
@@ -211,7 +217,7 @@ async def attach_database(ctx: ServiceContext) -> None:
             settings.max_workers,
         )
         ctx.workers.max_workers = pool
-    ctx.call_hooks.append(functools.partial(_call_scope, entry.db, settings.transaction))
+    ctx.call_hooks.append(functools.partial(_call_scope, entry, settings.transaction))
     models = ", ".join(model.__name__ for model in entry.models) or "none"
     logger.info(
         "service %s: database %s (pool of %d), models: %s",
@@ -241,4 +247,7 @@ def _release(module: str, entry: _Shared) -> None:
     if entry.users == 0:
         if _shared.get(module) is entry:
             del _shared[module]
+        # Set before closing: a call still running closes its own connection when it
+        # returns it (see _call_scope).
+        entry.closed = True
         close(entry.db)
