@@ -27,7 +27,7 @@ import logging
 import math
 import selectors
 import threading
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import outcome
 import trio
@@ -38,7 +38,14 @@ from farine._broker.errors import PublishError
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
-__all__ = ("SteppedDriver", "SteppedLoop", "wait_future", "wait_task")
+__all__ = (
+    "SteppedDriver",
+    "SteppedLoop",
+    "create_task_unwoken",
+    "wait_future",
+    "wait_task",
+    "wind_down",
+)
 
 logger = logging.getLogger("farine.amqp")
 
@@ -114,6 +121,37 @@ async def wait_future(future: asyncio.Future[T], on_abandon: Callable[[], object
     future.add_done_callback(finished)
     value: T = await trio.lowlevel.wait_task_rescheduled(abort)
     return value
+
+
+class _Stepped(Protocol):
+    """What the helpers below need of a loop run in steps (either driver's)."""
+
+    stepping: bool
+
+    def create_task(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]: ...
+
+
+def create_task_unwoken(loop: _Stepped, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """A new task of `loop`, created without waking the driver (the caller steps)."""
+    loop.stepping = True
+    try:
+        return loop.create_task(coro)
+    finally:
+        loop.stepping = False
+
+
+async def wind_down(loop: asyncio.AbstractEventLoop, step: Callable[[], None]) -> None:
+    """Cancel the tasks still on `loop` and `step()` it until they are done (bounded)."""
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    for _ in range(WIND_DOWN_STEPS):
+        if not tasks:
+            return
+        step()
+        tasks = {task for task in tasks if not task.done()}
+        await trio.lowlevel.checkpoint()
+    logger.debug("%d AMQP task(s) did not finish when the loop stopped", len(tasks))
 
 
 class _StepSelector(selectors.DefaultSelector):
@@ -244,7 +282,7 @@ class SteppedDriver:
                             await trio.lowlevel.wait_readable(fd)
                         self._waiting = None
                     self._wake()  # the stepper sees `_stopping` and returns
-                await self._wind_down()
+                await wind_down(loop, loop.step)
             finally:
                 self._waiting = None
                 trio.lowlevel.notify_closing(fd)  # trio forgets the selector's fd
@@ -278,19 +316,6 @@ class SteppedDriver:
                 waiting.deadline = deadline
         return False
 
-    async def _wind_down(self) -> None:
-        loop = self.loop
-        tasks = asyncio.all_tasks(loop)
-        for task in tasks:
-            task.cancel()
-        for _ in range(WIND_DOWN_STEPS):
-            if not tasks:
-                return
-            loop.step()
-            tasks = {task for task in tasks if not task.done()}
-            await trio.lowlevel.checkpoint()
-        logger.debug("%d AMQP task(s) did not finish when the loop stopped", len(tasks))
-
     async def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the loop and return its result (for a trio task of this run).
 
@@ -302,12 +327,7 @@ class SteppedDriver:
         if self._stopping:
             coro.close()
             raise PublishError("the AMQP connection is closed")
-        loop = self.loop
-        loop.stepping = True  # no wake-up: the step below runs the new task
-        try:
-            task = loop.create_task(coro)
-        finally:
-            loop.stepping = False
+        task = create_task_unwoken(self.loop, coro)  # the step below runs it
         if self._step_here():
             self._wake()  # the stepper runs the rest
         return await wait_task(task)

@@ -43,7 +43,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import trio
 
 from farine._broker.aiormq.hosts import run_blocking_on
-from farine._broker.aiormq.stepped import wait_future, wait_task
+from farine._broker.aiormq.stepped import (
+    create_task_unwoken,
+    wait_future,
+    wait_task,
+    wind_down,
+)
 from farine._broker.errors import PublishError
 
 if TYPE_CHECKING:
@@ -58,9 +63,6 @@ T = TypeVar("T")
 
 #: At most how many loop iterations one step runs while callbacks keep becoming ready.
 _ITERATIONS_PER_STEP = 16
-
-#: How many steps a stopping driver gives cancelled tasks to finish.
-_WIND_DOWN_STEPS = 100
 
 
 def _run_ready(ready: deque[asyncio.Handle]) -> None:
@@ -404,7 +406,7 @@ class TrioDriver:
                     while not self._stopping:
                         await self._drive_until_timer(fd)
                     self._wake()  # the stepper sees `_stopping` and returns
-                await self._wind_down()
+                await wind_down(loop, self._step_and_flush)
             finally:
                 self._waiting = None
                 trio.lowlevel.notify_closing(fd)  # trio forgets the selector's fd
@@ -457,19 +459,9 @@ class TrioDriver:
             if self._stopping:
                 return
 
-    async def _wind_down(self) -> None:
-        loop = self.loop
-        tasks = asyncio.all_tasks(loop)
-        for task in tasks:
-            task.cancel()
-        for _ in range(_WIND_DOWN_STEPS):
-            if not tasks:
-                return
-            loop.step()
-            loop.run_flushes()
-            tasks = {task for task in tasks if not task.done()}
-            await trio.lowlevel.checkpoint()
-        logger.debug("%d AMQP task(s) did not finish when the loop stopped", len(tasks))
+    def _step_and_flush(self) -> None:
+        self.loop.step()
+        self.loop.run_flushes()
 
     async def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the loop and return its result (for a trio task of this run).
@@ -482,12 +474,7 @@ class TrioDriver:
         if self._stopping:
             coro.close()
             raise PublishError("the AMQP connection is closed")
-        loop = self.loop
-        loop.stepping = True  # no wake-up: the step below runs the new task
-        try:
-            task = loop.create_task(coro)
-        finally:
-            loop.stepping = False
+        task = create_task_unwoken(self.loop, coro)  # the step below runs it
         # Run the coroutine up to its first real wait now, in the caller's task: a
         # publish writes its frame without waiting for a round of trio's scheduler.
         if self._step_here():
