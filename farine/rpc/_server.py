@@ -175,7 +175,8 @@ class _RpcMethod(Entrypoint):
         # The scopes of the calls running, cancelled once their caller's deadline passed.
         self._deadlines = Deadlines[anyio.CancelScope](_cancel)
         exchange = ExchangeSpec(
-            service.name, "direct", durable=settings.durable, auto_delete=settings.auto_delete
+            # Never auto-deleted, whatever `auto_delete` says: as baguette-messaging 0.19.
+            service.name, "direct", durable=settings.durable, auto_delete=False
         )
         self.topology = (
             Topology(

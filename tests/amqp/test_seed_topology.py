@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import uuid
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
+import anyio
 import pytest
 
 import farine.amqp
+import farine.rpc
 from farine._broker.interface import Outgoing
 from farine._connections import get_connection
 from farine.amqp import AsyncPublisher, Message, Properties
 from farine.exceptions import ConfigurationError
+from farine.settings import Config
+from tests.amqp import _rabbit
 from tests.amqp.conftest import Broker, Recorder, running
 
 if TYPE_CHECKING:
@@ -263,3 +268,29 @@ async def test_two_consumers_of_one_default_queue_with_other_bindings_are_refuse
     ):
         async with running(Twice, config=broker.config()):
             pass
+
+
+@pytest.mark.rabbitmq
+async def test_an_rpc_services_exchange_is_never_auto_deleted(anyio_backend: str) -> None:
+    """baguette-messaging 0.19 declared it so, whatever `auto_delete` says."""
+    name = f"seedrpc{uuid.uuid4().hex[:10]}"
+    vhost = urlsplit(_rabbit.RABBITMQ_URI).path.lstrip("/") or "/"
+
+    async def ping(self: object) -> str:
+        return "pong"
+
+    service = type(name.capitalize(), (), {"ping": farine.rpc.method()(ping)})
+    config = Config.from_string(
+        f"[DEFAULT]\namqp_uri = {_rabbit.RABBITMQ_URI}\nauto_delete = true\n"
+    )
+    try:
+        async with running(service, config=config):
+            done = await anyio.run_process(
+                ["rabbitmqctl", "-q", "list_exchanges", "-p", vhost, "name", "auto_delete",
+                 "--no-table-headers"],
+                check=True,
+            )  # fmt: skip
+        flags = dict(line.split("\t") for line in done.stdout.decode().splitlines() if line)
+        assert flags[name] == "false"
+    finally:
+        await _rabbit.delete(queues=[f"{name}__ping"], exchanges=[name])
