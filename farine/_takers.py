@@ -23,9 +23,9 @@ class Takers(Generic[M]):
 
     Each task takes the next message once it has handled one: no task is started per
     message. A task starts only when a message arrives while no other task is waiting
-    for one (and fewer than `limit` run), and a task that has handled its message ends
-    when another task already waits: an idle consumer holds one task, a busy one as
-    many as it handles messages at once.
+    for one (and fewer than `limit` run), and stays for the next ones: a consumer holds
+    as many tasks as it has handled messages at once (one until its first message), not
+    one per prefetch slot.
 
     Args:
         messages: The consumer's messages; the takers end when it does.
@@ -74,8 +74,8 @@ class Takers(Generic[M]):
         self._start_task()
 
     def _start_task(self) -> None:
-        # Counted as waiting from now, before it first runs: a task finishing meanwhile
-        # sees that one waits already, and ends.
+        # Counted as waiting from now, before it first runs: a message taken meanwhile
+        # by another task starts no second one.
         assert self._group is not None
         self._tasks += 1
         self._waiting += 1
@@ -94,7 +94,4 @@ class Takers(Generic[M]):
                 if not self._waiting and self._tasks < self._limit:
                     self._start_task()
                 await self._handle(message)
-                if self._waiting:  # another task takes the next message
-                    self._tasks -= 1
-                    return
                 self._waiting += 1

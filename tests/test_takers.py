@@ -31,7 +31,7 @@ async def test_an_idle_consumer_holds_one_task() -> None:
     assert takers.tasks == 0
 
 
-async def test_busy_messages_get_a_task_each_up_to_the_limit_then_one_stays() -> None:
+async def test_busy_messages_get_a_task_each_up_to_the_limit_and_they_stay() -> None:
     send, receive = anyio.create_memory_object_stream[int](100)
     release = anyio.Event()
     started: list[int] = []
@@ -54,7 +54,7 @@ async def test_busy_messages_get_a_task_each_up_to_the_limit_then_one_stays() ->
             release.set()
             await anyio.wait_all_tasks_blocked()
             assert sorted(done) == list(range(8))
-            assert takers.tasks == 1  # idle again: one task waits for the next message
+            assert takers.tasks == 5  # they stay: no task is started per message
             send.close()
 
 
@@ -122,7 +122,7 @@ async def test_takers_can_run_in_the_callers_task_group() -> None:
             takers.start_in(tg)
             await send.send(1)
             await anyio.wait_all_tasks_blocked()
-            assert takers.tasks == 1
+            assert takers.tasks == 2  # one took the message, one was started to wait
             send.close()
     assert done == [1]
     assert takers.tasks == 0
