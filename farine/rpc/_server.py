@@ -176,7 +176,10 @@ class _RpcMethod(Entrypoint):
         self._deadlines = Deadlines[anyio.CancelScope](_cancel)
         exchange = ExchangeSpec(
             # Never auto-deleted, whatever `auto_delete` says: as baguette-messaging 0.19.
-            service.name, "direct", durable=settings.durable, auto_delete=False
+            service.name,
+            "direct",
+            durable=settings.durable,
+            auto_delete=False,
         )
         self.topology = (
             Topology(
