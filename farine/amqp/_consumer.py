@@ -266,7 +266,6 @@ class _ConsumerEntrypoint(Entrypoint):
         )
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._cancel_on_stop, consumer)
                 takers = Takers(
                     consumer,
                     functools.partial(self._handle, connection=connection),
@@ -277,8 +276,9 @@ class _ConsumerEntrypoint(Entrypoint):
                 )
                 takers.start_in(tg)
                 task_status.started()
-                # The stream only ends once `_cancel_on_stop` cancelled the consumer; each
-                # task then finishes the message it is handling.
+                # This task waits for the stop itself (no task of its own for it): the
+                # stream then ends, and each taker finishes the message it handles.
+                await self._cancel_on_stop(consumer)
         finally:
             # Shielded: the channel must close (requeueing what is unacked) even when the
             # service is being cancelled after its shutdown timeout.
