@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = (
     "SteppedDriver",
     "SteppedLoop",
+    "WakingLoop",
     "create_task_unwoken",
     "wait_future",
     "wait_task",
@@ -178,18 +179,20 @@ class _StepSelector(selectors.DefaultSelector):
         return []
 
 
-class SteppedLoop(asyncio.SelectorEventLoop):
-    """A selector event loop that runs one step at a time (see the module docstring).
+class WakingLoop(asyncio.SelectorEventLoop):
+    """A selector event loop run in steps: work scheduled on it from outside a step, in
+    its own thread, calls `wake()` (so that a step runs it soon). Other threads use
+    `call_soon_threadsafe()`, which wakes the driver through the loop's self-pipe.
 
-    Scheduling work from outside a step, in the loop's thread, calls `wake()`.
+    Args:
+        selector: The loop's selector (the driver waits for its file descriptor).
+        wake: Called when work was scheduled from outside a step.
     """
 
-    def __init__(self, wake: Callable[[], None]) -> None:
-        selector = _StepSelector()
+    def __init__(self, selector: selectors.BaseSelector, wake: Callable[[], None]) -> None:
         super().__init__(selector)
-        selector.loop = self
-        self.step_selector = selector
         self.wake = wake
+        #: True during a step (and while a caller that steps next schedules work).
         self.stepping = False
         self.thread = threading.get_ident()
 
@@ -215,6 +218,16 @@ class SteppedLoop(asyncio.SelectorEventLoop):
         if not self.stepping and threading.get_ident() == self.thread:
             self.wake()
         return handle
+
+
+class SteppedLoop(WakingLoop):
+    """A `WakingLoop` stepped through public API (see the module docstring)."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        selector = _StepSelector()
+        super().__init__(selector, wake)
+        selector.loop = self
+        self.step_selector = selector
 
     def step(self, *, poll: bool = True) -> None:
         """Run what is ready, polling for I/O first (unless `poll` is False), without

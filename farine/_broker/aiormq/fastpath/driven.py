@@ -38,12 +38,14 @@ import selectors
 import struct
 import sys
 import threading
+import types
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import trio
 
 from farine._broker.aiormq.hosts import run_blocking_on
 from farine._broker.aiormq.stepped import (
+    WakingLoop,
     create_task_unwoken,
     wait_future,
     wait_task,
@@ -99,27 +101,22 @@ class _Selector(selectors.DefaultSelector):
         return super().select(0)
 
 
-class DrivenLoop(asyncio.SelectorEventLoop):
-    """A selector event loop that runs one step at a time (see the module docstring).
-
-    Scheduling work from outside a step (in the loop's thread) calls `wake()`, so that
-    a task runs it soon. Other threads use `call_soon_threadsafe()`, which wakes the
-    driver through the self-pipe. A callable that the loop's `call_soon` returned in a
-    step (a bound method kept for later) does not wake: look it up again outside.
+class DrivenLoop(WakingLoop):
+    """A `WakingLoop` whose steps run the loop's own iterations (see the module
+    docstring). A callable that the loop's `call_soon` returned in a step (a bound
+    method kept for later) does not wake: look it up again outside.
     """
 
     def __init__(self, selector: _Selector, wake: Callable[[], None]) -> None:
-        super().__init__(selector)
+        super().__init__(selector, wake)
         self.selector = selector
-        self.wake = wake
-        self.stepping = False
-        self._thread = threading.get_ident()
         # The loop's queue of ready callbacks: one object for the loop's whole life.
         self._ready_callbacks = cast("deque[asyncio.Handle]", vars(self)["_ready"])
         # What `run_forever()` uses, unknown to the type stubs.
         loop = cast("Any", self)
         self._run_iteration: Callable[[], None] = loop._run_once
-        self._plain_call_soon = super().call_soon
+        # asyncio's own `call_soon`, bound: the one a step uses (nothing wakes in a step).
+        self._plain_call_soon = types.MethodType(asyncio.SelectorEventLoop.call_soon, self)
         #: Steps that polled for I/O so far: each starts a new round of work.
         self.io_rounds = 0
         self._polling = False  # in a step that polled: the driver flushes after it
@@ -128,29 +125,6 @@ class DrivenLoop(asyncio.SelectorEventLoop):
             loop._asyncgen_firstiter_hook,
             loop._asyncgen_finalizer_hook,
         )
-
-    def call_soon(  # type: ignore[override]  # the typeshed signature uses TypeVarTuple
-        self,
-        callback: Callable[..., object],
-        *args: Any,
-        context: Any = None,
-    ) -> asyncio.Handle:
-        handle = super().call_soon(callback, *args, context=context)
-        if not self.stepping and threading.get_ident() == self._thread:
-            self.wake()
-        return handle
-
-    def call_at(  # type: ignore[override]
-        self,
-        when: float,
-        callback: Callable[..., object],
-        *args: Any,
-        context: Any = None,
-    ) -> asyncio.TimerHandle:
-        handle = super().call_at(when, callback, *args, context=context)
-        if not self.stepping and threading.get_ident() == self._thread:
-            self.wake()
-        return handle
 
     def step(self, *, poll: bool = True) -> None:
         """Run the callbacks that are ready, polling for I/O first without blocking.
@@ -182,7 +156,7 @@ class DrivenLoop(asyncio.SelectorEventLoop):
         self.stepping = True
         selector.poll = poll
         running = cast("Any", self)
-        running._thread_id = self._thread  # `is_running()` says True
+        running._thread_id = self.thread  # `is_running()` says True
         sys.set_asyncgen_hooks(*self._asyncgen_hooks)
         asyncio._set_running_loop(self)  # pyright: ignore[reportPrivateUsage]
         # In a step, nothing needs waking: `call_soon` is the loop's own (asyncio and
