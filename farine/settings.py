@@ -219,8 +219,9 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("max_body_size", _parse_positive_int, 16 * 1024 * 1024, "int",
         "Largest body (bytes) a consumer decodes; larger ones are rejected."),
     Key("body_max_depth", _parse_body_max_depth, DEFAULT_BODY_MAX_DEPTH, "int",
-        "Deepest nesting of arrays and objects in a body a consumer decodes (1 to "
-        f"{BODY_MAX_DEPTH_LIMIT}); deeper ones are rejected, the same on every Python."),
+        "Deepest nesting of arrays and objects in a body a consumer decodes, or in an "
+        f"RPC argument or reply (1 to {BODY_MAX_DEPTH_LIMIT}); deeper ones are rejected, "
+        "the same on every Python."),
     Key("heartbeat", _parse_positive_int, 60, "int", "AMQP heartbeat interval in seconds."),
     Key("connect_timeout", _parse_non_negative_float, 10.0, "float",
         "Seconds one connection attempt (AMQP or HTTP) may take."),

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from farine.exceptions import ConfigurationError
+from farine.exceptions import ConfigurationError, RPCError
 from farine.rpc._protocol import (
     END,
     ArgumentBinder,
@@ -192,3 +192,31 @@ def test_unencodable_error_data_is_dropped_not_fatal() -> None:
         encode_error(ValueError("x"), send_traceback=False, data=object())
     )
     assert payload["error"] == {"type": "ValueError", "message": "x"}
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"1" + b"]" * depth
+
+
+@pytest.mark.parametrize("depth", [10, 1000, 100_000])  # around and far past any recursion limit
+def test_arguments_nested_past_body_max_depth_are_bad_arguments_on_every_python(
+    depth: int,
+) -> None:
+    binder = ArgumentBinder(Service().plain, "svc.plain", max_depth=10)  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
+    request = b'{"args": [' + _nested(depth) + b"]}"
+    if depth <= 10:
+        args, _ = binder.bind(request)
+        assert len(args) == 1
+        return
+    with pytest.raises(BadArguments, match=r"nested too deeply \(more than body_max_depth"):
+        binder.bind(request)
+
+
+@pytest.mark.parametrize("depth", [10, 1000, 100_000])
+def test_replies_nested_past_body_max_depth_are_malformed_on_every_python(depth: int) -> None:
+    reply = b'{"body": ' + _nested(depth) + b', "__end__": false}'
+    if depth <= 10:
+        assert decode_reply(reply, max_depth=10).has_body
+        return
+    with pytest.raises(RPCError, match=r"malformed RPC reply: .*nested too deeply"):
+        decode_reply(reply, max_depth=10)

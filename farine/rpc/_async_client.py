@@ -118,7 +118,7 @@ class AsyncClient(ClientBase):
     ) -> Any:
         router = self._router if self._router is not None else await self._get_router()
         message = await router.call(self.settings, self.service, method, args, kwargs, limit)
-        reply = decode_reply(message.body)
+        reply = decode_reply(message.body, self.settings.body_max_depth)
         if reply.except_:
             raise error_from_reply(reply, f"{self.service}.{method}")
         return reply.body
@@ -143,7 +143,7 @@ class AsyncClient(ClientBase):
                         message = await call.next_reply(where)
                     if message is None:
                         raise RPCError(f"{where}: timeout: stream not finished within {limit:g}s")
-                    reply = decode_reply(message.body)
+                    reply = decode_reply(message.body, self.settings.body_max_depth)
                     if reply.except_:
                         ended = True
                         raise error_from_reply(reply, where)

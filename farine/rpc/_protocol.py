@@ -35,7 +35,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from farine.codec import annotation_of, check_decodable
+from farine.codec import (
+    DEFAULT_BODY_MAX_DEPTH,
+    BadBody,
+    annotation_of,
+    check_decodable,
+    check_depth,
+)
 from farine.exceptions import ConfigurationError, RPCError
 
 if TYPE_CHECKING:
@@ -153,12 +159,21 @@ def encode_error(exc: BaseException, *, send_traceback: bool, data: Any = None) 
         return _encoder.encode(reply)
 
 
-def decode_reply(data: bytes) -> Reply:
+def decode_reply(data: bytes, max_depth: int = DEFAULT_BODY_MAX_DEPTH) -> Reply:
     """Decode one reply message.
 
+    Args:
+        data: The reply's body.
+        max_depth: The deepest nesting its value may have (`body_max_depth`).
+
     Raises:
-        RPCError: The reply is not one of the three shapes.
+        RPCError: The reply is not one of the three shapes, or nests deeper than
+            `max_depth` (the same limit on every Python).
     """
+    try:
+        check_depth(data, max_depth + 1)  # the value sits in {"body": ...}
+    except BadBody as exc:
+        raise RPCError(f"malformed RPC reply: {exc}") from None
     try:
         fields = _reply_decoder.decode(data)
         reply = Reply()
@@ -217,8 +232,12 @@ class ArgumentBinder:
     Unannotated parameters take the JSON value as sent.
     """
 
-    def __init__(self, method: Callable[..., Any], where: str) -> None:
+    def __init__(
+        self, method: Callable[..., Any], where: str, max_depth: int = DEFAULT_BODY_MAX_DEPTH
+    ) -> None:
         self.where = where
+        #: The deepest nesting an argument may have (`body_max_depth`).
+        self.max_depth = max_depth
         try:
             self.signature = inspect.signature(method)
         except (TypeError, ValueError) as exc:
@@ -250,6 +269,10 @@ class ArgumentBinder:
             BadArguments: Invalid JSON, arguments that do not fit the signature, or an
                 argument that does not decode into its parameter's annotation.
         """
+        try:
+            check_depth(data, self.max_depth + 2)  # arguments sit in {"args": [...]}
+        except BadBody as exc:
+            raise BadArguments(f"{self.where}: malformed request: {exc}") from None
         try:
             request = _request_decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -162,7 +162,7 @@ class _RpcMethod(Entrypoint):
         super().__init__(service, handler, name)
         settings = service.settings
         self.spec = spec
-        self.binder = ArgumentBinder(handler, f"{service.name}.{name}")
+        self.binder = ArgumentBinder(handler, f"{service.name}.{name}", settings.body_max_depth)
         self.routing_key = routing_key(service.name, name)
         self.queue = self.routing_key
         self.prefetch = spec.prefetch or settings.prefetch
