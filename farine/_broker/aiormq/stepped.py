@@ -21,13 +21,14 @@ delivery in a stream): they run in trio's thread, in a step run by a trio task.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
 import math
 import selectors
 import threading
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import outcome
 import trio
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
 __all__ = (
+    "LoopDriver",
     "SteppedDriver",
     "SteppedLoop",
     "WakingLoop",
@@ -51,6 +53,7 @@ __all__ = (
 logger = logging.getLogger("farine.amqp")
 
 T = TypeVar("T")
+L = TypeVar("L", bound="WakingLoop")
 
 #: At most how many loop iterations one step runs while callbacks keep becoming ready.
 ITERATIONS_PER_STEP = 16
@@ -124,15 +127,7 @@ async def wait_future(future: asyncio.Future[T], on_abandon: Callable[[], object
     return value
 
 
-class _Stepped(Protocol):
-    """What the helpers below need of a loop run in steps (either driver's)."""
-
-    stepping: bool
-
-    def create_task(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]: ...
-
-
-def create_task_unwoken(loop: _Stepped, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+def create_task_unwoken(loop: WakingLoop, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
     """A new task of `loop`, created without waking the driver (the caller steps)."""
     loop.stepping = True
     try:
@@ -255,7 +250,51 @@ class SteppedLoop(WakingLoop):
         return max(0.0, at - self.time())
 
 
-class SteppedDriver:
+class LoopDriver(abc.ABC, Generic[L]):
+    """What both trio drivers share: running coroutines on their loop for trio tasks of
+    their run, and for other threads. A driver steps its loop in the caller's task
+    (`_step_here()`) and has a second task run what is left (`_wake()`)."""
+
+    loop: L
+    thread_id: int
+    _stopping: bool
+
+    @abc.abstractmethod
+    def _wake(self) -> None:
+        """Have the driver's stepper task run a step soon."""
+
+    @abc.abstractmethod
+    def _step_here(self) -> bool:
+        """Step the loop in the calling task; True if more is ready then."""
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the loop and return its result (for a trio task of this run).
+
+        Cancelling the caller cancels the coroutine; the caller does not wait for it.
+
+        Raises:
+            PublishError: The loop is stopping, or stopped before `coro` finished.
+        """
+        if self._stopping:
+            coro.close()
+            raise PublishError("the AMQP connection is closed")
+        task = create_task_unwoken(self.loop, coro)  # the step below runs it
+        # Run the coroutine up to its first real wait now, in the caller's task: a
+        # publish writes its frame without waiting for a round of trio's scheduler.
+        if self._step_here():
+            self._wake()  # the stepper runs the rest
+        return await wait_task(task)
+
+    def run_blocking(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        """Run `coro` on the loop from another thread, blocking until it returns.
+
+        Raises:
+            RuntimeError: Called from the loop's own thread (it would wait for itself).
+        """
+        return run_blocking_on(self.loop, self.thread_id, coro, timeout)
+
+
+class SteppedDriver(LoopDriver[SteppedLoop]):
     """Owns a `SteppedLoop` and the trio task that drives it.
 
     `drive()` must run in a task of the trio run that uses the loop; `run()` runs a
@@ -328,30 +367,6 @@ class SteppedDriver:
             if deadline < waiting.deadline:
                 waiting.deadline = deadline
         return False
-
-    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` on the loop and return its result (for a trio task of this run).
-
-        Cancelling the caller cancels the coroutine; the caller does not wait for it.
-
-        Raises:
-            PublishError: The loop is stopping, or stopped before `coro` finished.
-        """
-        if self._stopping:
-            coro.close()
-            raise PublishError("the AMQP connection is closed")
-        task = create_task_unwoken(self.loop, coro)  # the step below runs it
-        if self._step_here():
-            self._wake()  # the stepper runs the rest
-        return await wait_task(task)
-
-    def run_blocking(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
-        """Run `coro` on the loop from another thread, blocking until it returns.
-
-        Raises:
-            RuntimeError: Called from the loop's own thread (it would wait for itself).
-        """
-        return run_blocking_on(self.loop, self.thread_id, coro, timeout)
 
     async def stop(self) -> None:
         """Cancel what still runs on the loop, stop the driver, close the loop."""

@@ -43,19 +43,16 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import trio
 
-from farine._broker.aiormq.hosts import run_blocking_on
 from farine._broker.aiormq.stepped import (
+    LoopDriver,
     WakingLoop,
-    create_task_unwoken,
     wait_future,
-    wait_task,
     wind_down,
 )
-from farine._broker.errors import PublishError
 
 if TYPE_CHECKING:
     from collections import deque
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Callable
 
 __all__ = ("DrivenLoop", "RoundWriter", "TrioDriver")
 
@@ -331,7 +328,7 @@ class RoundWriter:
         await self._drain()
 
 
-class TrioDriver:
+class TrioDriver(LoopDriver[DrivenLoop]):
     """Owns a `DrivenLoop` and the trio task that drives it.
 
     `drive()` must run in a task of the trio run that uses the loop; `run()` runs a
@@ -437,24 +434,6 @@ class TrioDriver:
         self.loop.step()
         self.loop.run_flushes()
 
-    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` on the loop and return its result (for a trio task of this run).
-
-        Cancelling the caller cancels the coroutine; the caller does not wait for it.
-
-        Raises:
-            PublishError: The loop is stopping, or stopped before `coro` finished.
-        """
-        if self._stopping:
-            coro.close()
-            raise PublishError("the AMQP connection is closed")
-        task = create_task_unwoken(self.loop, coro)  # the step below runs it
-        # Run the coroutine up to its first real wait now, in the caller's task: a
-        # publish writes its frame without waiting for a round of trio's scheduler.
-        if self._step_here():
-            self._wake()  # the stepper runs the rest
-        return await wait_task(task)
-
     def call_in_step(self, func: Callable[..., T], /, *args: Any) -> T:
         """Call `func(*args)` as part of a step, in the calling trio task, and run the
         step: what it schedules on the loop runs now (the frames of a publish are
@@ -496,10 +475,6 @@ class TrioDriver:
             if deadline < waiting.deadline:
                 waiting.deadline = deadline
         return False
-
-    def run_blocking(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
-        """Run `coro` on the loop from another thread, blocking until it returns."""
-        return run_blocking_on(self.loop, self.thread_id, coro, timeout)
 
     async def stop(self) -> None:
         """Cancel what still runs on the loop, stop the driver, close the loop."""
