@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from farine.discovery import ServiceDefinition
     from farine.settings import Config, ServiceSettings
 
-__all__ = ("ASYNCAPI_VERSION", "build_document")
+__all__ = ("ASYNCAPI_VERSION", "build_document", "describe_services")
 
 #: The AsyncAPI version of the documents.
 ASYNCAPI_VERSION: Final = "3.0.0"
@@ -299,9 +299,9 @@ class _Builder:
             binding["x-farine-queue-arguments"] = msgspec.to_builtins(dict(spec.queue_arguments))
         message = self._message(f"{service}.{attr}", body, open_when_any=True)
         message["description"] = (
-            "Also read: msgpack (by its content type), text for a `str` body, bytes for a "
-            "`bytes` one. A body that does not decode is rejected without requeue "
-            "(dead-lettered where the queue has a dead-letter exchange)."
+            "JSON; msgpack too, by its content type. A body that does not decode is "
+            "rejected without requeue (dead-lettered where the queue has a dead-letter "
+            "exchange)."
         )
         channel = self._channel(
             f"{service}.{attr}",
@@ -648,9 +648,7 @@ class _Builder:
         service = notes.name
         notes.add("listens to Server-Sent Events in", attr)
         endpoint = spec.endpoint or settings.endpoint
-        servers: dict[str, Any] = {}
         address: str | None = None
-        where = f"the `endpoint` setting of [{service}] (not set)"
         if endpoint:
             parts = urllib.parse.urlsplit(endpoint)
             host = parts.hostname or ""
@@ -667,7 +665,18 @@ class _Builder:
                 "description": "A Server-Sent-Events stream that the service listens to.",
             }
             name = self._server((parts.scheme, host), "sse", server)
-            servers = {"servers": [_ref("servers", name)]}
+        else:
+            # Known only where the service runs: a server whose host is a variable.
+            where = f"the `endpoint` setting of [{service}]"
+            server = {
+                "host": "{endpoint}",
+                "protocol": "http",
+                "description": f"The SSE stream at the `endpoint` setting of [{service}] "
+                "(http or https), not set where this document was written.",
+                "variables": {"endpoint": {"description": "Host and port of the endpoint."}},
+            }
+            name = self._server(("endpoint", service), "sse", server)
+        servers = {"servers": [_ref("servers", name)]}
         parameters = list(inspect.signature(func).parameters)[1:]
         data = annotation_of(func, parameters[0]) if parameters else Any
         payload = self.schemas.add(data, open_when_any=True)
@@ -721,12 +730,12 @@ class _Builder:
         message["payload"] = self.schemas.add(body, open_when_any=open_when_any)
         return message
 
-    def document(self, modules: Sequence[str], title: str | None, version: str | None) -> Any:
+    def document(self, modules: Sequence[str], title: str, version: str) -> Any:
         error_info = self.schemas.add(ErrorInfo) if self.uses_rpc else {}
         self.schemas.build()
         info: dict[str, Any] = {
-            "title": title or ", ".join(modules),
-            "version": version or _module_version(modules),
+            "title": title,
+            "version": version,
             "description": self._description(modules),
         }
         tags = [
@@ -755,8 +764,11 @@ class _Builder:
     def _description(self, modules: Sequence[str]) -> str:
         shown = ", ".join(f"`{module}`" for module in modules)
         lines = [f"The services of {shown}, described by farine {farine.__version__}.", ""]
+        if not self.notes:
+            lines.append("No service found.")
         for notes in self.notes:
             what = "; ".join(f"{role} {', '.join(names)}" for role, names in notes.roles.items())
+            what = what or "no entrypoint described here"
             where = f"{notes.cls.__module__}.{notes.cls.__qualname__}"
             lines.append(f"- **{notes.name}** (`{where}`): {what}.")
         return "\n".join(lines)
@@ -901,6 +913,27 @@ def build_document(
     """
     names = [modules] if isinstance(modules, str) else list(modules)
     services = [service for module in names for service in discover(module)]
+    return describe_services(
+        services,
+        config=config,
+        title=title or ", ".join(names),
+        version=version or _module_version(names),
+        modules=names,
+    )
+
+
+def describe_services(
+    services: Sequence[ServiceDefinition],
+    *,
+    config: Config | None = None,
+    title: str,
+    version: str,
+    modules: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Describe `services` (found by `farine.discovery`) as one AsyncAPI document.
+
+    See `build_document()`, which finds the services of `modules` and calls this.
+    """
     seen: dict[str, ServiceDefinition] = {}
     for service in services:
         other = seen.setdefault(service.name, service)
@@ -913,4 +946,6 @@ def build_document(
     builder = _Builder(config if config is not None else farine_settings.current())
     for service in services:
         builder.add_service(service)
-    return cast(dict[str, Any], builder.document(names, title, version))
+    if modules is None:
+        modules = list(dict.fromkeys(service.module for service in services))
+    return cast(dict[str, Any], builder.document(modules, title, version))
