@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import msgspec
 
-import farine
 from farine import settings as farine_settings
 from farine.amqp import AsyncPublisher, ConsumeSpec, Publisher, PublishSpec, publish_specs
 from farine.codec import CONTENT_TYPES, annotation_of
@@ -151,6 +150,10 @@ class _Builder:
         self.operations: dict[str, dict[str, Any]] = {}
         self.notes: list[_ServiceNotes] = []
         self.uses_rpc = False
+        # (exchange, type, routing keys, message) of each consumer, and the same with
+        # the (open) message of each publisher: see `_link_publishers()`.
+        self._consumed: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = []
+        self._published: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = []
 
     # -- identifiers and servers --------------------------------------------------------
 
@@ -298,6 +301,8 @@ class _Builder:
         if spec.queue_arguments:
             binding["x-farine-queue-arguments"] = msgspec.to_builtins(dict(spec.queue_arguments))
         message = self._message(f"{service}.{attr}", body, open_when_any=True)
+        if body is not Any:
+            self._consumed.append((exchange, kind, keys, message))
         message["description"] = (
             "JSON; msgpack too, by its content type. A body that does not decode is "
             "rejected without requeue (dead-lettered where the queue has a dead-letter "
@@ -342,6 +347,12 @@ class _Builder:
         service = notes.name
         content_type = CONTENT_TYPES.get(settings.serializer, (JSON, ""))[0]
         notes.add("publishes from", attr)
+        published: dict[str, Any] = {
+            "name": f"{service}.{attr}.publish",
+            "contentType": content_type,
+            "payload": self.schemas.add(Any, open_when_any=True),
+        }
+        self._published.append((exchange, kind, keys, published))
         shown_keys = ", ".join(f"`{key}`" for key in keys)
         channel = self._channel(
             f"{service}.{attr}.publish",
@@ -351,13 +362,7 @@ class _Builder:
                 "description": f"The {kind} exchange `{exchange or '(default)'}`, routing "
                 f"key(s) {shown_keys} (a call may give another routing key).",
                 **amqp.servers_field(),
-                "messages": {
-                    "body": {
-                        "name": f"{service}.{attr}.publish",
-                        "contentType": content_type,
-                        "payload": self.schemas.add(Any, open_when_any=True),
-                    }
-                },
+                "messages": {"body": published},
                 "bindings": {
                     "amqp": {
                         "is": "routingKey",
@@ -730,9 +735,39 @@ class _Builder:
         message["payload"] = self.schemas.add(body, open_when_any=open_when_any)
         return message
 
+    def _link_publishers(self) -> None:
+        """Give a publisher the typed body of the consumers it reaches in this document.
+
+        A publisher's body is untyped (`publish(body)` takes any object), but when every
+        routing key it publishes with reaches consumers of one typed body (a direct
+        exchange and the same routing key, or a fanout exchange), that body is the
+        contract: the message says so and carries its schema.
+        """
+        for exchange, kind, keys, published in self._published:
+            reached = [self._readers(exchange, kind, key) for key in keys]
+            if not all(reached):
+                continue  # some messages reach no typed consumer described here
+            messages = [message for found in reached for message in found]
+            payload = messages[0]["payload"]
+            if all(message["payload"] == payload for message in messages):
+                published["payload"] = payload
+                names = dict.fromkeys(f"`{message['name']}`" for message in messages)
+                published["description"] = f"The body that {', '.join(names)} decode(s)."
+
+    def _readers(self, exchange: str, kind: str, key: str) -> list[dict[str, Any]]:
+        """The messages of the typed consumers that a publish to `exchange` with `key` reaches."""
+        return [
+            message
+            for name, consumed_kind, bound, message in self._consumed
+            if name == exchange
+            and consumed_kind == kind
+            and (kind == "fanout" or (kind == "direct" and key in bound))
+        ]
+
     def document(self, modules: Sequence[str], title: str, version: str) -> Any:
         error_info = self.schemas.add(ErrorInfo) if self.uses_rpc else {}
         self.schemas.build()
+        self._link_publishers()
         info: dict[str, Any] = {
             "title": title,
             "version": version,
@@ -763,7 +798,7 @@ class _Builder:
 
     def _description(self, modules: Sequence[str]) -> str:
         shown = ", ".join(f"`{module}`" for module in modules)
-        lines = [f"The services of {shown}, described by farine {farine.__version__}.", ""]
+        lines = [f"The services of {shown}, as farine runs them.", ""]
         if not self.notes:
             lines.append("No service found.")
         for notes in self.notes:

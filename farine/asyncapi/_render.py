@@ -45,6 +45,13 @@ def render(document: Any, format: Format = "json") -> str:
         def ignore_aliases(self, data: Any) -> bool:
             return True  # a schema repeated is written out again, not as an anchor
 
+    def text_block(dumper: Any, data: str) -> Any:
+        # Multi-line text (descriptions) as a literal block, as one would write it.
+        style = "|" if "\n" in data else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+    Dumper.add_representer(str, text_block)
+
     text: str = yaml.dump(
         document, Dumper=Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False
     )

@@ -111,3 +111,11 @@ def test_an_unknown_format_is_a_usage_error() -> None:
     done = farine("asyncapi", "pingpong", "--format", "xml")
     assert done.returncode == 2
     assert "argument --format: invalid choice: 'xml'" in done.stderr
+
+
+def test_an_import_error_in_the_services_code_shows_its_traceback_and_exits_1() -> None:
+    done = farine("asyncapi", "broken", cwd=ROOT / "tests" / "apps")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "Traceback" in done.stderr
+    assert "this_dependency_does_not_exist" in done.stderr

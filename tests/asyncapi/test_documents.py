@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
+import yaml
 
 from farine.asyncapi import build_document
 from farine.settings import Config
@@ -69,3 +70,15 @@ def test_the_validator_rejects_what_the_schema_forbids() -> None:
     assert len(found) == 2, found
     assert any("shop.on_order" in error for error in found)
     assert any("shop.quote" in error for error in found)
+
+
+def test_the_document_shown_in_the_docs_is_current(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", [str(ROOT / "examples"), *sys.path])
+    shown: Any = yaml.safe_load(
+        (ROOT / "docs" / "examples" / "asyncapi" / "examples.yaml").read_text()
+    )
+    assert shown == build_document(["pingpong", "rpcdemo"], config=DEFAULTS), (
+        "regenerate it: cd examples && farine asyncapi pingpong rpcdemo --format yaml "
+        "-o ../docs/examples/asyncapi/examples.yaml"
+    )
+    assert_valid(shown)

@@ -385,3 +385,17 @@ def test_schema_keywords_are_rewritten_but_property_names_and_values_are_not() -
         },
         "discriminator": "kind",
     }  # fmt: skip
+
+
+def test_a_publisher_gets_the_typed_body_of_the_consumer_it_reaches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys, "path", [str(ROOT / "examples"), *sys.path])
+    document = build_document("pingpong", config=DEFAULTS)
+    published = message(document, "ping.serve.publish", "body")
+    consumed = message(document, "pong.on_ball", "body")
+    assert published["payload"] == consumed["payload"] == {"$ref": "#/components/schemas/Ball"}
+    assert published["description"] == "The body that `pong.on_ball` decode(s)."
+    # A topic consumer is not matched by a direct publisher: the body stays open.
+    shop = build_document("tests.asyncapi.shop", config=DEFAULTS)
+    assert message(shop, "shop.restock.publish.2", "body")["payload"]["type"] == "object"
