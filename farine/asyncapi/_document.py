@@ -216,9 +216,10 @@ class _Builder:
             if isinstance(spec, ConsumeSpec):
                 self._consumer(notes, attr, func, spec, amqp)
             elif isinstance(spec, MethodSpec):
-                self._rpc(notes, attr, func, amqp, _is_static(service.cls, attr))
+                self._rpc(notes, attr, func, amqp, _call_parameters(service.cls, attr, func))
             elif isinstance(spec, HttpStreamSpec):
-                self._sse(notes, attr, func, spec, settings)
+                parameters = _call_parameters(service.cls, attr, func)
+                self._sse(notes, attr, func, spec, settings, parameters)
             elif isinstance(spec, ExecuteSpec):
                 notes.add("runs", attr, " (long-running, no messages of its own)")
             else:
@@ -406,7 +407,7 @@ class _Builder:
         attr: str,
         func: Callable[..., Any],
         amqp: _Amqp,
-        static: bool,
+        parameters: list[inspect.Parameter],
     ) -> None:
         self.uses_rpc = True
         settings = amqp.settings
@@ -437,7 +438,7 @@ class _Builder:
                         "contentType": JSON,
                         "headers": dict(_REQUEST_HEADERS),
                         "correlationId": dict(_CORRELATION_ID),
-                        "payload": self._arguments(func, qualname, static),
+                        "payload": self._arguments(func, qualname, parameters),
                     }
                 },
                 "bindings": {
@@ -590,14 +591,10 @@ class _Builder:
             },
         )
 
-    def _arguments(self, func: Callable[..., Any], qualname: str, static: bool) -> dict[str, Any]:
+    def _arguments(
+        self, func: Callable[..., Any], qualname: str, parameters: list[inspect.Parameter]
+    ) -> dict[str, Any]:
         """The seed's request envelope `{"args": [...], "kwargs": {...}}` of `func`."""
-        try:
-            parameters = list(inspect.signature(func).parameters.values())
-        except (TypeError, ValueError):
-            parameters = []
-        if not static:
-            parameters = parameters[1:]  # self
         positional: list[dict[str, Any]] = []
         rest: dict[str, Any] | None = None
         named: dict[str, Any] = {}
@@ -649,6 +646,7 @@ class _Builder:
         func: Callable[..., Any],
         spec: HttpStreamSpec,
         settings: ServiceSettings,
+        parameters: list[inspect.Parameter],
     ) -> None:
         service = notes.name
         notes.add("listens to Server-Sent Events in", attr)
@@ -682,8 +680,7 @@ class _Builder:
             }
             name = self._server(("endpoint", service), "sse", server)
         servers = {"servers": [_ref("servers", name)]}
-        parameters = list(inspect.signature(func).parameters)[1:]
-        data = annotation_of(func, parameters[0]) if parameters else Any
+        data = annotation_of(func, parameters[0].name) if parameters else Any
         payload = self.schemas.add(data, open_when_any=True)
         if data is Any:
             payload["description"] = (
@@ -887,8 +884,15 @@ def _pick(value: bool | None, default: bool) -> bool:
     return default if value is None else value
 
 
-def _is_static(cls: type, attr: str) -> bool:
-    return isinstance(inspect.getattr_static(cls, attr), staticmethod)
+def _call_parameters(cls: type, attr: str, func: Callable[..., Any]) -> list[inspect.Parameter]:
+    """The parameters a call of method `attr` fills: its own, without `self`."""
+    try:
+        parameters = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):  # no signature (a builtin): nothing to describe
+        return []
+    if isinstance(inspect.getattr_static(cls, attr), staticmethod | classmethod):
+        return parameters  # no `self`; a class method comes bound to its class
+    return parameters[1:]
 
 
 def _publishers(cls: type) -> list[tuple[str, PublishSpec | Publisher | AsyncPublisher]]:

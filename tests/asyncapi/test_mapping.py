@@ -211,6 +211,9 @@ def test_var_positional_and_keyword_parameters(document: dict[str, Any]) -> None
     assert payload["properties"]["kwargs"]["additionalProperties"] == {"type": "string"}
     assert payload_errors(document, payload, wire(encode_request((1, 2), {"a": "b"}))) == []
     assert payload_errors(document, payload, wire(encode_request(("x",), {}))) != []
+    # A static method has no `self` to leave out.
+    echo = message(document, "shop.echo", "request")["payload"]
+    assert echo["properties"]["args"]["items"] == [{"type": "string"}]
     # Positional-only parameters cannot be named.
     positions = message(document, "shop.positions", "request")["payload"]
     assert set(positions["properties"]["kwargs"]["properties"]) == {"b"}

@@ -96,6 +96,11 @@ class Shop:
     def positions(self, a: int, /, b: Literal["x", "y"]) -> Iterator[int]:
         yield a
 
+    @staticmethod
+    @farine.rpc.method()
+    def echo(word: str) -> str:
+        return word
+
     @farine.execute.method()
     @farine.amqp.publish(exchange="orders", routing_key=["order.created", "order.updated"])
     @farine.amqp.publish(exchange="stock")
