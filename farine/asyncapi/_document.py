@@ -99,13 +99,14 @@ _REQUEST_HEADERS: Final = {
         },
     },
 }
-_STREAM_REPLY_HEADERS: Final = {
+_REPLY_HEADERS: Final = {
     "type": "object",
     "properties": {
         HEADER_CONTROL: {
             "type": "string",
-            "description": "On the first reply of a call: the server's control queue, "
-            "where the caller sends cancels and credits.",
+            "description": "On the first reply of a call (unless the caller sent "
+            f"`{HEADER_UNARY}`): the server's control queue, where the caller sends "
+            "cancels and credits.",
         }
     },
 }
@@ -474,7 +475,7 @@ class _Builder:
                 "title": f"{qualname} stream item",
                 "summary": "One item of the stream, in the order the method yields them.",
                 "contentType": JSON,
-                "headers": dict(_STREAM_REPLY_HEADERS),
+                "headers": dict(_REPLY_HEADERS),
                 "correlationId": dict(_CORRELATION_ID),
                 "payload": _item_schema(
                     value_schema,
@@ -494,6 +495,7 @@ class _Builder:
                 "title": f"{qualname} result",
                 "summary": "The method's return value.",
                 "contentType": JSON,
+                "headers": dict(_REPLY_HEADERS),
                 "correlationId": dict(_CORRELATION_ID),
                 "payload": _item_schema(
                     value_schema,
@@ -854,6 +856,7 @@ def _rpc_messages(error_info: dict[str, Any]) -> dict[str, Any]:
             "the service's `rpc_send_traceback` setting is on, else `Type: message`. "
             "`error` is farine's typed envelope. Nothing follows an error.",
             "contentType": JSON,
+            "headers": dict(_REPLY_HEADERS),
             "correlationId": dict(_CORRELATION_ID),
             "payload": {
                 "type": "object",
