@@ -1,5 +1,5 @@
 """The `farine` command: `farine start MODULE ...` (and the seed's `farine --start=MODULE`),
-`farine migrate MODULE`, `farine call SERVICE.METHOD ...`."""
+`farine migrate MODULE`, `farine call SERVICE.METHOD ...`, `farine asyncapi MODULE`."""
 
 from __future__ import annotations
 
@@ -102,6 +102,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="deadline of the call in seconds (default: the rpc_timeout setting of SERVICE)",
     )  # fmt: skip
     _common(call)
+
+    asyncapi = commands.add_parser(
+        "asyncapi",
+        help="write the AsyncAPI 3.0 document of the services of MODULE",
+        description="Describe every service of MODULE (imports MODULE.service, as `farine "
+        "start` does) as one AsyncAPI 3.0.0 document: consumers, publishers, RPC methods "
+        "and SSE listeners, with the JSON Schemas of their messages. Exit codes: 0 written; "
+        "1 the output cannot be written, or the services' code fails; 2 no such module, or "
+        "YAML without PyYAML installed.",
+    )
+    asyncapi.add_argument(
+        "modules",
+        nargs="+",
+        metavar="MODULE",
+        help="imports MODULE.service (several: one document)",
+    )
+    asyncapi.add_argument(
+        "--format", choices=("json", "yaml"), default="json",
+        help="json (default) or yaml (needs PyYAML: pip install 'farine[yaml]')",
+    )  # fmt: skip
+    asyncapi.add_argument(
+        "--output", "-o", metavar="FILE", help="write the document to FILE (default: stdout)"
+    )
+    _common(asyncapi)
     return parser
 
 
@@ -254,6 +278,31 @@ def _call(args: argparse.Namespace, backend: Backend) -> int:
     return 0
 
 
+def _asyncapi(args: argparse.Namespace) -> int:
+    from farine.asyncapi import YamlUnavailable, build_document, render
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `farine start` imports the module
+    document = build_document(cast(list[str], args.modules))
+    try:
+        text = render(document, cast(Literal["json", "yaml"], args.format))
+    except YamlUnavailable as exc:
+        print(f"farine: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    output = cast(str | None, args.output)
+    if output is None or output == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return 0
+    try:
+        with open(output, "w", encoding="utf-8") as file:
+            file.write(text)
+    except OSError as exc:
+        print(f"farine: error: cannot write {output}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
 def _only_interrupts(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         group = cast(BaseExceptionGroup[BaseException], exc)
@@ -283,8 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     backend = _choose_backend(args, parser)
     try:
         # `farine call` prints results on stdout: keep its stderr for warnings and errors.
-        _prepare(args, "WARNING" if command == "call" else "INFO")
-        if command == "migrate":
+        _prepare(args, "WARNING" if command in ("call", "asyncapi") else "INFO")
+        if command == "asyncapi":
+            code = _asyncapi(args)
+        elif command == "migrate":
             code = _migrate(cast(str, args.module))
         elif command == "call":
             code = _call(args, backend)

@@ -21,6 +21,7 @@ MODULES = [
     "farine.runtime",
     "farine.extensions",
     "farine.discovery",
+    "farine.asyncapi",
 ]
 
 

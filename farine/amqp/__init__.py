@@ -25,7 +25,9 @@ from ._consumer import ConsumeSpec as ConsumeSpec
 from ._consumer import consume as consume
 from ._publisher import AsyncPublisher as AsyncPublisher
 from ._publisher import Publisher as Publisher
+from ._publisher import PublishSpec as PublishSpec
 from ._publisher import publish as publish
+from ._publisher import publish_specs as publish_specs
 
 __all__ = (
     "AsyncPublisher",
@@ -36,9 +38,11 @@ __all__ = (
     "MessageStateError",
     "Properties",
     "PublishError",
+    "PublishSpec",
     "PublishTimeout",
     "Publisher",
     "UnroutableError",
     "consume",
     "publish",
+    "publish_specs",
 )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 
 from farine import settings as farine_settings
 from farine._broker import ExchangeSpec
@@ -21,13 +22,37 @@ if TYPE_CHECKING:
 
     from farine.settings import ServiceSettings
 
-__all__ = ("AsyncPublisher", "Publisher", "publish")
+__all__ = ("AsyncPublisher", "PublishSpec", "Publisher", "publish", "publish_specs")
 
 logger = logging.getLogger("farine.amqp")
 
 S = TypeVar("S")
 P = ParamSpec("P")
 R = TypeVar("R")
+
+PUBLISH_SPECS_ATTRIBUTE = "__farine_publishes__"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishSpec:
+    """Where a method decorated with `@publish` publishes (the decorator's arguments).
+
+    Recorded on the method for tools that describe a service (`farine asyncapi`); `None`
+    means the default, resolved when the publisher is built (see `publish()`).
+    """
+
+    exchange: str | None
+    routing_keys: tuple[str, ...] | None
+    exchange_type: str | None
+
+
+def publish_specs(obj: object) -> tuple[PublishSpec, ...]:
+    """Return the `PublishSpec`s recorded on a method by `@publish` (empty when none)."""
+    specs: object = getattr(obj, PUBLISH_SPECS_ATTRIBUTE, ())
+    if not isinstance(specs, tuple):
+        return ()
+    items = cast(tuple[object, ...], specs)
+    return tuple(spec for spec in items if isinstance(spec, PublishSpec))
 
 
 def _settings_for(name: str) -> ServiceSettings:
@@ -249,4 +274,18 @@ def publish(
 
         return build
 
-    return injector(make(Publisher), make(AsyncPublisher))
+    inject = injector(make(Publisher), make(AsyncPublisher))
+    keys = (
+        None
+        if routing_key is None
+        else ((routing_key,) if isinstance(routing_key, str) else tuple(routing_key))
+    )
+    spec = PublishSpec(exchange, keys, exchange_type)
+
+    def decorate(method: Callable[Concatenate[S, Any, P], R]) -> Callable[Concatenate[S, P], R]:
+        wrapper = inject(method)
+        # Recorded for `farine asyncapi`; stacked `@publish` decorators add up.
+        setattr(wrapper, PUBLISH_SPECS_ATTRIBUTE, (*publish_specs(method), spec))
+        return wrapper
+
+    return decorate
