@@ -142,6 +142,11 @@ class CallLimits:
         with anyio.CancelScope(deadline=anyio.current_time() + self.timeout):
             return await func(*args, **kwargs)
         # Reached only when this scope's own deadline cancelled the call.
+        logger.warning(
+            "%s: a call ran past its time limit of %gs: stopped (a `def` handler's thread "
+            "is abandoned and finishes on its own)",
+            self.where, self.timeout,
+        )  # fmt: skip
         raise HandlerTimeout(f"{self.where} ran past its time limit of {self.timeout:g}s")
 
     def check_consumer_timeout(
