@@ -86,7 +86,8 @@ class CallLimits:
     Example:
         ```python
         limits = CallLimits.resolve("svc.handle", settings, timeout=5.0, max_concurrency=4)
-        result = await limits.call(service.call, handler, body, message)
+        call = limits.applied_to(service.call)
+        result = await call(handler, body, message)
         ```
     """
 
@@ -122,6 +123,31 @@ class CallLimits:
         if self.max_concurrency is None:
             return prefetch
         return min(prefetch, self.max_concurrency)
+
+    def describe(self) -> str:
+        """The limits for an entrypoint's start-up log line (empty when there are none)."""
+        parts = [] if self.timeout is None else [f"timeout {self.timeout:g}s"]
+        if self.max_concurrency is not None:
+            parts.append(f"max_concurrency {self.max_concurrency}")
+        return "".join(f", {part}" for part in parts)
+
+    def applied_to(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        """`func` with the time limit on each call: `func` itself when there is none, so
+        an entrypoint without a limit pays nothing per call.
+
+        Example:
+            ```python
+            self.call = limits.applied_to(service.call)  # once, when bound
+            await self.call(handler, body, message)  # per message
+            ```
+        """
+        if self.timeout is None:
+            return func
+
+        async def limited(*args: P.args, **kwargs: P.kwargs) -> R:
+            return await self.call(func, *args, **kwargs)
+
+        return limited
 
     async def call(
         self, func: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs

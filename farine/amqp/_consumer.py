@@ -218,6 +218,7 @@ class _ConsumerEntrypoint(Entrypoint):
         self.limits = CallLimits.resolve(
             self.qualname, settings, timeout=spec.timeout, max_concurrency=spec.max_concurrency
         )
+        self.call = self.limits.applied_to(service.call)
         # baguette-messaging 0.19's consumer: exchange <- the service, queue and binding
         # key <- the routing key, else the service; type `direct` unless given; the
         # exchange never auto-deleted; the queue's flags from the settings.
@@ -296,7 +297,8 @@ class _ConsumerEntrypoint(Entrypoint):
         keys = ", ".join(repr(k) for k in self.routing_keys)
         return (
             f"{self.qualname} (consume: queue {self.queue!r} <- {self.exchange_type} exchange "
-            f"{self.exchange!r}, routing key {keys}, prefetch {self.prefetch}, "
+            f"{self.exchange!r}, routing key {keys}, prefetch {self.prefetch}"
+            f"{self.limits.describe()}{', idempotent' if self.spec.idempotent else ''}, "
             f"broker {self.service.settings.amqp_uri.split(':')[0]})"
         )
 
@@ -348,10 +350,7 @@ class _ConsumerEntrypoint(Entrypoint):
         try:
             if self.service.settings.debug and b"__debug__" in message.body:
                 await self._profiled(body, message, connection)
-            elif (
-                await self.limits.call(self.service.call, self.call_target, body, message)
-                is _NOT_STARTED
-            ):
+            elif await self.call(self.call_target, body, message) is _NOT_STARTED:
                 message.nack(requeue=True)
                 return
         except Exception:

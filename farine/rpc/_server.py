@@ -196,6 +196,7 @@ class _RpcMethod(Entrypoint):
             self.qualname, settings, timeout=spec.timeout, max_concurrency=spec.max_concurrency
         )
         self.limits.check_consumer_timeout(settings, self.queue)
+        self._limited_run = self.limits.applied_to(self._run)
         self.is_async_gen = inspect.isasyncgenfunction(handler)
         self.is_gen = inspect.isgeneratorfunction(handler)
         # Cancels and credits of streams this instance serves arrive on a queue of its own.
@@ -228,7 +229,7 @@ class _RpcMethod(Entrypoint):
         kind = "stream" if self.is_gen or self.is_async_gen else "call"
         return (
             f"{self.qualname} (rpc {kind}: queue {self.queue!r} <- exchange "
-            f"{self.service.name!r}, prefetch {self.prefetch})"
+            f"{self.service.name!r}, prefetch {self.prefetch}{self.limits.describe()})"
         )
 
     async def serve(self, *, task_status: TaskStatus[None]) -> None:
@@ -320,7 +321,7 @@ class _RpcMethod(Entrypoint):
         try:
             with scope:
                 # The method's own time limit nests in the caller's deadline.
-                result = await self.limits.call(self._run, reply, args, kwargs)
+                result = await self._limited_run(reply, args, kwargs)
             if result is not _NO_VALUE:
                 # Sent outside the call's scope: neither its deadline nor its caller can
                 # cut the publish short, without shielding it.

@@ -299,9 +299,9 @@ class _HttpStream(Entrypoint):
     ) -> None:
         super().__init__(service, handler, name)
         self.spec = spec
-        self.limits = CallLimits.resolve(
+        self._call = CallLimits.resolve(
             self.qualname, service.settings, timeout=spec.handler_timeout
-        )
+        ).applied_to(service.call)
         self.url = url
         self._url = str(url)
         self.shown_url = _shown(url)
@@ -510,7 +510,7 @@ class _HttpStream(Entrypoint):
         self._busy = True
         try:
             with handler_transaction(self.spec.transaction):
-                await self.limits.call(self.service.call, self.handler, *args)
+                await self._call(self.handler, *args)
         except Exception:
             logger.exception(
                 "%s raised on event (type %r, id %r); the stream goes on",

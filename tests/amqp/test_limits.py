@@ -407,3 +407,13 @@ def test_max_concurrency_never_raises_the_tasks_above_the_prefetch() -> None:
     assert CallLimits.resolve("s.h", service, timeout=None, max_concurrency=8).tasks(64) == 8
     plain = Config.from_string("[DEFAULT]\n").service("svc")
     assert CallLimits.resolve("s.h", plain, timeout=None).tasks(64) == 64
+
+
+def test_limits_are_described_for_the_startup_log_and_cost_nothing_when_absent() -> None:
+    assert CallLimits("s.h", 2.5, 4).describe() == ", timeout 2.5s, max_concurrency 4"
+    assert CallLimits("s.h").describe() == ""
+
+    async def call() -> None: ...
+
+    assert CallLimits("s.h").applied_to(call) is call
+    assert CallLimits("s.h", 1.0).applied_to(call) is not call
