@@ -308,8 +308,17 @@ async def test_rpc_max_concurrency_bounds_calls(broker: Broker) -> None:
 # -- per-entrypoint drain deadlines -----------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("service_grace", "short_grace", "long_grace"),
+    [(30, 0.1, None), (0.1, None, 30)],
+    ids=["shorter-than-the-service", "longer-than-the-service"],
+)
 async def test_entrypoint_shutdown_timeout_cancels_only_its_own_calls(
-    broker: Broker, watch_log: Callable[..., LogWatcher]
+    broker: Broker,
+    watch_log: Callable[..., LogWatcher],
+    service_grace: float,
+    short_grace: float | None,
+    long_grace: float | None,
 ) -> None:
     exchange = broker.exchange()
     q_short, q_long = broker.queue("short"), broker.queue("long")
@@ -320,7 +329,7 @@ async def test_entrypoint_shutdown_timeout_cancels_only_its_own_calls(
 
     class Service:
         @farine.amqp.consume(
-            exchange=exchange, routing_key="rk", queue=q_short, shutdown_timeout=0.1
+            exchange=exchange, routing_key="rk", queue=q_short, shutdown_timeout=short_grace
         )
         async def short(self, body: Any, message: Message) -> None:
             started.add("short")
@@ -330,18 +339,22 @@ async def test_entrypoint_shutdown_timeout_cancels_only_its_own_calls(
                 outcome.add("short cancelled")
                 raise
 
-        @farine.amqp.consume(exchange=exchange, routing_key="rk", queue=q_long)
+        @farine.amqp.consume(
+            exchange=exchange, routing_key="rk", queue=q_long, shutdown_timeout=long_grace
+        )
         async def long(self, body: Any, message: Message) -> None:
             started.add("long")
             await let_long_finish.wait()
             outcome.add("long finished")
 
-    async with running(Service, config=broker.config(shutdown_timeout=30)) as runtime:
+    config = broker.config(shutdown_timeout=service_grace)
+    async with running(Service, config=config) as runtime:
         await publish(runtime, exchange, {"n": 1})
         await started.wait_for(2)
         runtime.stop()
         await short_cut.wait()
-        # Its sibling's call still runs: its own deadline is 30 s away.
+        # Its sibling's call still runs: its own deadline is 30 s away (and the
+        # service's scope leaves room for it, whatever the service's setting).
         assert outcome.items == ["short cancelled"]
         let_long_finish.set()
     assert outcome.items == ["short cancelled", "long finished"]
