@@ -55,6 +55,8 @@ SPECS_ATTRIBUTE = "__farine_entrypoints__"
 
 SyncHook = Callable[[], contextlib.AbstractContextManager[Any]]
 AsyncHook = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
+#: `(handler, consumer, where) -> handler`: see `ServiceContext.inbox`.
+InboxHook = Callable[[Callable[..., Any], str, str], Callable[..., Any]]
 
 _current_service: ContextVar[ServiceContext] = ContextVar("farine_current_service")
 # Here rather than in the database connector: entrypoints set it for every call, and a
@@ -130,6 +132,11 @@ class EntrypointSpec(abc.ABC):
     #: the service's `transaction` setting. Subclasses with a `transaction=` decorator
     #: argument make it a field; True needs a database (checked at start-up).
     transaction: bool | None = None
+
+    #: Seconds this entrypoint's in-flight calls get to finish once the service stops,
+    #: or None for the service's `shutdown_timeout` setting. Subclasses with a
+    #: `shutdown_timeout=` decorator argument make it a field; the runtime reads it.
+    shutdown_timeout: float | None = None
 
     @abc.abstractmethod
     def bind(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> Entrypoint:
@@ -215,6 +222,10 @@ class ServiceContext:
             each `def` handler call (the database connector opens its connection here).
         async_call_hooks: Async context-manager factories entered around each
             `async def` handler call.
+        inbox: Set by a database connector: wraps the handler of an idempotent
+            consumer (`consume(idempotent=True)`), given the consumer's name (its queue)
+            and `service.method`, so that a message id it already processed is not
+            processed again. Raises `ConfigurationError` for a handler it cannot wrap.
     """
 
     name: str
@@ -225,6 +236,7 @@ class ServiceContext:
     stopping: anyio.Event
     call_hooks: list[SyncHook] = field(default_factory=list[SyncHook])
     async_call_hooks: list[AsyncHook] = field(default_factory=list[AsyncHook])
+    inbox: InboxHook | None = None
     exit_stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     _in_flight: int = 0
 

@@ -7,6 +7,7 @@ from typing import Any
 __all__ = (
     "ConfigurationError",
     "FarineError",
+    "HandlerTimeout",
     "RPCError",
     "ServiceNotFound",
     "SettingsError",
@@ -23,6 +24,15 @@ class SettingsError(FarineError):
 
 class ConfigurationError(FarineError):
     """A service or entrypoint is declared in a way farine cannot run."""
+
+
+class HandlerTimeout(FarineError, TimeoutError):
+    """A handler call ran past its time limit (`timeout=` or the `handler_timeout` setting).
+
+    An `async def` handler was cancelled at the limit; a `def` one was abandoned in its
+    worker thread (which finishes on its own, its result dropped). A `TimeoutError`, so
+    the failure counts as transient.
+    """
 
 
 class ServiceNotFound(FarineError):

@@ -6,7 +6,9 @@ Shape of a running process::
       resources task group     shared connections (one AMQP connection per URI, ...)
         services task group
           service A (CancelScope; its deadline is set when stopping)
-            entrypoint A.x   (supervised: restarted with backoff if its loop fails)
+            entrypoint A.x   (CancelScope of its own; supervised: restarted with
+              call           backoff if its loop fails; each handler call with a
+              call           time limit runs in a scope nested in it)
             entrypoint A.y
           service B ...
       signal watcher
@@ -16,7 +18,8 @@ A service's entrypoints start concurrently, after the extensions it uses
 every entrypoint has called `task_status.started()`.
 On SIGINT/SIGTERM (or `Runtime.stop()`), `stopping` is set: entrypoints stop taking new
 work and return once their in-flight handler calls are done; whatever still runs after
-the service's `shutdown_timeout` is cancelled. A second signal exits at once.
+its entrypoint's `shutdown_timeout` (the decorator's, else the service's setting) is
+cancelled, without touching the other entrypoints. A second signal exits at once.
 """
 
 from __future__ import annotations
@@ -236,14 +239,18 @@ class Runtime:
         self.services[definition.name] = ctx
         logger.info("starting service %s", ctx.name)
         scope = anyio.CancelScope()
-        self._scopes.append((scope, settings.shutdown_timeout))
+        # The service's own deadline leaves room for its slowest entrypoint to drain:
+        # each entrypoint's scope, nested in it, enforces its own.
+        graces = [spec.shutdown_timeout for _, spec in definition.entrypoints]
+        grace = max([settings.shutdown_timeout, *(g for g in graces if g is not None)])
+        self._scopes.append((scope, grace))
         with scope:
             async with self._announce_stop(ctx), ctx.exit_stack, anyio.create_task_group() as tg:
                 # Connectors (the database, ...) set the service up before its
                 # entrypoints start.
                 for extension in extensions_for(settings):
                     await extension.attach(ctx)
-                entrypoints: list[Entrypoint] = []
+                entrypoints: list[tuple[Entrypoint, float]] = []
                 for attr, spec in definition.entrypoints:
                     if spec.transaction and not settings.db_connector:
                         # A transaction the code asks for but cannot get is a bug to
@@ -254,14 +261,22 @@ class Runtime:
                         )
                     handler = getattr(ctx.instance, attr)
                     try:
-                        entrypoints.append(spec.bind(ctx, handler, attr))
+                        entrypoint = spec.bind(ctx, handler, attr)
                     except ConfigurationError as exc:
                         raise ConfigurationError(f"{ctx.name}.{attr}: {exc}") from None
+                    own = spec.shutdown_timeout
+                    entrypoints.append(
+                        (entrypoint, settings.shutdown_timeout if own is None else own)
+                    )
                 # All at once: each start waits for broker round trips (declares,
                 # consume), so one after another would add them up.
                 startup = _Startup(len(entrypoints))
-                for entrypoint in entrypoints:
-                    tg.start_soon(self._supervise, entrypoint, startup)
+                for entrypoint, drain in entrypoints:
+                    # A scope per entrypoint: its drain deadline is its own, and
+                    # cancelling it stops that entrypoint alone.
+                    own_scope = anyio.CancelScope()
+                    self._scopes.append((own_scope, drain))
+                    tg.start_soon(self._supervise, entrypoint, startup, own_scope, drain)
                 await startup.wait()
                 logger.info("service ready: %s", ctx.name)
                 task_status.started()
@@ -269,7 +284,7 @@ class Runtime:
             logger.warning(
                 "service %s: shutdown_timeout (%gs) reached; cancelled what was still running",
                 ctx.name,
-                settings.shutdown_timeout,
+                grace,
             )
         logger.info("service stopped: %s", ctx.name)
 
@@ -289,7 +304,19 @@ class Runtime:
             yield
             tg.cancel_scope.cancel()
 
-    async def _supervise(self, entrypoint: Entrypoint, startup: _Startup) -> None:
+    async def _supervise(
+        self, entrypoint: Entrypoint, startup: _Startup, scope: anyio.CancelScope, drain: float
+    ) -> None:
+        with scope:
+            await self._serve(entrypoint, startup)
+        if scope.cancelled_caught:
+            logger.warning(
+                "entrypoint %s: shutdown_timeout (%gs) reached; cancelled what was still running",
+                entrypoint.qualname,
+                drain,
+            )
+
+    async def _serve(self, entrypoint: Entrypoint, startup: _Startup) -> None:
         started = _Started(entrypoint, startup)
         initial, factor, cap = RESTART_BACKOFF
         delay = initial

@@ -129,6 +129,19 @@ def _parse_optional_float(raw: str) -> float | None:
     return _parse_non_negative_float(raw) if raw.strip() else None
 
 
+def _parse_time_limit(raw: str) -> float | None:
+    if not raw.strip():
+        return None
+    value = _parse_non_negative_float(raw)
+    if value == 0:
+        raise ValueError("expected a number of seconds > 0 (leave it empty for no limit)")
+    return value
+
+
+def _parse_optional_positive_int(raw: str) -> int | None:
+    return _parse_positive_int(raw) if raw.strip() else None
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -208,9 +221,16 @@ KEYS: Final[tuple[Key, ...]] = (
         "Allow the seed's `__debug__` profiling of consumed messages."),
     # -- runtime ---------------------------------------------------------------------
     Key("shutdown_timeout", _parse_non_negative_float, 30.0, "float",
-        "Seconds in-flight handlers get to finish after SIGINT/SIGTERM."),
+        "Seconds in-flight handlers get to finish after SIGINT/SIGTERM (an entrypoint's "
+        "`shutdown_timeout=` overrides it for that entrypoint)."),
     Key("max_workers", _parse_positive_int, 10, "int",
         "Worker threads for the service's `def` handlers."),
+    Key("handler_timeout", _parse_time_limit, None, "float",
+        "Seconds a consumer, RPC method or SSE handler call may run before it fails with "
+        "`HandlerTimeout` (`timeout=` of the decorator overrides it); unset: no limit."),
+    Key("max_concurrency", _parse_optional_positive_int, None, "int",
+        "Calls of one consumer or RPC method running at once (`max_concurrency=` of the "
+        "decorator overrides it); unset: as many as its prefetch."),
     Key("log_level", _parse_log_level, None, "str",
         "Log level (DEBUG, INFO, ...); `--log-level` overrides it."),
     # -- AMQP ------------------------------------------------------------------------
@@ -295,6 +315,8 @@ class ServiceSettings(Mapping[str, Any]):
     debug: bool = False
     shutdown_timeout: float = 30.0
     max_workers: int = 10
+    handler_timeout: float | None = None
+    max_concurrency: int | None = None
     log_level: str | None = None
     prefetch: int = 64
     max_body_size: int = 16 * 1024 * 1024

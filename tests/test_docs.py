@@ -125,3 +125,32 @@ async def test_rpc_guide_script_calls_the_example_server(
     assert lines[0] == "plums: 12"
     assert re.fullmatch(r"reserved: \{'item': 'plum', 'quantity': 3, 'expires': '.+'\}", lines[1])
     assert lines[2] == "plums: 9"
+
+
+# -- the delivery guide's example (docs/delivery.md) ----------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_delivery_guide_example_ships_each_order_once(backend: str, tmp_path: Path) -> None:
+    config = tmp_path / "farine.ini"
+    config.write_text(
+        f"[DEFAULT]\ndb_connector = sqlite\ndb_name = {tmp_path / 'shipping.sqlite'}\n",
+        encoding="utf-8",
+    )
+    code, out = run_farine("migrate", "shipping", "--config", str(config), cwd=EXAMPLES)
+    assert code == 0, out
+    assert "tables shipment, farine_inbox" in out
+    process = FarineProcess(
+        "start", "shipping", "--backend", backend, "--config", str(config), cwd=EXAMPLES
+    )
+    try:
+        process.expect(r"message order-A-1 was already processed", timeout=30)
+        process.expect(r"shipped B-2", timeout=30)
+        process.signal()
+        assert process.wait(timeout=30) == 0, process.output
+    finally:
+        process.kill()
+    out = process.output
+    assert out.count("shipped A-1") == 1
+    assert "(2 shipment(s) so far)" in out
+    assert "ERROR" not in out

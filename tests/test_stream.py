@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -21,7 +22,7 @@ import farine.stream
 from farine._workers import WorkerPool
 from farine.discovery import ServiceDefinition, find_entrypoints
 from farine.entrypoints import ServiceContext
-from farine.exceptions import ConfigurationError
+from farine.exceptions import ConfigurationError, HandlerTimeout
 from farine.runtime import Runtime
 from farine.settings import Config, ServiceSettings
 from farine.stream import Event
@@ -230,6 +231,45 @@ async def test_a_handler_error_is_logged_and_the_stream_goes_on(logs: LogWatch) 
     assert len(errors) == 1
     assert errors[0].exc_info is not None
     assert isinstance(errors[0].exc_info[1], ValueError)
+
+
+@pytest.mark.parametrize("kind", ["def", "async"])
+async def test_a_handler_past_its_time_limit_fails_and_the_stream_goes_on(
+    logs: LogWatch, kind: str
+) -> None:
+    inbox = Inbox()
+    release = threading.Event()
+
+    class AsyncSlow:
+        @farine.stream.http(handler_timeout=0.2)
+        async def on_number(self, data: int) -> None:
+            if data == 1:
+                await anyio.sleep_forever()
+            inbox.put(data)
+
+    class SyncSlow:
+        @farine.stream.http(handler_timeout=0.2)
+        def on_number(self, data: int) -> None:
+            if data == 1:
+                release.wait(30)  # abandoned in its thread at the limit
+            else:
+                anyio.from_thread.run_sync(inbox.put, data)
+
+    service = AsyncSlow if kind == "async" else SyncSlow
+    try:
+        async with (
+            serve_sse([Reply(sse("1") + sse("2"))]) as server,
+            running(ini(server), service),
+        ):
+            with anyio.fail_after(10):
+                received = await inbox.wait(1)
+    finally:
+        release.set()
+    assert received == [2]
+    errors = [r for r in logs.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].exc_info is not None
+    assert isinstance(errors[0].exc_info[1], HandlerTimeout)
 
 
 # -- events ------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from farine._broker.errors import PublishError
 from farine._broker.interface import Outgoing
 from farine._broker.message import Properties
 from farine._connections import get_connection
+from farine._limits import CallLimits, check_max_concurrency, check_timeout
 from farine._takers import Takers
 from farine.codec import BadBody, BodyDecoder, annotation_of, encode
 from farine.entrypoints import (
@@ -74,6 +75,10 @@ class ConsumeSpec(EntrypointSpec):
     queue_arguments: tuple[tuple[str, Any], ...] = ()
     transaction: bool | None = None
     ignored_queue_name: str | None = None
+    timeout: float | None = None
+    max_concurrency: int | None = None
+    shutdown_timeout: float | None = None
+    idempotent: bool = False
     kind = "consume"
 
     def bind(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> Entrypoint:
@@ -93,6 +98,10 @@ def consume(
     queue_arguments: Mapping[str, Any] | None = None,
     transaction: bool | None = None,
     queue_name: str | None = None,
+    timeout: float | None = None,
+    max_concurrency: int | None = None,
+    shutdown_timeout: float | None = None,
+    idempotent: bool = False,
 ) -> Callable[[F], F]:
     """Consume messages published to `exchange` with `routing_key`.
 
@@ -100,7 +109,7 @@ def consume(
     the annotation of `body`, `Any` when there is none) and `message` the
     `farine.amqp.Message`, to ack/nack/reject it or read its properties. The method may
     be `def` (run in a worker thread) or `async def`. Up to `prefetch` messages are
-    handled at once.
+    handled at once (`max_concurrency` when it is lower).
 
     At start-up farine declares the exchange, the queue and the binding (unless the
     `auto_declare` setting is off) with baguette-messaging 0.19's defaults, so that old and
@@ -131,6 +140,16 @@ def consume(
             before the message is acked or nacked. Default: the `transaction` setting.
         queue_name: Accepted and ignored, as baguette-messaging 0.19 ignored it (a
             warning is logged at start-up); name the queue with `queue=`.
+        timeout: Seconds a call may run (default: the `handler_timeout` setting;
+            `math.inf`: no limit). Past it, an `async def` handler is cancelled and a
+            `def` one abandoned in its thread; the call fails with `HandlerTimeout`.
+        max_concurrency: Messages handled at once, below `prefetch` (default: the
+            `max_concurrency` setting, else `prefetch`); the rest wait prefetched.
+        shutdown_timeout: Seconds this consumer's in-flight calls get to finish once
+            the service stops (default: the `shutdown_timeout` setting).
+        idempotent: With a database, record each message id in the inbox table in the
+            transaction of the (`def`) handler's work, and ack a message whose id was
+            already processed without calling the handler again.
 
     Example:
         ```python
@@ -149,6 +168,9 @@ def consume(
         )
     if prefetch is not None and prefetch < 1:
         raise ConfigurationError("prefetch must be >= 1")
+    check_timeout("timeout", timeout)
+    check_timeout("shutdown_timeout", shutdown_timeout, zero=True)
+    check_max_concurrency(max_concurrency)
     keys = (routing_key,) if isinstance(routing_key, str) else tuple(routing_key)
     spec = ConsumeSpec(
         exchange=exchange or None,
@@ -162,6 +184,10 @@ def consume(
         exclusive=exclusive,
         queue_arguments=tuple(sorted((queue_arguments or {}).items())),
         transaction=transaction,
+        timeout=timeout,
+        max_concurrency=max_concurrency,
+        shutdown_timeout=shutdown_timeout,
+        idempotent=idempotent,
     )
 
     def decorate(func: F) -> F:
@@ -189,7 +215,10 @@ class _ConsumerEntrypoint(Entrypoint):
         except ValueError:  # no signature (a builtin): assume it fits
             pass
         self.spec = spec
-        self.call_target = handler if is_async_callable(handler) else self._gate(handler)
+        self.limits = CallLimits.resolve(
+            self.qualname, settings, timeout=spec.timeout, max_concurrency=spec.max_concurrency
+        )
+        self.call = self.limits.applied_to(service.call)
         # baguette-messaging 0.19's consumer: exchange <- the service, queue and binding
         # key <- the routing key, else the service; type `direct` unless given; the
         # exchange never auto-deleted; the queue's flags from the settings.
@@ -203,6 +232,7 @@ class _ConsumerEntrypoint(Entrypoint):
         else:
             self.queue = service.name
         self.prefetch = spec.prefetch or settings.prefetch
+        self.call_target = self._call_target(handler)
         self.decoder = BodyDecoder(
             annotation_of(handler, "body"),
             where=f"{service.name}.{name}",
@@ -223,6 +253,7 @@ class _ConsumerEntrypoint(Entrypoint):
             exclusive=_pick(spec.exclusive, settings.exclusive),
             arguments=spec.queue_arguments,
         )
+        self.limits.check_consumer_timeout(settings, self.queue, dict(spec.queue_arguments))
         bindings = tuple(Binding(self.queue, self.exchange, key) for key in self.routing_keys)
         self.topology = (
             Topology(exchanges=(exchange,), queues=(queue,), bindings=bindings)
@@ -238,6 +269,17 @@ class _ConsumerEntrypoint(Entrypoint):
                     "other bindings; give one of them its own queue (queue=...)"
                 )
             used[self.queue] = (name, self.topology)
+
+    def _call_target(self, handler: Callable[..., Any]) -> Callable[..., Any]:
+        if self.spec.idempotent:
+            inbox = self.service.inbox
+            if inbox is None:
+                raise ConfigurationError(
+                    "idempotent=True needs a database (its inbox table records the "
+                    f"messages processed), but db_connector is not set for {self.service.name}"
+                )
+            handler = inbox(handler, self.queue, self.qualname)
+        return handler if is_async_callable(handler) else self._gate(handler)
 
     def _gate(self, handler: Callable[..., Any]) -> Callable[..., Any]:
         stopping = self.service.stopping
@@ -255,7 +297,8 @@ class _ConsumerEntrypoint(Entrypoint):
         keys = ", ".join(repr(k) for k in self.routing_keys)
         return (
             f"{self.qualname} (consume: queue {self.queue!r} <- {self.exchange_type} exchange "
-            f"{self.exchange!r}, routing key {keys}, prefetch {self.prefetch}, "
+            f"{self.exchange!r}, routing key {keys}, prefetch {self.prefetch}"
+            f"{self.limits.describe()}{', idempotent' if self.spec.idempotent else ''}, "
             f"broker {self.service.settings.amqp_uri.split(':')[0]})"
         )
 
@@ -269,7 +312,7 @@ class _ConsumerEntrypoint(Entrypoint):
                 takers = Takers(
                     consumer,
                     functools.partial(self._handle, connection=connection),
-                    limit=self.prefetch,
+                    limit=self.limits.tasks(self.prefetch),
                     # Set for every call a task makes; a transaction, if any, ends
                     # inside each call, before its message is settled.
                     scope=functools.partial(handler_transaction, self.spec.transaction),
@@ -307,7 +350,7 @@ class _ConsumerEntrypoint(Entrypoint):
         try:
             if self.service.settings.debug and b"__debug__" in message.body:
                 await self._profiled(body, message, connection)
-            elif await self.service.call(self.call_target, body, message) is _NOT_STARTED:
+            elif await self.call(self.call_target, body, message) is _NOT_STARTED:
                 message.nack(requeue=True)
                 return
         except Exception:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from farine._limits import check_timeout
 from farine.entrypoints import (
     Entrypoint,
     EntrypointSpec,
@@ -37,12 +38,15 @@ class ExecuteSpec(EntrypointSpec):
         backoff_initial: Seconds to wait before the first restart after a failure.
         backoff_max: Cap of the wait, which doubles after each consecutive failure.
         transaction: Run each run in a database transaction (None: the setting).
+        shutdown_timeout: Seconds the current run gets to finish once the service
+            stops (None: the setting).
     """
 
     restart: bool = True
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     transaction: bool | None = None
+    shutdown_timeout: float | None = None
     kind = "execute"
 
     def bind(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> Entrypoint:
@@ -55,6 +59,7 @@ def method(
     backoff_initial: float = 0.5,
     backoff_max: float = 30.0,
     transaction: bool | None = None,
+    shutdown_timeout: float | None = None,
 ) -> Callable[[F], F]:
     """Run the decorated method for as long as the service runs.
 
@@ -74,6 +79,8 @@ def method(
         transaction: With a database, run each run of a `def` method in a transaction
             (each `db_run` of an `async def` one): committed when it returns, rolled
             back when it raises. Default: the service's `transaction` setting.
+        shutdown_timeout: Seconds the current run gets to finish once the service
+            stops (default: the `shutdown_timeout` setting).
 
     Example:
         ```python
@@ -87,11 +94,13 @@ def method(
     """
     if backoff_initial < 0 or backoff_max < backoff_initial:
         raise ConfigurationError("need 0 <= backoff_initial <= backoff_max")
+    check_timeout("shutdown_timeout", shutdown_timeout, zero=True)
     spec = ExecuteSpec(
         restart=restart,
         backoff_initial=backoff_initial,
         backoff_max=backoff_max,
         transaction=transaction,
+        shutdown_timeout=shutdown_timeout,
     )
 
     def decorate(func: F) -> F:

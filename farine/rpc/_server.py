@@ -36,6 +36,7 @@ from farine._broker.loops import now
 from farine._broker.message import Properties
 from farine._connections import get_connection
 from farine._deadlines import Deadlines
+from farine._limits import CallLimits, check_max_concurrency, check_timeout
 from farine._takers import Takers
 from farine.entrypoints import (
     Entrypoint,
@@ -89,6 +90,9 @@ class MethodSpec(EntrypointSpec):
     prefetch: int | None = None
     expected: tuple[type[BaseException], ...] = ()
     transaction: bool | None = None
+    timeout: float | None = None
+    max_concurrency: int | None = None
+    shutdown_timeout: float | None = None
     kind = "rpc"
 
     def bind(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> Entrypoint:
@@ -100,6 +104,9 @@ def method(
     prefetch: int | None = None,
     expected: tuple[type[BaseException], ...] = (),
     transaction: bool | None = None,
+    timeout: float | None = None,
+    max_concurrency: int | None = None,
+    shutdown_timeout: float | None = None,
 ) -> Callable[[F], F]:
     """Serve the decorated method over RPC, as `<service>.<method>`.
 
@@ -123,6 +130,15 @@ def method(
         transaction: With a database, run each call of a `def` method in a transaction
             (each `db_run` of an `async def` one; each step of a generator), committed
             or rolled back before the reply is sent. Default: the `transaction` setting.
+        timeout: Seconds a call (a stream: all of it) may run (default: the
+            `handler_timeout` setting; `math.inf`: no limit). Past it, an `async def`
+            method is cancelled and a `def` one abandoned in its thread, and the caller
+            gets an `RPCError` for a `HandlerTimeout`. The caller's own deadline still
+            applies: the earlier one wins.
+        max_concurrency: Calls handled at once, below `prefetch` (default: the
+            `max_concurrency` setting, else `prefetch`).
+        shutdown_timeout: Seconds this method's calls in flight get to finish once the
+            service stops (default: the `shutdown_timeout` setting).
 
     Example:
         ```python
@@ -136,7 +152,17 @@ def method(
     """
     if prefetch is not None and prefetch < 1:
         raise ConfigurationError("prefetch must be >= 1")
-    spec = MethodSpec(prefetch=prefetch, expected=tuple(expected), transaction=transaction)
+    check_timeout("timeout", timeout)
+    check_timeout("shutdown_timeout", shutdown_timeout, zero=True)
+    check_max_concurrency(max_concurrency)
+    spec = MethodSpec(
+        prefetch=prefetch,
+        expected=tuple(expected),
+        transaction=transaction,
+        timeout=timeout,
+        max_concurrency=max_concurrency,
+        shutdown_timeout=shutdown_timeout,
+    )
 
     def decorate(func: F) -> F:
         return record_spec(func, spec)
@@ -166,6 +192,11 @@ class _RpcMethod(Entrypoint):
         self.routing_key = routing_key(service.name, name)
         self.queue = self.routing_key
         self.prefetch = spec.prefetch or settings.prefetch
+        self.limits = CallLimits.resolve(
+            self.qualname, settings, timeout=spec.timeout, max_concurrency=spec.max_concurrency
+        )
+        self.limits.check_consumer_timeout(settings, self.queue)
+        self._limited_run = self.limits.applied_to(self._run)
         self.is_async_gen = inspect.isasyncgenfunction(handler)
         self.is_gen = inspect.isgeneratorfunction(handler)
         # Cancels and credits of streams this instance serves arrive on a queue of its own.
@@ -198,7 +229,7 @@ class _RpcMethod(Entrypoint):
         kind = "stream" if self.is_gen or self.is_async_gen else "call"
         return (
             f"{self.qualname} (rpc {kind}: queue {self.queue!r} <- exchange "
-            f"{self.service.name!r}, prefetch {self.prefetch})"
+            f"{self.service.name!r}, prefetch {self.prefetch}{self.limits.describe()})"
         )
 
     async def serve(self, *, task_status: TaskStatus[None]) -> None:
@@ -220,7 +251,7 @@ class _RpcMethod(Entrypoint):
                 await Takers(
                     consumer,
                     functools.partial(self._handle, connection=connection),
-                    limit=self.prefetch,
+                    limit=self.limits.tasks(self.prefetch),
                     # A transaction, if any, ends inside each call, before its reply.
                     scope=functools.partial(handler_transaction, self.spec.transaction),
                 ).run()
@@ -289,7 +320,8 @@ class _RpcMethod(Entrypoint):
         result: Any = _NO_VALUE
         try:
             with scope:
-                result = await self._run(reply, args, kwargs)
+                # The method's own time limit nests in the caller's deadline.
+                result = await self._limited_run(reply, args, kwargs)
             if result is not _NO_VALUE:
                 # Sent outside the call's scope: neither its deadline nor its caller can
                 # cut the publish short, without shielding it.

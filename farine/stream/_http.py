@@ -20,6 +20,7 @@ import anyio
 import httpx
 import httpx_sse
 
+from farine._limits import CallLimits, check_timeout
 from farine.codec import BadBody, BodyDecoder, annotation_of
 from farine.entrypoints import (
     Entrypoint,
@@ -63,6 +64,10 @@ class HttpStreamSpec(EntrypointSpec):
         timeout: Stop after this many seconds; `None` means never.
         transaction: Run each handler call in a database transaction; `None` means
             the service's `transaction` setting.
+        handler_timeout: Seconds one handler call may run; `None` means the service's
+            `handler_timeout` setting.
+        shutdown_timeout: Seconds a handler call in flight gets to finish once the
+            service stops; `None` means the service's `shutdown_timeout` setting.
     """
 
     endpoint: str | None = None
@@ -71,6 +76,8 @@ class HttpStreamSpec(EntrypointSpec):
     limit: int | None = None
     timeout: float | None = None
     transaction: bool | None = None
+    handler_timeout: float | None = None
+    shutdown_timeout: float | None = None
     kind = "sse"
 
     def bind(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> Entrypoint:
@@ -113,6 +120,9 @@ def http(
     limit: int | None = None,
     timeout: float | None = None,
     transaction: bool | None = None,
+    *,
+    handler_timeout: float | None = None,
+    shutdown_timeout: float | None = None,
 ) -> Callable[[F], F]:
     """Call the decorated method for each event of an HTTP Server-Sent-Events stream.
 
@@ -140,6 +150,13 @@ def http(
         transaction: With a database, run each call of a `def` method in a transaction
             (each `db_run` of an `async def` one): committed when it returns, rolled
             back when it raises. Default: the service's `transaction` setting.
+        handler_timeout: Seconds one handler call may run (default: the
+            `handler_timeout` setting; `math.inf`: no limit). Past it, an `async def`
+            handler is cancelled and a `def` one abandoned in its thread; the call fails
+            with `HandlerTimeout`, logged, and the stream goes on. (`timeout` is the
+            seed's: how long the listener runs.)
+        shutdown_timeout: Seconds a handler call in flight gets to finish once the
+            service stops (default: the `shutdown_timeout` setting).
 
     Raises:
         ConfigurationError: An argument is invalid.
@@ -160,6 +177,8 @@ def http(
         raise ConfigurationError(f"limit must be >= 1, got {limit!r}")
     if timeout is not None and not timeout > 0:
         raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout!r}")
+    check_timeout("handler_timeout", handler_timeout)
+    check_timeout("shutdown_timeout", shutdown_timeout, zero=True)
     if isinstance(event_types, str):
         # A lone string is one type, not a set of one-letter types.
         event_types = (event_types,)
@@ -170,6 +189,8 @@ def http(
         limit=limit,
         timeout=timeout,
         transaction=transaction,
+        handler_timeout=handler_timeout,
+        shutdown_timeout=shutdown_timeout,
     )
 
     def decorate(func: F) -> F:
@@ -278,6 +299,9 @@ class _HttpStream(Entrypoint):
     ) -> None:
         super().__init__(service, handler, name)
         self.spec = spec
+        self._call = CallLimits.resolve(
+            self.qualname, service.settings, timeout=spec.handler_timeout
+        ).applied_to(service.call)
         self.url = url
         self._url = str(url)
         self.shown_url = _shown(url)
@@ -486,7 +510,7 @@ class _HttpStream(Entrypoint):
         self._busy = True
         try:
             with handler_transaction(self.spec.transaction):
-                await self.service.call(self.handler, *args)
+                await self._call(self.handler, *args)
         except Exception:
             logger.exception(
                 "%s raised on event (type %r, id %r); the stream goes on",

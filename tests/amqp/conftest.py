@@ -159,10 +159,14 @@ class LogWatcher(logging.Handler):
         self.records: list[logging.LogRecord] = []
         self._token = anyio.lowlevel.current_token()
         self._thread = threading.get_ident()
+        # Other records must not take the handler's lock: a worker thread holds it while
+        # it waits for the loop (below), and the loop logging meanwhile would deadlock.
+        self.addFilter(self._matches)
+
+    def _matches(self, record: logging.LogRecord) -> bool:
+        return self.text in record.getMessage()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self.text not in record.getMessage():
-            return
         self.records.append(record)
         if len(self.records) < self.count:
             return

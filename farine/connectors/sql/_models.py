@@ -12,6 +12,7 @@ from farine import settings as farine_settings
 from farine.exceptions import ConfigurationError, ServiceNotFound, SettingsError
 
 from ._database import check_connection, close, database_key, describe, setup
+from ._inbox import Inbox
 from ._model import Model
 
 if TYPE_CHECKING:
@@ -82,7 +83,9 @@ def migrate(module: str) -> list[type[peewee.Model]]:
 
     The database settings are those of the section named `module` when the file has
     one (as in baguette-messaging), else those of the module's services when they
-    configure a database, else `[DEFAULT]`. Running it again changes nothing.
+    configure a database, else `[DEFAULT]`. When a service of the module has an
+    idempotent consumer (`consume(idempotent=True)`), the inbox table `farine_inbox` is
+    created too. Running it again changes nothing.
 
     Args:
         module: The user's package (`mymodule`); it must be importable.
@@ -101,18 +104,38 @@ def migrate(module: str) -> list[type[peewee.Model]]:
             f"{service_settings.source}: no db_connector for {module!r} "
             f"(looked in [{module}], the module's services and [DEFAULT])"
         )
-    models = find_models(module, required=True)
+    inbox = _has_idempotent_consumer(module)
+    models = find_models(module, required=not inbox)
     try:
         check_connection(db, service_settings)
         db.bind(models, bind_refs=False, bind_backrefs=False)
         with db.connection_context():
             # safe=True is CREATE TABLE IF NOT EXISTS: a second run changes nothing.
             db.create_tables(models, safe=True)  # pyright: ignore[reportUnknownMemberType]
+            if inbox:
+                # Bound for this call only: services bind nothing to the inbox model.
+                with db.bind_ctx([Inbox]):
+                    db.create_tables([Inbox], safe=True)  # pyright: ignore[reportUnknownMemberType]
+                models.append(Inbox)
     finally:
         close(db)
     tables = ", ".join(model._meta.table_name for model in models) or "none"  # pyright: ignore[reportPrivateUsage]
     logger.info("migrated %s on %s: tables %s", module, describe(service_settings), tables)
     return models
+
+
+def _has_idempotent_consumer(module: str) -> bool:
+    from farine.discovery import discover
+
+    try:
+        services = discover(module)
+    except ServiceNotFound:
+        return False
+    return any(
+        getattr(spec, "idempotent", False) is True
+        for service in services
+        for _, spec in service.entrypoints
+    )
 
 
 def _settings_for(module: str) -> ServiceSettings:

@@ -29,6 +29,7 @@ from farine.entrypoints import handler_transaction as handler_transaction
 from farine.exceptions import ConfigurationError, FarineError
 
 from ._database import check_connection, close, database_key, describe, setup
+from ._inbox import inbox_exists, make_idempotent
 from ._models import init
 
 if TYPE_CHECKING:
@@ -162,6 +163,7 @@ class _Shared:
     owner: str
     users: int = 0
     closed: bool = False
+    inbox: bool = False  # the inbox table of idempotent consumers exists
     models: list[type[peewee.Model]] = field(default_factory=list[type[peewee.Model]])
 
 
@@ -199,6 +201,7 @@ async def attach_database(ctx: ServiceContext) -> None:
             await anyio.to_thread.run_sync(
                 functools.partial(check_connection, db, settings, service=ctx.name)
             )
+            entry.inbox = await anyio.to_thread.run_sync(inbox_exists, db)
             entry.models = init(ctx.module, db)
         except BaseException:
             close(db)
@@ -218,6 +221,9 @@ async def attach_database(ctx: ServiceContext) -> None:
         )
         ctx.workers.max_workers = pool
     ctx.call_hooks.append(functools.partial(_call_scope, entry, settings.transaction))
+    ctx.inbox = functools.partial(
+        _idempotent, database=_current_db.get, module=ctx.module, entry=entry
+    )
     models = ", ".join(model.__name__ for model in entry.models) or "none"
     logger.info(
         "service %s: database %s (pool of %d), models: %s",
@@ -225,6 +231,20 @@ async def attach_database(ctx: ServiceContext) -> None:
         describe(settings),
         pool,
         models,
+    )
+
+
+def _idempotent(
+    handler: Callable[..., Any],
+    consumer: str,
+    where: str,
+    *,
+    database: Callable[[], peewee.Database],
+    module: str,
+    entry: _Shared,
+) -> Callable[..., Any]:
+    return make_idempotent(
+        handler, consumer, where, database=database, module=module, ready=entry.inbox
     )
 
 

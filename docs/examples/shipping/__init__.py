@@ -1,0 +1,1 @@
+"""The delivery guide's example: limits on a consumer, and an idempotent one."""

@@ -1,0 +1,1 @@
+"""A service with an idempotent consumer: `farine migrate` creates its inbox table."""
