@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, cast
 
+from farine._cluster import split_nodes
 from farine._redact import redact
 from farine.codec import BODY_MAX_DEPTH_LIMIT, DEFAULT_BODY_MAX_DEPTH
 from farine.exceptions import SettingsError
@@ -159,7 +160,8 @@ def _parse_amqp_uri(raw: str) -> str:
     value = raw.strip()
     if not value.startswith(("amqp://", "amqps://", "memory://")):
         raise ValueError("expected an amqp://, amqps:// or memory:// URI")
-    return value
+    # Several nodes of one cluster, comma-separated: kept as one normalised string.
+    return ",".join(split_nodes(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +201,8 @@ KEYS: Final[tuple[Key, ...]] = (
         "RPC is always JSON."),
     Key("amqp_uri", _parse_amqp_uri, "memory://", "str",
         "Broker URI: `amqp://user:password@host:port/vhost`, `amqps://...`, or `memory://` "
-        "for the in-process broker. Its password is masked in logs."),
+        "for the in-process broker. Its password is masked in logs. The nodes of a "
+        "cluster: several `amqp://` URIs separated by commas, tried in order."),
     Key("enabled", _parse_bool, True, "bool",
         "`false` skips this service at start-up."),
     Key("endpoint", _parse_optional_str, None, "str",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from farine.exceptions import FarineError
+from farine.exceptions import ConfigurationError, FarineError
 
 __all__ = (
+    "AccessRefused",
     "BrokerUnavailable",
     "MessageStateError",
     "PublishError",
@@ -15,6 +16,15 @@ __all__ = (
 
 class BrokerUnavailable(FarineError):
     """The broker could not be reached within `connect_retry_timeout` at start-up."""
+
+
+class AccessRefused(BrokerUnavailable, ConfigurationError):
+    """The broker refused the login or the virtual host: not retried at start-up.
+
+    A wrong user name or password, or a virtual host that does not exist or that the user
+    may not use. It is a `BrokerUnavailable` (code catching that keeps working) and a
+    `ConfigurationError` (the settings must change).
+    """
 
 
 class PublishError(FarineError):

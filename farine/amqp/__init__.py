@@ -12,6 +12,7 @@ class Consume:
 
 from __future__ import annotations
 
+from farine._broker.errors import AccessRefused as AccessRefused
 from farine._broker.errors import BrokerUnavailable as BrokerUnavailable
 from farine._broker.errors import MessageStateError as MessageStateError
 from farine._broker.errors import PublishError as PublishError
@@ -28,6 +29,7 @@ from ._publisher import Publisher as Publisher
 from ._publisher import publish as publish
 
 __all__ = (
+    "AccessRefused",
     "AsyncPublisher",
     "BrokerUnavailable",
     "ConsumeSpec",

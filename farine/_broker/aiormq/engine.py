@@ -11,15 +11,22 @@ import aiormq
 import aiormq.abc
 
 from farine._broker.aiormq.deadlines import PublishDeadlines, PublishWatch
-from farine._broker.aiormq.errors import RETRYABLE, check_confirm, describe, refused
+from farine._broker.aiormq.errors import (
+    RETRYABLE,
+    check_confirm,
+    describe,
+    login_refusal,
+    refused,
+)
 from farine._broker.aiormq.topology import close_quietly, declare_topology
-from farine._broker.errors import BrokerUnavailable, PublishError, PublishTimeout
+from farine._broker.errors import AccessRefused, BrokerUnavailable, PublishError, PublishTimeout
 from farine._broker.interface import (
     BACKOFF,
     ConnectionOptions,
     Outgoing,
     Topology,
 )
+from farine._cluster import split_nodes
 from farine._redact import redact
 
 if TYPE_CHECKING:
@@ -49,7 +56,8 @@ class Engine:
         self.calls = calls
         self.shown_uri = redact(uri)
         self.options = options
-        self.url = _connection_url(uri, options)
+        #: One URL per node of the broker, tried in order at each (re)connection.
+        self.urls = tuple(_connection_url(node, options) for node in split_nodes(uri))
         self.connection: aiormq.abc.AbstractConnection | None = None
         self.consumers: set[SupervisedConsumer] = set()
         self.reply_channels: set[DirectReplyChannel] = set()
@@ -86,13 +94,39 @@ class Engine:
             raise
 
     async def _connect(self) -> aiormq.abc.AbstractConnection:
+        """Connect to the first node that answers, in the order given.
+
+        Raises:
+            Exception: The last node's error when none answers, or at once the error of a
+                node that refused the login (see `login_refusal`).
+        """
+        error: Exception | None = None
+        for url in self.urls:
+            try:
+                connection = await self._connect_to(url)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if login_refusal(exc) is not None:
+                    raise
+                if len(self.urls) > 1:
+                    logger.info("cannot connect to node %s (%s)", redact(url), describe(exc))
+                error = exc
+                continue
+            if len(self.urls) > 1:
+                logger.info("connected to node %s", redact(url))
+            return connection
+        assert error is not None
+        raise error
+
+    async def _connect_to(self, url: str) -> aiormq.abc.AbstractConnection:
         properties: dict[str, Any] = {"connection_name": self.options.name, "product": "farine"}
         properties.update(self.options.client_properties)
-        tls = urlsplit(self.url).scheme == "amqps"  # aiormq opens TLS itself
+        tls = urlsplit(url).scheme == "amqps"  # aiormq opens TLS itself
         arguments, opened = self.calls.connect_arguments(tls)
         connection = await asyncio.wait_for(
             aiormq.connect(  # pyright: ignore[reportUnknownMemberType]
-                self.url,
+                url,
                 client_properties=properties,  # pyright: ignore[reportArgumentType]
                 **arguments,
             ),
@@ -115,6 +149,19 @@ class Engine:
                 raise
             except Exception as exc:
                 reason = describe(exc)
+                refusal = login_refusal(exc)
+                if refusal is not None and not first.done():
+                    # Trying again changes nothing until someone fixes the settings.
+                    first.set_exception(AccessRefused(f"{refusal} ({self.shown_uri})"))
+                    return
+                if refusal is not None:
+                    logger.error(
+                        "cannot reconnect to %s: %s; retrying in %.1fs",
+                        self.shown_uri, refusal, delay,
+                    )  # fmt: skip
+                    await asyncio.sleep(delay)
+                    delay = min(delay * factor, cap)
+                    continue
                 if not first.done():
                     elapsed = loop.time() - started
                     limit = self.options.connect_retry_timeout

@@ -38,6 +38,24 @@ def describe(exc: BaseException | None) -> str:
     return redact(f"{type(exc).__name__}: {text}" if str(exc) else text)
 
 
+def login_refusal(exc: BaseException) -> str | None:
+    """Why the broker refused to let this client in, or None for a failure worth retrying.
+
+    A wrong user name or password, or a virtual host that does not exist or that the user
+    may not use, will not fix itself by trying again.
+    """
+    if isinstance(exc, aiormq.ProbableAuthenticationError | aiormq.AuthenticationError):
+        return "the broker refused the login: wrong user name or password"
+    # aiormq reports the broker's Connection.Close in answer to Connection.Open (vhost
+    # missing or not allowed) as an unexpected frame, without the broker's reply text.
+    if isinstance(exc, aiormq.InvalidFrameError) and "Connection.Close" in str(exc):
+        return (
+            "the broker refused to open the virtual host: it does not exist, or this user "
+            "has no permission on it"
+        )
+    return None
+
+
 def refused(exc: BaseException, exchange: str, routing_key: str) -> PublishError:
     """The error of a publish the broker returned (`aiormq.PublishError`) or refused
     because its exchange does not exist (`aiormq.ChannelNotFoundEntity`)."""
