@@ -7,9 +7,11 @@ from farine.exceptions import ConfigurationError, FarineError
 __all__ = (
     "AccessRefused",
     "BrokerUnavailable",
+    "LoginRefused",
     "MessageStateError",
     "PublishError",
     "PublishTimeout",
+    "ResourceRefused",
     "UnroutableError",
 )
 
@@ -18,17 +20,31 @@ class BrokerUnavailable(FarineError):
     """The broker could not be reached within `connect_retry_timeout` at start-up."""
 
 
-class AccessRefused(BrokerUnavailable, ConfigurationError):
-    """The broker refused the login or the virtual host: not retried at start-up.
+class PublishError(FarineError):
+    """A message could not be published: the broker refused it or the publish failed."""
 
-    A wrong user name or password, or a virtual host that does not exist or that the user
-    may not use. It is a `BrokerUnavailable` (code catching that keeps working) and a
-    `ConfigurationError` (the settings must change).
+
+class AccessRefused(ConfigurationError):
+    """The broker refused this user something (403 ACCESS_REFUSED): never retried.
+
+    The settings or the broker's users and permissions must change. Catch it to handle
+    both kinds below.
     """
 
 
-class PublishError(FarineError):
-    """A message could not be published: the broker refused it or the publish failed."""
+class LoginRefused(AccessRefused, BrokerUnavailable):
+    """The broker refused the login or the virtual host, so no connection opened.
+
+    A wrong user name or password, or a virtual host that does not exist or that the user
+    may not use. Also a `BrokerUnavailable`, so code catching that keeps working.
+    """
+
+
+class ResourceRefused(AccessRefused, PublishError):
+    """The user may not use an exchange or a queue: its permissions do not cover it.
+
+    Also a `PublishError` when a publish was refused.
+    """
 
 
 class UnroutableError(PublishError):

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from farine._broker.errors import AccessRefused as AccessRefused
 from farine._broker.errors import BrokerUnavailable as BrokerUnavailable
+from farine._broker.errors import LoginRefused as LoginRefused
 from farine._broker.errors import MessageStateError as MessageStateError
 from farine._broker.errors import PublishError as PublishError
 from farine._broker.errors import PublishTimeout as PublishTimeout
+from farine._broker.errors import ResourceRefused as ResourceRefused
 from farine._broker.errors import UnroutableError as UnroutableError
 from farine._broker.message import Message as Message
 from farine._broker.message import MessageProperties as MessageProperties
@@ -33,6 +35,7 @@ __all__ = (
     "AsyncPublisher",
     "BrokerUnavailable",
     "ConsumeSpec",
+    "LoginRefused",
     "Message",
     "MessageProperties",
     "MessageStateError",
@@ -40,6 +43,7 @@ __all__ = (
     "PublishError",
     "PublishTimeout",
     "Publisher",
+    "ResourceRefused",
     "UnroutableError",
     "consume",
     "publish",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import uuid
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -9,17 +11,26 @@ import pytest
 from yarl import URL
 
 import farine.amqp
-from farine._broker import ConnectionOptions, open_connection
+from farine._broker import ConnectionOptions, Outgoing, open_connection
+from farine._broker.interface import ExchangeSpec, Topology
+from farine._broker.message import Properties
 from farine._cluster import split_nodes
-from farine.amqp import AccessRefused, AsyncPublisher, Message
+from farine.amqp import (
+    AccessRefused,
+    AsyncPublisher,
+    LoginRefused,
+    Message,
+    PublishError,
+    ResourceRefused,
+)
 from farine.exceptions import ConfigurationError, SettingsError
 from farine.settings import Config
 from tests.amqp import _rabbit
 from tests.amqp._proxy import TcpProxy
-from tests.amqp.conftest import Broker, Recorder, running
+from tests.amqp.conftest import Broker, LogWatcher, Recorder, running
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
 
     from anyio.abc import TaskGroup, TaskStatus
 
@@ -103,6 +114,7 @@ async def test_a_refused_login_fails_at_once_after_one_attempt(
         error = await _raised(connect)
         tg.cancel_scope.cancel()
     assert proxy.accepted == 1  # no retry loop
+    assert isinstance(error, LoginRefused)
     assert isinstance(error, AccessRefused)
     assert isinstance(error, ConfigurationError)
     assert reason in str(error)
@@ -124,7 +136,7 @@ async def test_a_service_with_a_wrong_password_does_not_start(rabbitmq: Broker) 
             raise AssertionError("started")
 
     error = await _raised(start)
-    assert isinstance(error, AccessRefused)
+    assert isinstance(error, LoginRefused)
     assert "wrong user name or password" in str(error)
 
 
@@ -160,3 +172,45 @@ async def test_a_service_goes_on_through_the_next_node_when_one_goes_away(
         tg.cancel_scope.cancel()
     assert set(seen.items) == set(range(100))  # at least once: nothing lost
     assert second.accepted == 1
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, check=True)
+
+
+@pytest.fixture
+def limited_uri() -> Iterator[str]:
+    """The test broker's URI for a user who may use only resources named `allowed-*`."""
+    user, password = f"farine-test-{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    url = URL(_rabbit.RABBITMQ_URI)
+    vhost = url.path[1:] or "/"
+    _rabbitmqctl("add_user", user, password)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, user, "^allowed-", "^allowed-", "^allowed-")
+        yield str(url.with_user(user).with_password(password))
+    finally:
+        _rabbitmqctl("delete_user", user)
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize("fast_path", ["on", "off"])
+async def test_a_publish_refused_by_permissions_fails_at_once_naming_the_exchange(
+    rabbitmq: Broker, limited_uri: str, fast_path: str, watch_log: Callable[[str], LogWatcher]
+) -> None:
+    retried = watch_log("retrying")
+    options = ConnectionOptions(fast_path=fast_path, publish_timeout=10)
+    message = Outgoing("denied-exchange", "rk", b"{}", Properties())
+    with anyio.fail_after(20):
+        async with open_connection(limited_uri, options) as connection:
+            with pytest.raises(ResourceRefused) as info:
+                await connection.publish(message)
+            # The connection is still usable for what the user may do.
+            await connection.declare(
+                Topology(exchanges=(ExchangeSpec("allowed-" + rabbitmq.prefix, "direct"),))
+            )
+            await _rabbit.delete(exchanges=["allowed-" + rabbitmq.prefix])
+    assert isinstance(info.value, AccessRefused)
+    assert isinstance(info.value, PublishError)
+    assert "publish to exchange 'denied-exchange'" in str(info.value)
+    assert "write permission" in str(info.value)
+    assert not retried.event.is_set()

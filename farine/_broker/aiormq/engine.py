@@ -12,6 +12,7 @@ import aiormq.abc
 
 from farine._broker.aiormq.deadlines import PublishDeadlines, PublishWatch
 from farine._broker.aiormq.errors import (
+    REFUSALS,
     RETRYABLE,
     check_confirm,
     describe,
@@ -19,7 +20,7 @@ from farine._broker.aiormq.errors import (
     refused,
 )
 from farine._broker.aiormq.topology import close_quietly, declare_topology
-from farine._broker.errors import AccessRefused, BrokerUnavailable, PublishError, PublishTimeout
+from farine._broker.errors import BrokerUnavailable, LoginRefused, PublishError, PublishTimeout
 from farine._broker.interface import (
     BACKOFF,
     ConnectionOptions,
@@ -152,7 +153,7 @@ class Engine:
                 refusal = login_refusal(exc)
                 if refusal is not None and not first.done():
                     # Trying again changes nothing until someone fixes the settings.
-                    first.set_exception(AccessRefused(f"{refusal} ({self.shown_uri})"))
+                    first.set_exception(LoginRefused(f"{refusal} ({self.shown_uri})"))
                     return
                 if refusal is not None:
                     logger.error(
@@ -300,7 +301,7 @@ class Engine:
                 if not watch.timed_out():
                     raise
                 raise self.timeout_error(message, timeout) from None
-            except (aiormq.PublishError, aiormq.ChannelNotFoundEntity) as exc:
+            except REFUSALS as exc:
                 raise refused(exc, exchange, message.routing_key) from None
             except RETRYABLE as exc:
                 failures += 1

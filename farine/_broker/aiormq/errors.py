@@ -8,7 +8,7 @@ from typing import Final
 import aiormq
 from pamqp import commands as spec
 
-from farine._broker.errors import PublishError, UnroutableError
+from farine._broker.errors import PublishError, ResourceRefused, UnroutableError
 from farine._redact import redact
 
 logger = logging.getLogger("farine.amqp")
@@ -19,6 +19,13 @@ DECLARATION_ERRORS: Final = (
     aiormq.ChannelPreconditionFailed,
     aiormq.ChannelAccessRefused,
     aiormq.ChannelLockedResource,
+)
+
+#: Errors of a publish the broker refused: retrying would change nothing.
+REFUSALS: Final = (
+    aiormq.PublishError,
+    aiormq.ChannelNotFoundEntity,
+    aiormq.ChannelAccessRefused,
 )
 
 #: Errors after which a publish is worth retrying on a new connection or channel.
@@ -57,12 +64,16 @@ def login_refusal(exc: BaseException) -> str | None:
 
 
 def refused(exc: BaseException, exchange: str, routing_key: str) -> PublishError:
-    """The error of a publish the broker returned (`aiormq.PublishError`) or refused
-    because its exchange does not exist (`aiormq.ChannelNotFoundEntity`)."""
+    """The error of a publish the broker refused (one of `REFUSALS`)."""
     if isinstance(exc, aiormq.PublishError):
         return UnroutableError(
             f"unroutable message: no queue is bound to exchange {exchange!r} "
             f"with routing key {routing_key!r}"
+        )
+    if isinstance(exc, aiormq.ChannelAccessRefused):
+        return ResourceRefused(
+            f"the broker refused to let this user publish to exchange {exchange!r}: "
+            f"{describe(exc)} (check the user's write permission)"
         )
     return PublishError(f"cannot publish to exchange {exchange!r}: {describe(exc)}")
 
