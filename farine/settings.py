@@ -235,6 +235,16 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("amqp_fast_path", _choice("auto", "on", "off"), "auto", "str",
         "AMQP fast path: auto (only on verified aiormq, pamqp and Python versions), on, "
         "or off (aiormq's documented API only). FARINE_AMQP_FAST_PATH overrides it."),
+    Key("amqp_tls_ca", _parse_optional_str, None, "str",
+        "On `amqps://`: a PEM file of the CA certificates that verify the broker's "
+        "certificate (default: the system's)."),
+    Key("amqp_tls_cert", _parse_optional_str, None, "str",
+        "On `amqps://`: this client's certificate (PEM), for brokers that require one."),
+    Key("amqp_tls_key", _parse_optional_str, None, "str",
+        "On `amqps://`: the private key of `amqp_tls_cert` (PEM; default: in that file)."),
+    Key("amqp_tls_verify", _parse_bool, True, "bool",
+        "On `amqps://`: verify the broker's certificate and host name. `false` (or "
+        "`?no_verify_ssl=1` in the URI) logs a WARNING at each connection."),
     # -- RPC -------------------------------------------------------------------------
     Key("rpc_timeout", _parse_non_negative_float, 30.0, "float",
         "Default deadline of an RPC call, in seconds."),
@@ -307,6 +317,10 @@ class ServiceSettings(Mapping[str, Any]):
     connect_retry_timeout: float = 60.0
     publish_timeout: float = 30.0
     amqp_fast_path: str = "auto"
+    amqp_tls_ca: str | None = None
+    amqp_tls_cert: str | None = None
+    amqp_tls_key: str | None = None
+    amqp_tls_verify: bool = True
     rpc_timeout: float = 30.0
     rpc_send_traceback: bool = True
     rpc_stream_window: int = 256

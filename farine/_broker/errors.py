@@ -12,6 +12,7 @@ __all__ = (
     "PublishError",
     "PublishTimeout",
     "ResourceRefused",
+    "TLSVerificationError",
     "UnroutableError",
 )
 
@@ -44,6 +45,14 @@ class ResourceRefused(AccessRefused, PublishError):
     """The user may not use an exchange or a queue: its permissions do not cover it.
 
     Also a `PublishError` when a publish was refused.
+    """
+
+
+class TLSVerificationError(BrokerUnavailable, ConfigurationError):
+    """The broker's TLS certificate was not accepted: not retried at start-up.
+
+    Its CA is not the one configured (`amqp_tls_ca`), it does not name the host connected
+    to, or it has expired. farine never falls back to plain AMQP.
     """
 
 

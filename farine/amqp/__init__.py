@@ -19,6 +19,7 @@ from farine._broker.errors import MessageStateError as MessageStateError
 from farine._broker.errors import PublishError as PublishError
 from farine._broker.errors import PublishTimeout as PublishTimeout
 from farine._broker.errors import ResourceRefused as ResourceRefused
+from farine._broker.errors import TLSVerificationError as TLSVerificationError
 from farine._broker.errors import UnroutableError as UnroutableError
 from farine._broker.message import Message as Message
 from farine._broker.message import MessageProperties as MessageProperties
@@ -44,6 +45,7 @@ __all__ = (
     "PublishTimeout",
     "Publisher",
     "ResourceRefused",
+    "TLSVerificationError",
     "UnroutableError",
     "consume",
     "publish",

@@ -16,11 +16,12 @@ from farine._broker.aiormq.errors import (
     RETRYABLE,
     check_confirm,
     describe,
-    login_refusal,
+    not_retried,
     refused,
 )
+from farine._broker.aiormq.tls import client_context, verifies
 from farine._broker.aiormq.topology import close_quietly, declare_topology
-from farine._broker.errors import BrokerUnavailable, LoginRefused, PublishError, PublishTimeout
+from farine._broker.errors import BrokerUnavailable, PublishError, PublishTimeout
 from farine._broker.interface import (
     BACKOFF,
     ConnectionOptions,
@@ -31,6 +32,7 @@ from farine._cluster import split_nodes
 from farine._redact import redact
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Awaitable, Callable
 
     from farine._broker.aiormq.calls import ChannelCalls
@@ -70,6 +72,7 @@ class Engine:
         self._publish_lock: asyncio.Lock | None = None
         self._declared: set[str] = set()
         self._deadlines: PublishDeadlines | None = None
+        self._tls_contexts: dict[str, ssl.SSLContext] = {}
 
     @property
     def connected(self) -> asyncio.Event:
@@ -108,7 +111,7 @@ class Engine:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if login_refusal(exc) is not None:
+                if not_retried(exc, self.shown_uri) is not None:
                     raise
                 if len(self.urls) > 1:
                     logger.info("cannot connect to node %s (%s)", redact(url), describe(exc))
@@ -125,6 +128,8 @@ class Engine:
         properties.update(self.options.client_properties)
         tls = urlsplit(url).scheme == "amqps"  # aiormq opens TLS itself
         arguments, opened = self.calls.connect_arguments(tls)
+        if tls:
+            arguments["context"] = await self._tls_context(url)
         connection = await asyncio.wait_for(
             aiormq.connect(  # pyright: ignore[reportUnknownMemberType]
                 url,
@@ -135,6 +140,20 @@ class Engine:
         )
         opened(connection)
         return connection
+
+    async def _tls_context(self, url: str) -> ssl.SSLContext:
+        context = self._tls_contexts.get(url)
+        if context is None:
+            loop = asyncio.get_running_loop()
+            # Reading certificate files blocks: not on the loop.
+            context = await loop.run_in_executor(None, client_context, url, self.options)
+            self._tls_contexts[url] = context
+        if not verifies(url, self.options):
+            logger.warning(
+                "TLS verification is off for %s: the broker's certificate and host name "
+                "are not checked", redact(url.partition("?")[0]),
+            )  # fmt: skip
+        return context
 
     async def _supervise(self, first: asyncio.Future[None]) -> None:
         loop = asyncio.get_running_loop()
@@ -150,16 +169,13 @@ class Engine:
                 raise
             except Exception as exc:
                 reason = describe(exc)
-                refusal = login_refusal(exc)
-                if refusal is not None and not first.done():
+                final = not_retried(exc, self.shown_uri)
+                if final is not None and not first.done():
                     # Trying again changes nothing until someone fixes the settings.
-                    first.set_exception(LoginRefused(f"{refusal} ({self.shown_uri})"))
+                    first.set_exception(final)
                     return
-                if refusal is not None:
-                    logger.error(
-                        "cannot reconnect to %s: %s; retrying in %.1fs",
-                        self.shown_uri, refusal, delay,
-                    )  # fmt: skip
+                if final is not None:
+                    logger.error("cannot reconnect: %s; retrying in %.1fs", final, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * factor, cap)
                     continue

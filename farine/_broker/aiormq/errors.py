@@ -8,8 +8,16 @@ from typing import Final
 import aiormq
 from pamqp import commands as spec
 
-from farine._broker.errors import PublishError, ResourceRefused, UnroutableError
+from farine._broker.aiormq.tls import verification_failure
+from farine._broker.errors import (
+    LoginRefused,
+    PublishError,
+    ResourceRefused,
+    TLSVerificationError,
+    UnroutableError,
+)
 from farine._redact import redact
+from farine.exceptions import ConfigurationError, FarineError
 
 logger = logging.getLogger("farine.amqp")
 
@@ -59,6 +67,23 @@ def login_refusal(exc: BaseException) -> str | None:
         return (
             "the broker refused to open the virtual host: it does not exist, or this user "
             "has no permission on it"
+        )
+    return None
+
+
+def not_retried(exc: BaseException, shown_uri: str) -> FarineError | None:
+    """The error to raise at once for a failed connection attempt that trying again will
+    not fix (refused login, certificate not accepted, bad TLS files), or None."""
+    if isinstance(exc, ConfigurationError):
+        return exc
+    refusal = login_refusal(exc)
+    if refusal is not None:
+        return LoginRefused(f"{refusal} ({shown_uri})")
+    failure = verification_failure(exc)
+    if failure is not None:
+        return TLSVerificationError(
+            f"the broker's TLS certificate was not accepted: {failure} ({shown_uri}; "
+            "check amqp_tls_ca and the host name in amqp_uri)"
         )
     return None
 
