@@ -48,6 +48,10 @@ def options_for(settings: ServiceSettings) -> ConnectionOptions:
         max_retries=int(max_retries) if isinstance(max_retries, int | float | str) else 5,
         name=connection_name(f"farine-{os.getpid()}"),
         fast_path=settings.amqp_fast_path,
+        tls_ca=settings.amqp_tls_ca,
+        tls_cert=settings.amqp_tls_cert,
+        tls_key=settings.amqp_tls_key,
+        tls_verify=settings.amqp_tls_verify,
     )
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, cast
 
+from farine._cluster import split_nodes
 from farine._redact import redact
 from farine.codec import BODY_MAX_DEPTH_LIMIT, DEFAULT_BODY_MAX_DEPTH
 from farine.exceptions import SettingsError
@@ -172,7 +173,8 @@ def _parse_amqp_uri(raw: str) -> str:
     value = raw.strip()
     if not value.startswith(("amqp://", "amqps://", "memory://")):
         raise ValueError("expected an amqp://, amqps:// or memory:// URI")
-    return value
+    # Several nodes of one cluster, comma-separated: kept as one normalised string.
+    return ",".join(split_nodes(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +214,8 @@ KEYS: Final[tuple[Key, ...]] = (
         "RPC is always JSON."),
     Key("amqp_uri", _parse_amqp_uri, "memory://", "str",
         "Broker URI: `amqp://user:password@host:port/vhost`, `amqps://...`, or `memory://` "
-        "for the in-process broker. Its password is masked in logs."),
+        "for the in-process broker. Its password is masked in logs. The nodes of a "
+        "cluster: several `amqp://` URIs separated by commas, tried in order."),
     Key("enabled", _parse_bool, True, "bool",
         "`false` skips this service at start-up."),
     Key("endpoint", _parse_optional_str, None, "str",
@@ -252,6 +255,16 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("amqp_fast_path", _choice("auto", "on", "off"), "auto", "str",
         "AMQP fast path: auto (only on verified aiormq, pamqp and Python versions), on, "
         "or off (aiormq's documented API only). FARINE_AMQP_FAST_PATH overrides it."),
+    Key("amqp_tls_ca", _parse_optional_str, None, "str",
+        "On `amqps://`: a PEM file of the CA certificates that verify the broker's "
+        "certificate (default: the system's)."),
+    Key("amqp_tls_cert", _parse_optional_str, None, "str",
+        "On `amqps://`: this client's certificate (PEM), for brokers that require one."),
+    Key("amqp_tls_key", _parse_optional_str, None, "str",
+        "On `amqps://`: the private key of `amqp_tls_cert` (PEM; default: in that file)."),
+    Key("amqp_tls_verify", _parse_bool, True, "bool",
+        "On `amqps://`: verify the broker's certificate and host name. `false` (or "
+        "`?no_verify_ssl=1` in the URI) logs a WARNING at each connection."),
     # -- RPC -------------------------------------------------------------------------
     Key("rpc_timeout", _parse_non_negative_float, 30.0, "float",
         "Default deadline of an RPC call, in seconds."),
@@ -326,6 +339,10 @@ class ServiceSettings(Mapping[str, Any]):
     connect_retry_timeout: float = 60.0
     publish_timeout: float = 30.0
     amqp_fast_path: str = "auto"
+    amqp_tls_ca: str | None = None
+    amqp_tls_cert: str | None = None
+    amqp_tls_key: str | None = None
+    amqp_tls_verify: bool = True
     rpc_timeout: float = 30.0
     rpc_send_traceback: bool = True
     rpc_stream_window: int = 256

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from farine.exceptions import FarineError
+from farine.exceptions import ConfigurationError, FarineError
 
 __all__ = (
+    "AccessRefused",
     "BrokerUnavailable",
+    "LoginRefused",
     "MessageStateError",
     "PublishError",
     "PublishTimeout",
+    "ResourceRefused",
+    "TLSVerificationError",
     "UnroutableError",
 )
 
@@ -19,6 +23,37 @@ class BrokerUnavailable(FarineError):
 
 class PublishError(FarineError):
     """A message could not be published: the broker refused it or the publish failed."""
+
+
+class AccessRefused(ConfigurationError):
+    """The broker refused this user something (403 ACCESS_REFUSED): never retried.
+
+    The settings or the broker's users and permissions must change. Catch it to handle
+    both kinds below.
+    """
+
+
+class LoginRefused(AccessRefused, BrokerUnavailable):
+    """The broker refused the login or the virtual host, so no connection opened.
+
+    A wrong user name or password, or a virtual host that does not exist or that the user
+    may not use. Also a `BrokerUnavailable`, so code catching that keeps working.
+    """
+
+
+class ResourceRefused(AccessRefused, PublishError):
+    """The user may not use an exchange or a queue: its permissions do not cover it.
+
+    Also a `PublishError` when a publish was refused.
+    """
+
+
+class TLSVerificationError(BrokerUnavailable, ConfigurationError):
+    """The broker's TLS certificate was not accepted: not retried at start-up.
+
+    Its CA is not the one configured (`amqp_tls_ca`), it does not name the host connected
+    to, or it has expired. farine never falls back to plain AMQP.
+    """
 
 
 class UnroutableError(PublishError):

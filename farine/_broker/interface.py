@@ -109,6 +109,10 @@ class ConnectionOptions:
         name: Connection name shown by the broker (`rabbitmqctl list_connections name`).
         fast_path: `auto`, `on` or `off`: whether AMQP connections take the fast path
             (see `farine._broker.aiormq.fastpath`).
+        tls_ca: On `amqps://`, a PEM file of CA certificates (None: the system's).
+        tls_cert: On `amqps://`, this client's certificate (PEM), or None.
+        tls_key: The private key of `tls_cert` (None: in that file).
+        tls_verify: On `amqps://`, verify the broker's certificate and host name.
     """
 
     heartbeat: int = 60
@@ -119,6 +123,10 @@ class ConnectionOptions:
     max_retries: int = 5
     name: str = "farine"
     fast_path: str = "auto"
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_verify: bool = True
     client_properties: dict[str, Any] = field(default_factory=dict[str, Any])
 
 

@@ -12,10 +12,14 @@ class Consume:
 
 from __future__ import annotations
 
+from farine._broker.errors import AccessRefused as AccessRefused
 from farine._broker.errors import BrokerUnavailable as BrokerUnavailable
+from farine._broker.errors import LoginRefused as LoginRefused
 from farine._broker.errors import MessageStateError as MessageStateError
 from farine._broker.errors import PublishError as PublishError
 from farine._broker.errors import PublishTimeout as PublishTimeout
+from farine._broker.errors import ResourceRefused as ResourceRefused
+from farine._broker.errors import TLSVerificationError as TLSVerificationError
 from farine._broker.errors import UnroutableError as UnroutableError
 from farine._broker.message import Message as Message
 from farine._broker.message import MessageProperties as MessageProperties
@@ -30,9 +34,11 @@ from ._publisher import publish as publish
 from ._publisher import publish_specs as publish_specs
 
 __all__ = (
+    "AccessRefused",
     "AsyncPublisher",
     "BrokerUnavailable",
     "ConsumeSpec",
+    "LoginRefused",
     "Message",
     "MessageProperties",
     "MessageStateError",
@@ -41,6 +47,8 @@ __all__ = (
     "PublishSpec",
     "PublishTimeout",
     "Publisher",
+    "ResourceRefused",
+    "TLSVerificationError",
     "UnroutableError",
     "consume",
     "publish",

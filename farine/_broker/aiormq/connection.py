@@ -33,13 +33,12 @@ import uuid
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiormq
-import aiormq.abc
 import anyio
 import trio
 
 from farine._broker.aiormq.consumer import SupervisedConsumer
 from farine._broker.aiormq.engine import Engine
-from farine._broker.aiormq.errors import RETRYABLE, check_confirm, refused
+from farine._broker.aiormq.errors import REFUSALS, RETRYABLE, check_confirm, refused
 from farine._broker.aiormq.fastpath import channel_calls
 from farine._broker.aiormq.hosts import Host, InlineHost, ThreadHost
 from farine._broker.aiormq.reply import DirectReplyChannel
@@ -60,6 +59,8 @@ from farine._broker.message import Message
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+
+    import aiormq.abc
 
     from farine._broker.aiormq.calls import ChannelCalls
     from farine._broker.aiormq.fastpath.driven import TrioDriver
@@ -186,7 +187,7 @@ class AmqpConnection(Connection):
                         raise engine.timeout_error(message, limit) from None
                     # As a publish task cancelled by the loop stopping.
                     raise PublishError("the AMQP connection is closed") from None
-                except (aiormq.PublishError, aiormq.ChannelNotFoundEntity) as exc:
+                except REFUSALS as exc:
                     raise refused(exc, message.exchange, message.routing_key) from None
                 except RETRYABLE as exc:
                     failed, deadline = exc, watch.deadline

@@ -11,7 +11,15 @@ import aiormq
 import aiormq.abc
 
 from farine._broker.aiormq.deadlines import PublishDeadlines, PublishWatch
-from farine._broker.aiormq.errors import RETRYABLE, check_confirm, describe, refused
+from farine._broker.aiormq.errors import (
+    REFUSALS,
+    RETRYABLE,
+    check_confirm,
+    describe,
+    not_retried,
+    refused,
+)
+from farine._broker.aiormq.tls import client_context, verifies
 from farine._broker.aiormq.topology import close_quietly, declare_topology
 from farine._broker.errors import BrokerUnavailable, PublishError, PublishTimeout
 from farine._broker.interface import (
@@ -20,9 +28,11 @@ from farine._broker.interface import (
     Outgoing,
     Topology,
 )
+from farine._cluster import split_nodes
 from farine._redact import redact
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Awaitable, Callable
 
     from farine._broker.aiormq.calls import ChannelCalls
@@ -49,7 +59,8 @@ class Engine:
         self.calls = calls
         self.shown_uri = redact(uri)
         self.options = options
-        self.url = _connection_url(uri, options)
+        #: One URL per node of the broker, tried in order at each (re)connection.
+        self.urls = tuple(_connection_url(node, options) for node in split_nodes(uri))
         self.connection: aiormq.abc.AbstractConnection | None = None
         self.consumers: set[SupervisedConsumer] = set()
         self.reply_channels: set[DirectReplyChannel] = set()
@@ -61,6 +72,7 @@ class Engine:
         self._publish_lock: asyncio.Lock | None = None
         self._declared: set[str] = set()
         self._deadlines: PublishDeadlines | None = None
+        self._tls_contexts: dict[str, ssl.SSLContext] = {}
 
     @property
     def connected(self) -> asyncio.Event:
@@ -86,13 +98,41 @@ class Engine:
             raise
 
     async def _connect(self) -> aiormq.abc.AbstractConnection:
+        """Connect to the first node that answers, in the order given.
+
+        Raises:
+            Exception: The last node's error when none answers, or at once the error of a
+                node that refused the login (see `login_refusal`).
+        """
+        error: Exception | None = None
+        for url in self.urls:
+            try:
+                connection = await self._connect_to(url)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not_retried(exc, self.shown_uri) is not None:
+                    raise
+                if len(self.urls) > 1:
+                    logger.info("cannot connect to node %s (%s)", redact(url), describe(exc))
+                error = exc
+                continue
+            if len(self.urls) > 1:
+                logger.info("connected to node %s", redact(url))
+            return connection
+        assert error is not None
+        raise error
+
+    async def _connect_to(self, url: str) -> aiormq.abc.AbstractConnection:
         properties: dict[str, Any] = {"connection_name": self.options.name, "product": "farine"}
         properties.update(self.options.client_properties)
-        tls = urlsplit(self.url).scheme == "amqps"  # aiormq opens TLS itself
+        tls = urlsplit(url).scheme == "amqps"  # aiormq opens TLS itself
         arguments, opened = self.calls.connect_arguments(tls)
+        if tls:
+            arguments["context"] = await self._tls_context(url)
         connection = await asyncio.wait_for(
             aiormq.connect(  # pyright: ignore[reportUnknownMemberType]
-                self.url,
+                url,
                 client_properties=properties,  # pyright: ignore[reportArgumentType]
                 **arguments,
             ),
@@ -100,6 +140,20 @@ class Engine:
         )
         opened(connection)
         return connection
+
+    async def _tls_context(self, url: str) -> ssl.SSLContext:
+        context = self._tls_contexts.get(url)
+        if context is None:
+            loop = asyncio.get_running_loop()
+            # Reading certificate files blocks: not on the loop.
+            context = await loop.run_in_executor(None, client_context, url, self.options)
+            self._tls_contexts[url] = context
+        if not verifies(url, self.options):
+            logger.warning(
+                "TLS verification is off for %s: the broker's certificate and host name "
+                "are not checked", redact(url.partition("?")[0]),
+            )  # fmt: skip
+        return context
 
     async def _supervise(self, first: asyncio.Future[None]) -> None:
         loop = asyncio.get_running_loop()
@@ -115,6 +169,16 @@ class Engine:
                 raise
             except Exception as exc:
                 reason = describe(exc)
+                final = not_retried(exc, self.shown_uri)
+                if final is not None and not first.done():
+                    # Trying again changes nothing until someone fixes the settings.
+                    first.set_exception(final)
+                    return
+                if final is not None:
+                    logger.error("cannot reconnect: %s; retrying in %.1fs", final, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * factor, cap)
+                    continue
                 if not first.done():
                     elapsed = loop.time() - started
                     limit = self.options.connect_retry_timeout
@@ -253,7 +317,7 @@ class Engine:
                 if not watch.timed_out():
                     raise
                 raise self.timeout_error(message, timeout) from None
-            except (aiormq.PublishError, aiormq.ChannelNotFoundEntity) as exc:
+            except REFUSALS as exc:
                 raise refused(exc, exchange, message.routing_key) from None
             except RETRYABLE as exc:
                 failures += 1

@@ -8,8 +8,16 @@ from typing import Final
 import aiormq
 from pamqp import commands as spec
 
-from farine._broker.errors import PublishError, UnroutableError
+from farine._broker.aiormq.tls import verification_failure
+from farine._broker.errors import (
+    LoginRefused,
+    PublishError,
+    ResourceRefused,
+    TLSVerificationError,
+    UnroutableError,
+)
 from farine._redact import redact
+from farine.exceptions import ConfigurationError, FarineError
 
 logger = logging.getLogger("farine.amqp")
 
@@ -19,6 +27,13 @@ DECLARATION_ERRORS: Final = (
     aiormq.ChannelPreconditionFailed,
     aiormq.ChannelAccessRefused,
     aiormq.ChannelLockedResource,
+)
+
+#: Errors of a publish the broker refused: retrying would change nothing.
+REFUSALS: Final = (
+    aiormq.PublishError,
+    aiormq.ChannelNotFoundEntity,
+    aiormq.ChannelAccessRefused,
 )
 
 #: Errors after which a publish is worth retrying on a new connection or channel.
@@ -38,13 +53,52 @@ def describe(exc: BaseException | None) -> str:
     return redact(f"{type(exc).__name__}: {text}" if str(exc) else text)
 
 
+def login_refusal(exc: BaseException) -> str | None:
+    """Why the broker refused to let this client in, or None for a failure worth retrying.
+
+    A wrong user name or password, or a virtual host that does not exist or that the user
+    may not use, will not fix itself by trying again.
+    """
+    if isinstance(exc, aiormq.ProbableAuthenticationError | aiormq.AuthenticationError):
+        return "the broker refused the login: wrong user name or password"
+    # aiormq reports the broker's Connection.Close in answer to Connection.Open (vhost
+    # missing or not allowed) as an unexpected frame, without the broker's reply text.
+    if isinstance(exc, aiormq.InvalidFrameError) and "Connection.Close" in str(exc):
+        return (
+            "the broker refused to open the virtual host: it does not exist, or this user "
+            "has no permission on it"
+        )
+    return None
+
+
+def not_retried(exc: BaseException, shown_uri: str) -> FarineError | None:
+    """The error to raise at once for a failed connection attempt that trying again will
+    not fix (refused login, certificate not accepted, bad TLS files), or None."""
+    if isinstance(exc, ConfigurationError):
+        return exc
+    refusal = login_refusal(exc)
+    if refusal is not None:
+        return LoginRefused(f"{refusal} ({shown_uri})")
+    failure = verification_failure(exc)
+    if failure is not None:
+        return TLSVerificationError(
+            f"the broker's TLS certificate was not accepted: {failure} ({shown_uri}; "
+            "check amqp_tls_ca and the host name in amqp_uri)"
+        )
+    return None
+
+
 def refused(exc: BaseException, exchange: str, routing_key: str) -> PublishError:
-    """The error of a publish the broker returned (`aiormq.PublishError`) or refused
-    because its exchange does not exist (`aiormq.ChannelNotFoundEntity`)."""
+    """The error of a publish the broker refused (one of `REFUSALS`)."""
     if isinstance(exc, aiormq.PublishError):
         return UnroutableError(
             f"unroutable message: no queue is bound to exchange {exchange!r} "
             f"with routing key {routing_key!r}"
+        )
+    if isinstance(exc, aiormq.ChannelAccessRefused):
+        return ResourceRefused(
+            f"the broker refused to let this user publish to exchange {exchange!r}: "
+            f"{describe(exc)} (check the user's write permission)"
         )
     return PublishError(f"cannot publish to exchange {exchange!r}: {describe(exc)}")
 
