@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from farine.exceptions import ConfigurationError, RPCError
+from farine.exceptions import ConfigurationError, RemoteError, RPCError
 from farine.rpc._protocol import (
     END,
     ArgumentBinder,
@@ -161,6 +161,7 @@ def test_error_reply_keeps_the_seed_traceback_and_adds_a_typed_envelope() -> Non
     assert payload["__except__"].startswith("Traceback (most recent call last):")
     assert payload["error"] == {"type": "KeyError", "message": "'missing'", "data": {"k": 1}}
     error = error_from_reply(decode_reply(msgspec.json.encode(payload)), "svc.m")
+    assert isinstance(error, RemoteError)
     assert error.remote_type == "KeyError"
     assert error.remote_message == "'missing'"
     assert error.remote_data == {"k": 1}
@@ -175,6 +176,7 @@ def test_error_reply_without_traceback_still_has_a_truthy_except() -> None:
     )
     assert payload["__except__"] == "ValueError: bad"
     error = error_from_reply(decode_reply(msgspec.json.encode(payload)), "svc.m")
+    assert isinstance(error, RemoteError)
     assert error.remote_traceback is None
     assert error.remote_type == "ValueError"
 
@@ -182,6 +184,7 @@ def test_error_reply_without_traceback_still_has_a_truthy_except() -> None:
 def test_seed_error_reply_is_understood() -> None:
     seed = b'{"__except__": "Traceback (most recent call last):\\n  File x\\nValueError: nope\\n"}'
     error = error_from_reply(decode_reply(seed), "svc.m")
+    assert isinstance(error, RemoteError)
     assert (error.remote_type, error.remote_message) == ("ValueError", "nope")
     assert error.remote_data is None
     assert error.remote_traceback is not None
