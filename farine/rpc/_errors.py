@@ -59,8 +59,9 @@ def register_error(cls: E) -> E:
 
     The class is called with the remote exception's `args`, each decoded into the
     annotation of its `__init__` parameter (a `msgspec.Struct`, a dataclass, builtins...;
-    unannotated parameters take the JSON value). Registering a class twice is harmless;
-    two different classes of one name are an error. Usable as a class decorator.
+    unannotated parameters take the JSON value). Registering a class twice is harmless
+    (as is a class of a module imported again); two classes of one name from different
+    places are an error. Usable as a class decorator.
 
     Args:
         cls: An exception class.
@@ -85,6 +86,13 @@ def register_error(cls: E) -> E:
         known = _registry.get(name)
         if known is not None:
             if known.cls is cls:
+                return cls
+            same_place = (known.cls.__module__, known.cls.__qualname__) == (
+                cls.__module__,
+                cls.__qualname__,
+            )
+            if same_place:  # its module was imported again (a reload): the new one wins
+                _registry[name] = _describe(cls)
                 return cls
             raise ConfigurationError(
                 f"two RPC error classes are named {name!r}: {known.cls.__module__}."

@@ -169,11 +169,13 @@ def test_a_declared_error_whose_args_do_not_fit_is_a_remote_error() -> None:
 
 def test_an_error_class_name_is_registered_once() -> None:
     first = type(f"Clash{uuid.uuid4().hex[:6]}", (Exception,), {})
-    second = type(first.__name__, (Exception,), {})
+    second = type(first.__name__, (Exception,), {"__module__": "elsewhere"})
+    reloaded = type(first.__name__, (Exception,), {})  # its module imported again
     assert farine.rpc.register_error(first) is first
     assert farine.rpc.register_error(first) is first
     with pytest.raises(farine.exceptions.ConfigurationError, match="two RPC error classes"):
         farine.rpc.register_error(second)
+    assert farine.rpc.register_error(reloaded) is reloaded
 
 
 async def test_error_replies_carry_no_traceback_nor_path_by_default(broker: Broker) -> None:
