@@ -34,8 +34,9 @@ MAX_MESSAGE: Final = 500
 
 # Absolute paths of two segments or more (`/srv/app/x.py`, `C:\\app\\x.py`, `~/x/y`), and
 # relative ones of Python files (`app/models.py`): replaced by `<path>` in error replies.
+# The path of a URL (`http://host/a/b`) is left alone.
 _PATH: Final = re.compile(
-    r"(?<![\w.])(?:[A-Za-z]:|~|\.{1,2})?(?:[/\\][\w.\-+@~]+){2,}[/\\]?"
+    r"(?<![\w.:/\\])(?:[A-Za-z]:|~|\.{1,2})?(?:[/\\][\w.\-+@~]+){2,}[/\\]?"
     r"|(?<![\w.])[\w.\-]+(?:[/\\][\w.\-]+)+\.pyc?\b"
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -18,8 +18,17 @@ from farine._broker.interface import Outgoing
 from farine._broker.message import Properties
 from farine._connections import get_connection
 from farine.rpc._protocol import decode_reply, encode_error, error_from_reply
+from tests.amqp import _rabbit
+from tests.amqp._proxy import TcpProxy
 from tests.amqp.conftest import Broker, Recorder, instance_of
 from tests.amqp.test_rpc import serve, unique
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from anyio.abc import TaskStatus
+
+    from tests.amqp.conftest import LogWatcher
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("close_script_loop")]
 
@@ -231,3 +240,33 @@ async def test_raw_error_reply_is_one_line_without_paths(broker: Broker) -> None
     assert reply["__except__"] == "FileNotFoundError: No such file or directory"
     assert "nonexistent" not in message.body.decode()
     assert "test_rpc_errors" not in message.body.decode()
+
+
+@pytest.mark.rabbitmq
+async def test_a_call_with_the_broker_gone_is_service_unavailable(
+    rabbitmq: Broker, watch_log: Callable[[str], LogWatcher]
+) -> None:
+    svc = unique(Shelf, rabbitmq)
+    proxy = TcpProxy(5672)
+    errors: list[BaseException] = []
+    async with anyio.create_task_group() as outer:
+        forwarding = anyio.CancelScope()
+
+        async def forward(*, task_status: TaskStatus[None]) -> None:
+            with forwarding:
+                await proxy.serve(task_status=task_status)
+
+        await outer.start(forward)
+        async with serve(svc, broker=rabbitmq, amqp_uri=_rabbit.uri_on_port(proxy.port)):
+            rpc = farine.rpc.AsyncClient(svc.__name__, timeout=30)
+            assert await rpc.take("plum", "ok") == 1
+            lost = watch_log("lost (")
+            forwarding.cancel()  # the broker goes away
+            await lost.wait()
+            try:
+                await rpc.take("plum", "ok", __timeout__=0.5)
+            except farine.rpc.RPCError as exc:
+                errors.append(exc)
+    [error] = errors
+    assert isinstance(error, farine.rpc.ServiceUnavailable), error
+    assert "no connection to the broker within 0.5s" in str(error)
