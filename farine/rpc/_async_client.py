@@ -98,7 +98,8 @@ class ClientBase(Generic[API]):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self.service = service
-        self.headers: Mapping[str, str] = check_headers(headers) if headers else _NO_HEADERS
+        # Not `headers`: any public name hides a remote method of that name (`rpc.headers()`).
+        self._headers: Mapping[str, str] = check_headers(headers) if headers else _NO_HEADERS
         # Known at the first call: `AsyncClient[StockAPI](...)` sets it after __init__.
         self._api: type | None = _UNRESOLVED
         self.settings = settings if settings is not None else settings_for(service)
@@ -136,7 +137,7 @@ class ClientBase(Generic[API]):
             ```
         """
         clone = copy.copy(self)
-        clone.headers = {**self.headers, **check_headers(headers)}
+        clone._headers = {**self._headers, **check_headers(headers)}
         return clone
 
     def _plan(self, method: str, kwargs: dict[str, Any]) -> CallPlan:
@@ -153,7 +154,8 @@ class ClientBase(Generic[API]):
         typed = UNTYPED if api is None else method_type(api, method)
         stream = bool(kwargs.pop("__stream__", False)) or typed.stream
         timeout = kwargs.pop("__timeout__", None)
-        limit, headers = outgoing(self.timeout if timeout is None else float(timeout), self.headers)
+        own = self.timeout if timeout is None else float(timeout)
+        limit, headers = outgoing(own, self._headers)
         if limit <= 0:
             raise RPCTimeout(
                 f"{self.service}.{method}: timeout: the deadline of the call being handled "

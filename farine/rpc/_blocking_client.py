@@ -253,7 +253,7 @@ class Client(ClientBase[API]):
                 raise ServiceUnavailable(f"timeout: cannot reach the broker: {exc}") from None
             router = await self._exit.enter_async_context(open_router(connection))
         return AsyncClient(
-            self.service, self.timeout, router=router, settings=self.settings, headers=self.headers
+            self.service, self.timeout, router=router, settings=self.settings, headers=self._headers
         )
 
     async def __aexit__(self, *exc_info: object) -> None:
