@@ -28,6 +28,9 @@ Rows:
   (`@farine.rpc.method()`), on the fast path and on the stock path (aiormq's documented
   API only); the client is `farine.rpc.AsyncClient` on the runtime's loop (what
   `@farine.rpc.client` injects into `async def` methods).
+* farine ..., async def, typed: the `async def` row with a typed client,
+  `farine.rpc.AsyncClient[CalcAPI]`, which decodes each reply into the annotation
+  (`int`): the cost of typing, to compare with the untyped row beside it.
 
     python bench/rpc.py [--calls 2000] [--concurrent 20000] [--inflight 64] [--rounds 2]
                         [--repeat 3] [--fast-path on|off|both] [--only trio]
@@ -64,7 +67,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import aiormq
 import aiormq.abc
@@ -324,7 +327,13 @@ async def raw_aiormq(
 # -- farine ------------------------------------------------------------------------------
 
 
-async def farine_run(uri: str, row: _Pipe, kind: Literal["def", "async"]) -> None:
+class CalcAPI(Protocol):
+    """The typed client's view of the server."""
+
+    async def add(self, a: int, b: int) -> int: ...
+
+
+async def farine_run(uri: str, row: _Pipe, kind: Literal["def", "async", "typed"]) -> None:
     """The same calls through farine: a service in a runtime, and an `AsyncClient`."""
 
     class AsyncCalc:
@@ -337,7 +346,7 @@ async def farine_run(uri: str, row: _Pipe, kind: Literal["def", "async"]) -> Non
         def add(self, a: int, b: int) -> int:
             return a + b
 
-    base = AsyncCalc if kind == "async" else SyncCalc
+    base = SyncCalc if kind == "def" else AsyncCalc
     name = f"benchrpc{uuid.uuid4().hex[:8]}"
     service = type(name, (base,), {})
     config = Config.from_string(
@@ -348,8 +357,12 @@ async def farine_run(uri: str, row: _Pipe, kind: Literal["def", "async"]) -> Non
     )
     async with anyio.create_task_group() as tg:
         await tg.start(runtime.run)
-        rpc = farine.rpc.AsyncClient(name, settings=config.service(name))
-        await _serve_row(lambda a: rpc.add(a, 1), anyio.lowlevel.checkpoint, row)
+        if kind == "typed":
+            typed = farine.rpc.AsyncClient[CalcAPI](name, settings=config.service(name))
+            await _serve_row(lambda a: typed.add(a, 1), anyio.lowlevel.checkpoint, row)
+        else:
+            rpc = farine.rpc.AsyncClient(name, settings=config.service(name))
+            await _serve_row(lambda a: rpc.add(a, 1), anyio.lowlevel.checkpoint, row)
         runtime.stop()
     await _cleanup(uri, name)
 
@@ -427,7 +440,9 @@ def main() -> None:
     raw = "raw aiormq (asyncio)"
     path_list = ["fast", "stock", "auto"] if args.row else paths(args.fast_path)
 
-    def farine_row(kind: Literal["def", "async"], backend: str) -> Callable[[_Pipe], object]:
+    def farine_row(
+        kind: Literal["def", "async", "typed"], backend: str
+    ) -> Callable[[_Pipe], object]:
         return lambda row: anyio.run(farine_run, uri, row, kind, backend=backend)
 
     setups: dict[str, Callable[[_Pipe], object]] = {
@@ -440,6 +455,7 @@ def main() -> None:
     for backend in ("asyncio", "trio"):
         for path in path_list:
             setups[f"farine {backend} {path}, async def"] = farine_row("async", backend)
+            setups[f"farine {backend} {path}, async def, typed"] = farine_row("typed", backend)
             setups[f"farine {backend} {path}, def"] = farine_row("def", backend)
     if args.row:  # one row, in its own process, run by the coordinator below
         setups[args.row](_Pipe())

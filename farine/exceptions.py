@@ -8,9 +8,14 @@ __all__ = (
     "ConfigurationError",
     "FarineError",
     "HandlerTimeout",
+    "MethodNotFound",
     "RPCError",
+    "RPCTimeout",
+    "RemoteError",
     "ServiceNotFound",
+    "ServiceUnavailable",
     "SettingsError",
+    "UnknownService",
 )
 
 
@@ -40,7 +45,11 @@ class ServiceNotFound(FarineError):
 
 
 class RPCError(FarineError):
-    """An RPC call failed: timeout, no server, or an error raised by the remote method.
+    """An RPC call failed. Its subclasses tell why; catch this one for any failure.
+
+    `RPCTimeout`, `UnknownService`, `MethodNotFound`, `RemoteError` and
+    `ServiceUnavailable` are the kinds a call raises; a plain `RPCError` is a failure of
+    none of them (the connection was lost with the call in flight, the client closed).
 
     Attributes:
         remote_type: The name of the exception type raised by the remote method, if any.
@@ -64,3 +73,37 @@ class RPCError(FarineError):
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback
         self.remote_data = remote_data
+
+
+class RPCTimeout(RPCError):
+    """The call's deadline passed before its reply (or a stream's end) arrived.
+
+    The method may or may not have run; the server cancels it when it notices.
+    """
+
+
+class UnknownService(RPCError):
+    """No such service: its exchange does not exist, or no running server serves it.
+
+    Raised as soon as the broker returns the request, not at the deadline.
+    """
+
+
+class MethodNotFound(RPCError):
+    """The service is running but has no such RPC method (the request was unroutable).
+
+    Only methods decorated with `farine.rpc.method()` can be called. Raised as soon as
+    the broker returns the request, not at the deadline.
+    """
+
+
+class RemoteError(RPCError):
+    """The remote method raised an exception that the caller has not registered.
+
+    `remote_type`, `remote_message`, `remote_traceback` and `remote_data` describe it.
+    A reply that does not decode into the method's return annotation is one too.
+    """
+
+
+class ServiceUnavailable(RPCError):
+    """No connection to the broker could be had within the call's deadline."""

@@ -268,8 +268,9 @@ KEYS: Final[tuple[Key, ...]] = (
     # -- RPC -------------------------------------------------------------------------
     Key("rpc_timeout", _parse_non_negative_float, 30.0, "float",
         "Default deadline of an RPC call, in seconds."),
-    Key("rpc_send_traceback", _parse_bool, True, "bool",
-        "Include the server's traceback text in RPC error replies."),
+    Key("rpc_send_traceback", _parse_bool, False, "bool",
+        "Include the server's traceback text (and file paths) in RPC error replies; "
+        "off, they carry a one-line summary."),
     Key("rpc_stream_window", _parse_positive_int, 256, "int",
         "Items of an RPC stream the server may send ahead of its reader."),
     Key("rpc_legacy_servers", _parse_names, (), "list",
@@ -344,7 +345,7 @@ class ServiceSettings(Mapping[str, Any]):
     amqp_tls_key: str | None = None
     amqp_tls_verify: bool = True
     rpc_timeout: float = 30.0
-    rpc_send_traceback: bool = True
+    rpc_send_traceback: bool = False
     rpc_stream_window: int = 256
     rpc_legacy_servers: tuple[str, ...] = ()
     headers: dict[str, Any] = field(default_factory=dict[str, Any])

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from farine.exceptions import ConfigurationError, RPCError
+from farine.exceptions import ConfigurationError, RemoteError, RPCError
 from farine.rpc._protocol import (
     END,
     ArgumentBinder,
@@ -161,6 +161,7 @@ def test_error_reply_keeps_the_seed_traceback_and_adds_a_typed_envelope() -> Non
     assert payload["__except__"].startswith("Traceback (most recent call last):")
     assert payload["error"] == {"type": "KeyError", "message": "'missing'", "data": {"k": 1}}
     error = error_from_reply(decode_reply(msgspec.json.encode(payload)), "svc.m")
+    assert isinstance(error, RemoteError)
     assert error.remote_type == "KeyError"
     assert error.remote_message == "'missing'"
     assert error.remote_data == {"k": 1}
@@ -175,6 +176,7 @@ def test_error_reply_without_traceback_still_has_a_truthy_except() -> None:
     )
     assert payload["__except__"] == "ValueError: bad"
     error = error_from_reply(decode_reply(msgspec.json.encode(payload)), "svc.m")
+    assert isinstance(error, RemoteError)
     assert error.remote_traceback is None
     assert error.remote_type == "ValueError"
 
@@ -182,6 +184,7 @@ def test_error_reply_without_traceback_still_has_a_truthy_except() -> None:
 def test_seed_error_reply_is_understood() -> None:
     seed = b'{"__except__": "Traceback (most recent call last):\\n  File x\\nValueError: nope\\n"}'
     error = error_from_reply(decode_reply(seed), "svc.m")
+    assert isinstance(error, RemoteError)
     assert (error.remote_type, error.remote_message) == ("ValueError", "nope")
     assert error.remote_data is None
     assert error.remote_traceback is not None
@@ -220,3 +223,32 @@ def test_replies_nested_past_body_max_depth_are_malformed_on_every_python(depth:
         return
     with pytest.raises(RPCError, match=r"malformed RPC reply: .*nested too deeply"):
         decode_reply(reply, max_depth=10)
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        ("cannot read /srv/app/conf/x.ini", "cannot read <path>"),
+        ("C:\\Users\\bob\\x.txt missing", "<path> missing"),
+        ("see ~/secret/key", "see <path>"),
+        ("in app/models.py at line 3", "in <path> at line 3"),
+        ("'/etc/passwd' denied", "'<path>' denied"),
+        ("ratio 1/2 too big", "ratio 1/2 too big"),
+        ("GET http://host/a/b failed", "GET http://host/a/b failed"),
+        ("first line /a/b/c\nsecond line", "first line <path>"),
+        ("x" * 600, "x" * 497 + "..."),
+    ],
+)
+def test_error_reply_messages_are_one_line_without_paths(message: str, shown: str) -> None:
+    payload = msgspec.json.decode(encode_error(ValueError(message), send_traceback=False))
+    assert payload["error"]["message"] == shown
+    assert payload["__except__"] == f"ValueError: {shown}"
+
+
+def test_an_os_error_naming_a_file_sends_only_its_reason() -> None:
+    error = FileNotFoundError(2, "No such file or directory", "/srv/app/secret.txt")
+    payload = msgspec.json.decode(encode_error(error, send_traceback=False))
+    assert payload["__except__"] == "FileNotFoundError: No such file or directory"
+    shown = msgspec.json.decode(encode_error(error, send_traceback=True))
+    assert "/srv/app/secret.txt" in shown["error"]["message"]
+    assert "/srv/app/secret.txt" in shown["__except__"]

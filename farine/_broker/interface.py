@@ -242,6 +242,11 @@ class Connection(abc.ABC):
         """The connection name the broker shows."""
         return self.options.name
 
+    @property
+    def connected(self) -> bool:
+        """True while the connection to the broker is up (always, in memory)."""
+        return True
+
     @abc.abstractmethod
     async def declare(self, topology: Topology) -> None:
         """Declare exchanges, queues and bindings now."""

@@ -7,28 +7,78 @@ crediting the server as the reader goes.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any
+import sys
+from typing import TYPE_CHECKING, Any, Generic, overload
 
 import anyio
 
 from farine import settings as farine_settings
+from farine._broker.errors import BrokerUnavailable
 from farine._broker.loops import now
 from farine.entrypoints import current_service
-from farine.exceptions import RPCError
+from farine.exceptions import RPCError, RPCTimeout, ServiceUnavailable
+from farine.rpc._context import check_headers, outgoing
 from farine.rpc._protocol import decode_reply, error_from_reply
 from farine.rpc._router import router_in_runtime
+from farine.rpc._typed import UNTYPED, api_of, method_type
 from farine.runtime import current_runtime
 
+if sys.version_info >= (3, 13):
+    from typing import TypeVar
+else:
+    from typing_extensions import TypeVar
+
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Callable
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+    from typing import Self
+
+    import msgspec
 
     from farine._broker.message import Message
     from farine.rpc._router import Router
     from farine.settings import ServiceSettings
 
-__all__ = ("AsyncClient", "ClientBase", "settings_for")
+__all__ = (
+    "API",
+    "AsyncClient",
+    "CallPlan",
+    "ClientBase",
+    "Untyped",
+    "settings_for",
+    "stream_call",
+    "unary_call",
+)
+
+
+class Untyped:
+    """The API of a client given none: any method, any arguments, JSON values back."""
+
+
+#: The API type of a client: a `typing.Protocol` or the service class.
+API = TypeVar("API", default=Untyped)
+
+_NO_HEADERS: Mapping[str, str] = {}
+_UNRESOLVED: Any = object()
+
+
+@dataclasses.dataclass(slots=True)
+class CallPlan:
+    """One call, as the client prepared it in the caller's thread.
+
+    Attributes:
+        stream: Iterate the replies (`__stream__=True`, or a stream method of the API).
+        limit: Seconds until its deadline (its own, or less, its caller's).
+        headers: The headers it carries.
+        decoder: Decodes its value or items (the API's return type); None: any JSON.
+    """
+
+    stream: bool
+    limit: float
+    headers: Mapping[str, str]
+    decoder: msgspec.json.Decoder[Any] | None
 
 
 def settings_for(service: str) -> ServiceSettings:
@@ -37,13 +87,21 @@ def settings_for(service: str) -> ServiceSettings:
     return ctx.settings if ctx is not None else farine_settings.get(service)
 
 
-class ClientBase:
+class ClientBase(Generic[API]):
     """What both clients share: the target, its settings, and `rpc.<method>(...)`."""
 
     def __init__(
-        self, service: str, timeout: float | None, settings: ServiceSettings | None
+        self,
+        service: str,
+        timeout: float | None,
+        settings: ServiceSettings | None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.service = service
+        # Not `headers`: any public name hides a remote method of that name (`rpc.headers()`).
+        self._headers: Mapping[str, str] = check_headers(headers) if headers else _NO_HEADERS
+        # Known at the first call: `AsyncClient[StockAPI](...)` sets it after __init__.
+        self._api: type | None = _UNRESOLVED
         self.settings = settings if settings is not None else settings_for(service)
         self.timeout = timeout if timeout is not None else self.settings.rpc_timeout
         if settings is None and current_runtime() is None:
@@ -64,18 +122,58 @@ class ClientBase:
         """Call `method` (see the subclasses for what is returned)."""
         raise NotImplementedError
 
-    def _options(self, kwargs: dict[str, Any]) -> tuple[bool, float]:
-        """Pop the call options (`__stream__`, `__timeout__`) out of a call's kwargs."""
-        stream = bool(kwargs.pop("__stream__", False))
+    def with_headers(self, headers: Mapping[str, str]) -> Self:
+        """Return a client whose calls also carry `headers` (strings to strings).
+
+        A method reads them with `farine.rpc.context().headers`, and the calls it makes
+        pass them on. Headers given here win over those passed on.
+
+        Raises:
+            TypeError: A key or value is not a string.
+
+        Example:
+            ```python
+            rpc = rpc.with_headers({"tenant": "acme"})
+            ```
+        """
+        clone = copy.copy(self)
+        clone._headers = {**self._headers, **check_headers(headers)}
+        return clone
+
+    def _plan(self, method: str, kwargs: dict[str, Any]) -> CallPlan:
+        """Pop the call options (`__stream__`, `__timeout__`) out of a call's kwargs and
+        prepare it (in the caller's thread: it reads the context of the call being
+        handled there, if any).
+
+        Raises:
+            RPCTimeout: The deadline of the call being handled here passed already.
+        """
+        api = self._api
+        if api is _UNRESOLVED:
+            api = self._api = api_of(self)
+        typed = UNTYPED if api is None else method_type(api, method)
+        stream = bool(kwargs.pop("__stream__", False)) or typed.stream
         timeout = kwargs.pop("__timeout__", None)
-        return stream, self.timeout if timeout is None else float(timeout)
+        own = self.timeout if timeout is None else float(timeout)
+        limit, headers = outgoing(own, self._headers)
+        if limit <= 0:
+            raise RPCTimeout(
+                f"{self.service}.{method}: timeout: the deadline of the call being handled "
+                "passed before this one was made"
+            )
+        return CallPlan(stream, limit, headers, typed.decoder)
 
 
-class AsyncClient(ClientBase):
+class AsyncClient(ClientBase[API]):
     """Call the methods of `service` from async code: `await rpc.method(*args, **kwargs)`.
 
     `rpc.method(..., __stream__=True)` returns an async iterator of the items the method
     streams. `__timeout__=seconds` overrides the deadline of one call.
+
+    Typed: `AsyncClient[StockAPI]("stock")`, where `StockAPI` is a `typing.Protocol`
+    whose methods are `async def` (or the service class, if its methods are), is typed
+    as a `StockAPI` for type checkers; replies are decoded into each method's return
+    annotation, and methods annotated `-> AsyncIterator[T]` stream (no `__stream__`).
 
     Inside a service, `@farine.rpc.client` injects one into `async def` methods. From
     other async code use `async with farine.rpc.Client(service) as rpc:`.
@@ -83,7 +181,43 @@ class AsyncClient(ClientBase):
     Args:
         service: The service to call.
         timeout: Deadline of each call in seconds (default: the `rpc_timeout` setting).
+            Inside an RPC method, a call's deadline is never later than its caller's.
+        headers: Headers every call carries (see `with_headers`).
+
+    Raises:
+        RPCTimeout: From a call: its deadline passed.
+        UnknownService: Nothing serves `service`.
+        MethodNotFound: The service has no such method.
+        RemoteError: The method raised an exception not registered here, or the reply
+            does not match the return annotation.
+        ServiceUnavailable: No connection to the broker within the deadline.
     """
+
+    if TYPE_CHECKING:
+
+        @overload
+        def __new__(
+            cls: type[AsyncClient[Untyped]],
+            service: str,
+            timeout: float | None = None,
+            *,
+            router: Router | None = None,
+            settings: ServiceSettings | None = None,
+            headers: Mapping[str, str] | None = None,
+        ) -> AsyncClient[Untyped]: ...
+
+        @overload
+        def __new__(
+            cls,
+            service: str,
+            timeout: float | None = None,
+            *,
+            router: Router | None = None,
+            settings: ServiceSettings | None = None,
+            headers: Mapping[str, str] | None = None,
+        ) -> API: ...
+
+        def __new__(cls, *args: Any, **kwargs: Any) -> Any: ...
 
     def __init__(
         self,
@@ -92,13 +226,17 @@ class AsyncClient(ClientBase):
         *,
         router: Router | None = None,
         settings: ServiceSettings | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(service, timeout, settings)
+        super().__init__(service, timeout, settings, headers)
         self._router = router
 
     async def _get_router(self) -> Router:
         if self._router is None:
-            self._router = await router_in_runtime(self.settings)
+            try:
+                self._router = await router_in_runtime(self.settings)
+            except BrokerUnavailable as exc:
+                raise ServiceUnavailable(f"timeout: cannot reach the broker: {exc}") from None
         if self._router is None:
             raise RPCError(
                 "outside a running farine service, use `async with farine.rpc.Client(...)` "
@@ -107,60 +245,87 @@ class AsyncClient(ClientBase):
         return self._router
 
     def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
-        """Call `method`; awaitable, or an async iterator with `__stream__=True`."""
-        stream, limit = self._options(kwargs)
-        if stream:
-            return self._stream(method, args, kwargs, limit)
-        return self._call(method, args, kwargs, limit)
+        """Call `method`; awaitable, or an async iterator with `__stream__=True` (or a
+        stream method of the client's API)."""
+        plan = self._plan(method, kwargs)
+        if plan.stream:
+            return stream_call(
+                self._get_router, self.settings, self.service, method, args, kwargs, plan
+            )
+        return self._call(method, args, kwargs, plan)
 
     async def _call(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], plan: CallPlan
     ) -> Any:
         router = self._router if self._router is not None else await self._get_router()
-        message = await router.call(self.settings, self.service, method, args, kwargs, limit)
-        reply = decode_reply(message.body, self.settings.body_max_depth)
-        if reply.except_:
-            raise error_from_reply(reply, f"{self.service}.{method}")
-        return reply.body
+        return await unary_call(router, self.settings, self.service, method, args, kwargs, plan)
 
-    async def _stream(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
-    ) -> AsyncGenerator[Any]:
-        router = await self._get_router()
-        where = f"{self.service}.{method}"
-        deadline = now() + limit
-        ended = False
-        async with router.open_stream(
-            self.settings, self.service, method, args, kwargs, limit
-        ) as call:
-            # Credit goes to the server each time the reader has taken half a window.
-            read = credited = 0
-            step = max(1, call.window // 2)
-            try:
-                while True:
-                    message: Message | None = None
-                    with anyio.move_on_after(deadline - now()):
-                        message = await call.next_reply(where)
-                    if message is None:
-                        raise RPCError(f"{where}: timeout: stream not finished within {limit:g}s")
-                    reply = decode_reply(message.body, self.settings.body_max_depth)
-                    if reply.except_:
-                        ended = True
-                        raise error_from_reply(reply, where)
-                    if reply.has_body:
-                        read += 1
-                        if read - credited >= step and await router.credit(call, read):
-                            credited = read
-                        yield reply.body
-                    if reply.end:
-                        ended = True
-                        return
-            finally:
-                if not ended:
-                    await router.cancel(call)
-
-    async def __aenter__(self) -> AsyncClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         return None
+
+
+async def unary_call(
+    router: Router,
+    settings: ServiceSettings,
+    service: str,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    plan: CallPlan,
+) -> Any:
+    """Make a call through `router` and return its (decoded) value."""
+    message = await router.call(settings, service, method, args, kwargs, plan.limit, plan.headers)
+    where = f"{service}.{method}"
+    reply = decode_reply(message.body, settings.body_max_depth, plan.decoder, where)
+    if reply.except_:
+        raise error_from_reply(reply, where)
+    return reply.body
+
+
+async def stream_call(
+    get_router: Callable[[], Awaitable[Router]],
+    settings: ServiceSettings,
+    service: str,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    plan: CallPlan,
+) -> AsyncGenerator[Any]:
+    """Make a streaming call through the router `get_router` returns, and yield its
+    (decoded) items."""
+    router = await get_router()
+    where = f"{service}.{method}"
+    limit = plan.limit
+    deadline = now() + limit
+    ended = False
+    async with router.open_stream(
+        settings, service, method, args, kwargs, limit, plan.headers
+    ) as call:
+        # Credit goes to the server each time the reader has taken half a window.
+        read = credited = 0
+        step = max(1, call.window // 2)
+        try:
+            while True:
+                message: Message | None = None
+                with anyio.move_on_after(deadline - now()):
+                    message = await call.next_reply(where)
+                if message is None:
+                    raise RPCTimeout(f"{where}: timeout: stream not finished within {limit:g}s")
+                reply = decode_reply(message.body, settings.body_max_depth, plan.decoder, where)
+                if reply.except_:
+                    ended = True
+                    raise error_from_reply(reply, where)
+                if reply.has_body:
+                    read += 1
+                    if read - credited >= step and await router.credit(call, read):
+                        credited = read
+                    yield reply.body
+                if reply.end:
+                    ended = True
+                    return
+        finally:
+            if not ended:
+                await router.cancel(call)

@@ -10,20 +10,28 @@ from __future__ import annotations
 import atexit
 import contextlib
 import threading
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
 import anyio.from_thread
 
 from farine._broker.errors import BrokerUnavailable
 from farine._connections import get_connection
-from farine.exceptions import RPCError
-from farine.rpc._async_client import AsyncClient, ClientBase
+from farine.exceptions import ServiceUnavailable
+from farine.rpc._async_client import (
+    API,
+    AsyncClient,
+    CallPlan,
+    ClientBase,
+    Untyped,
+    stream_call,
+    unary_call,
+)
 from farine.rpc._router import Router, open_router, router_in_runtime
 from farine.runtime import current_runtime
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
     from concurrent.futures import Future
 
     from farine.settings import ServiceSettings
@@ -114,11 +122,11 @@ def run_blocking(settings: ServiceSettings, fn: Callable[[Router], Awaitable[R]]
     try:
         router = loop.router(settings)
     except BrokerUnavailable as exc:
-        raise RPCError(f"timeout: cannot reach the broker: {exc}") from None
+        raise ServiceUnavailable(f"timeout: cannot reach the broker: {exc}") from None
     return loop.portal.call(fn, router)
 
 
-class Client(ClientBase):
+class Client(ClientBase[API]):
     """Call the methods of `service`: blocking, or `async with Client(...) as rpc`.
 
     Blocking (in `def` methods, where `@farine.rpc.client` injects one, and in plain
@@ -133,41 +141,84 @@ class Client(ClientBase):
         async with farine.rpc.Client("calc") as rpc:
             result = await rpc.add(1, 2)
 
+    Typed: `Client[CalcAPI]("calc")`, where `CalcAPI` is a `typing.Protocol` (or the
+    service class) whose methods are `def`, is typed as a `CalcAPI` for type checkers;
+    replies are decoded into each method's return annotation, and methods annotated
+    `-> Iterator[T]` stream (no `__stream__`).
+
     Args:
         service: The service to call.
         timeout: Deadline of each call in seconds (default: the `rpc_timeout` setting).
-            `__timeout__=seconds` overrides it for one call.
+            `__timeout__=seconds` overrides it for one call. Inside an RPC method, a
+            call's deadline is never later than its caller's.
+        headers: Headers every call carries (see `with_headers`).
 
     Raises:
-        RPCError: From a call: the remote method raised (`remote_type`,
-            `remote_message`, `remote_traceback`), no server serves the method, or the
-            deadline passed (the message then contains "timeout").
+        RPCTimeout: From a call: its deadline passed.
+        UnknownService: Nothing serves `service`.
+        MethodNotFound: The service has no such method.
+        RemoteError: The method raised an exception not registered here (`remote_type`,
+            `remote_message`, `remote_traceback`, `remote_data`), or the reply does not
+            match the return annotation.
+        ServiceUnavailable: No connection to the broker within the deadline.
     """
 
-    def __init__(self, service: str, timeout: float | None = None) -> None:
-        super().__init__(service, timeout, None)
+    if TYPE_CHECKING:
+
+        @overload
+        def __new__(
+            cls: type[Client[Untyped]],
+            service: str,
+            timeout: float | None = None,
+            *,
+            headers: Mapping[str, str] | None = None,
+        ) -> Client[Untyped]: ...
+
+        @overload
+        def __new__(
+            cls,
+            service: str,
+            timeout: float | None = None,
+            *,
+            headers: Mapping[str, str] | None = None,
+        ) -> API: ...
+
+        def __new__(cls, *args: Any, **kwargs: Any) -> Any: ...
+
+    def __init__(
+        self,
+        service: str,
+        timeout: float | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(service, timeout, None, headers)
         self._exit: contextlib.AsyncExitStack | None = None
 
     def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
-        """Call `method` and block for its result; a generator with `__stream__=True`."""
-        stream, limit = self._options(kwargs)
-        if stream:
-            return self._stream(method, args, kwargs, limit)
+        """Call `method` and block for its result; a generator with `__stream__=True` (or
+        for a stream method of the client's API)."""
+        plan = self._plan(method, kwargs)
+        if plan.stream:
+            return self._stream(method, args, kwargs, plan)
 
         async def run(router: Router) -> Any:
-            rpc = AsyncClient(self.service, limit, router=router, settings=self.settings)
-            return await rpc.call(method, *args, **kwargs)
+            return await unary_call(router, self.settings, self.service, method, args, kwargs, plan)
 
         return run_blocking(self.settings, run)
 
     def _stream(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], plan: CallPlan
     ) -> Generator[Any]:
         items: list[AsyncGenerator[Any]] = []
 
         async def start(router: Router) -> None:
-            rpc = AsyncClient(self.service, timeout, router=router, settings=self.settings)
-            items.append(rpc.call(method, *args, __stream__=True, __timeout__=timeout, **kwargs))
+            async def get_router() -> Router:
+                return router
+
+            items.append(
+                stream_call(get_router, self.settings, self.service, method, args, kwargs, plan)
+            )
 
         async def step(_: Router) -> tuple[bool, Any]:
             try:
@@ -199,9 +250,11 @@ class Client(ClientBase):
             try:
                 connection = await get_connection(self.settings)
             except BrokerUnavailable as exc:
-                raise RPCError(f"timeout: cannot reach the broker: {exc}") from None
+                raise ServiceUnavailable(f"timeout: cannot reach the broker: {exc}") from None
             router = await self._exit.enter_async_context(open_router(connection))
-        return AsyncClient(self.service, self.timeout, router=router, settings=self.settings)
+        return AsyncClient(
+            self.service, self.timeout, router=router, settings=self.settings, headers=self._headers
+        )
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._exit is not None:

@@ -9,7 +9,11 @@ Replies, published to `reply_to` with the request's `correlation_id`::
 
     {"body": <value>, "__end__": false}     one per item (one for a plain return value)
     {"__end__": true}                        after the last item
-    {"__except__": "<traceback text>", "error": {"type": ..., "message": ..., "data": ...}}
+    {"__except__": "<summary>", "error": {"type": ..., "message": ..., "data": ..., "args": [...]}}
+
+`__except__` holds the traceback text only when the server's `rpc_send_traceback` setting
+is on; else a one-line `Type: message` with no file path. `args` is sent for the errors a
+method declares (`method(errors=...)`): the caller rebuilds them (`farine.rpc._errors`).
 
 farine adds, never removes: the `error` envelope; and, for a caller that announces it
 wants a single value (header `x-farine-unary`), the value and the end marker in one
@@ -42,13 +46,15 @@ from farine.codec import (
     check_decodable,
     check_depth,
 )
-from farine.exceptions import ConfigurationError, RPCError
+from farine.exceptions import ConfigurationError, RemoteError, RPCError
+from farine.rpc._errors import encode_args, rebuild_error, safe_message
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = (
     "END",
+    "HEADER_CONTEXT",
     "HEADER_CONTROL",
     "HEADER_DEADLINE",
     "HEADER_UNARY",
@@ -61,11 +67,15 @@ __all__ = (
     "encode_item",
     "encode_request",
     "error_from_reply",
+    "presence_key",
     "routing_key",
 )
 
 #: Absolute deadline of a call (seconds since the epoch, as text).
 HEADER_DEADLINE: Final = "x-farine-deadline"
+#: The caller's headers (`client.with_headers()`), a table of strings, passed on by
+#: the calls that the method makes in turn.
+HEADER_CONTEXT: Final = "x-farine-headers"
 #: Present when the caller wants one value: the server may fold the end marker into it.
 HEADER_UNARY: Final = "x-farine-unary"
 #: On a stream's first reply: the queue where the caller sends a cancel for this stream.
@@ -81,6 +91,16 @@ _encoder = msgspec.json.Encoder()
 def routing_key(service: str, method: str) -> str:
     """The routing key of `service.method` requests (the seed's `<service>__<method>`)."""
     return f"{service}__{method}"
+
+
+def presence_key(service: str) -> str:
+    """The routing key that reaches every running farine server of `service`.
+
+    Each server binds its control queues with it, so a caller whose request came back
+    unroutable can tell a missing method (something answers this key) from a service
+    that nothing serves. It never collides with a method's `<service>__<method>`.
+    """
+    return f"{service}.farine-presence"
 
 
 class _Request(msgspec.Struct, omit_defaults=True):
@@ -99,6 +119,8 @@ class ErrorInfo(msgspec.Struct, omit_defaults=True):
     type: str
     message: str
     data: Any = None
+    #: The exception's `args`, for errors the method declares.
+    args: list[msgspec.Raw] | None = None
 
 
 class _ErrorReply(msgspec.Struct, omit_defaults=True):
@@ -143,32 +165,53 @@ def encode_item(value: Any, *, end: bool = False) -> bytes:
     return _encoder.encode(_Item(value, end))
 
 
-def encode_error(exc: BaseException, *, send_traceback: bool, data: Any = None) -> bytes:
-    """Encode an error reply: the seed's `__except__` text plus the typed envelope."""
+def encode_error(
+    exc: BaseException, *, send_traceback: bool, data: Any = None, declared: bool = False
+) -> bytes:
+    """Encode an error reply: the seed's `__except__` text plus the typed envelope.
+
+    Args:
+        exc: The exception the method raised.
+        send_traceback: Send the traceback text and the message as it is; else a
+            one-line message with file paths replaced by `<path>`.
+        data: Structured data about the error (the exception's `rpc_data`).
+        declared: The method declares this error: its `args` are sent too.
+    """
     name = type(exc).__name__
-    message = str(exc)
     if send_traceback:
+        message = str(exc)
         text = "".join(traceback.format_exception(exc))
     else:
+        message = safe_message(exc)
         text = f"{name}: {message}" if message else name
-    reply = _ErrorReply(text, ErrorInfo(name, message, data))
+    args = encode_args(exc) if declared else None
+    reply = _ErrorReply(text, ErrorInfo(name, message, data, args))
     try:
         return _encoder.encode(reply)
     except (TypeError, msgspec.EncodeError):
-        reply.error = ErrorInfo(name, message)  # undecodable `data`: drop it, keep the error
+        # Undecodable `data`: drop it, keep the error.
+        reply.error = ErrorInfo(name, message, None, args)
         return _encoder.encode(reply)
 
 
-def decode_reply(data: bytes, max_depth: int = DEFAULT_BODY_MAX_DEPTH) -> Reply:
+def decode_reply(
+    data: bytes,
+    max_depth: int = DEFAULT_BODY_MAX_DEPTH,
+    body: msgspec.json.Decoder[Any] | None = None,
+    where: str = "RPC",
+) -> Reply:
     """Decode one reply message.
 
     Args:
         data: The reply's body.
         max_depth: The deepest nesting its value may have (`body_max_depth`).
+        body: Decodes the value (the method's return annotation); default: any JSON.
+        where: `service.method`, for error messages.
 
     Raises:
         RPCError: The reply is not one of the three shapes, or nests deeper than
             `max_depth` (the same limit on every Python).
+        RemoteError: The value does not decode with `body` (the message names the field).
     """
     try:
         check_depth(data, max_depth + 1)  # the value sits in {"body": ...}
@@ -178,7 +221,15 @@ def decode_reply(data: bytes, max_depth: int = DEFAULT_BODY_MAX_DEPTH) -> Reply:
         fields = _reply_decoder.decode(data)
         reply = Reply()
         if "body" in fields:
-            reply.body = _any_decoder.decode(fields["body"])
+            if body is None:
+                reply.body = _any_decoder.decode(fields["body"])
+            else:
+                try:
+                    reply.body = body.decode(fields["body"])
+                except msgspec.ValidationError as exc:
+                    raise RemoteError(
+                        f"{where}: the reply does not match the method's return type: {exc}"
+                    ) from None
             reply.has_body = True
         if "__end__" in fields:
             reply.end = bool(_any_decoder.decode(fields["__end__"]))
@@ -192,21 +243,35 @@ def decode_reply(data: bytes, max_depth: int = DEFAULT_BODY_MAX_DEPTH) -> Reply:
     return reply
 
 
-def error_from_reply(reply: Reply, where: str) -> RPCError:
-    """Build the `RPCError` a client raises for an error reply."""
+def error_from_reply(reply: Reply, where: str) -> BaseException:
+    """Build the exception a client raises for an error reply.
+
+    A registered error whose `args` came along is rebuilt as itself; anything else is a
+    `RemoteError`.
+    """
     text = reply.except_ or ""
     data: Any = None
+    problem = ""
     if reply.error is not None:
         remote_type, remote_message = reply.error.type, reply.error.message
         data = reply.error.data
+        if reply.error.args is not None:
+            try:
+                rebuilt = rebuild_error(remote_type, reply.error.args)
+            except ValueError as exc:
+                problem = f" (not rebuilt: {exc})"
+            else:
+                if rebuilt is not None:
+                    rebuilt.add_note(f"raised by the remote method {where}")
+                    return rebuilt
     else:
         # A seed server sends only the traceback text; its last line is "Type: message".
         last = text.strip().splitlines()[-1] if text.strip() else ""
         remote_type, _, remote_message = last.partition(": ")
     has_traceback = text.startswith("Traceback")
     summary = f"{remote_type}: {remote_message}" if remote_message else remote_type
-    return RPCError(
-        f"{where} failed: {summary or 'remote error'}",
+    return RemoteError(
+        f"{where} failed: {summary or 'remote error'}{problem}",
         remote_type=remote_type or None,
         remote_message=remote_message,
         remote_traceback=text if has_traceback else None,

@@ -39,20 +39,29 @@ from farine._broker.loops import Wakeup, now
 from farine._broker.message import Message, Properties
 from farine._connections import get_connection
 from farine._deadlines import Deadlines
-from farine.exceptions import ConfigurationError, RPCError
+from farine.exceptions import (
+    ConfigurationError,
+    MethodNotFound,
+    RPCError,
+    RPCTimeout,
+    ServiceUnavailable,
+    UnknownService,
+)
 from farine.rpc._protocol import (
+    HEADER_CONTEXT,
     HEADER_CONTROL,
     HEADER_DEADLINE,
     HEADER_UNARY,
     HEADER_WINDOW,
     Control,
     encode_request,
+    presence_key,
     routing_key,
 )
 from farine.runtime import current_runtime
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator
+    from collections.abc import AsyncGenerator, Mapping
 
     from anyio.abc import TaskGroup, TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -70,6 +79,7 @@ __all__ = (
     "open_router",
     "router_in_runtime",
     "timeout_error",
+    "unavailable_error",
 )
 
 logger = logging.getLogger("farine.rpc")
@@ -77,6 +87,8 @@ logger = logging.getLogger("farine.rpc")
 _control_encoder = msgspec.json.Encoder()
 
 CONTENT_TYPE: Final = "application/json"
+#: The longest routing key AMQP carries, in bytes.
+MAX_ROUTING_KEY: Final = 255
 #: Seconds a stream's cancel or credit may wait to be sent.
 CONTROL_TIMEOUT: Final = 5.0
 
@@ -291,19 +303,26 @@ class Router:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         limit: float,
+        headers: Mapping[str, str] | None = None,
     ) -> Message:
         """Publish the request of a unary call and return its first reply.
 
         Raises:
-            RPCError: No server, the request could not be sent, or the reply channel was
-                lost before the reply arrived.
+            RPCTimeout: No reply within `limit` seconds.
+            UnknownService: Nothing serves `service`.
+            MethodNotFound: `service` runs, but has no method `method`.
+            ServiceUnavailable: No connection to the broker within `limit` seconds.
+            RPCError: The request could not be sent, or the reply channel was lost
+                before the reply arrived.
         """
         correlation_id = f"{self._prefix}.{next(self._ids)}"
         call = UnaryCall(correlation_id)
         self.calls[correlation_id] = call
         self._deadlines.add(call, now() + limit)
         try:
-            await self._publish(correlation_id, settings, service, method, args, kwargs, limit)
+            await self._publish(
+                correlation_id, settings, service, method, args, kwargs, limit, headers=headers
+            )
             await call.arrived.wait()
         finally:
             del self.calls[correlation_id]
@@ -324,6 +343,7 @@ class Router:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         limit: float,
+        headers: Mapping[str, str] | None = None,
     ) -> AsyncGenerator[StreamCall]:
         """Publish the request of a stream and yield the call whose replies arrive on
         `call.receive`."""
@@ -332,8 +352,9 @@ class Router:
         self.calls[correlation_id] = call
         try:
             await self._publish(
-                correlation_id, settings, service, method, args, kwargs, limit, stream=call
-            )
+                correlation_id, settings, service, method, args, kwargs, limit,
+                stream=call, headers=headers,
+            )  # fmt: skip
             yield call
         finally:
             del self.calls[correlation_id]
@@ -351,8 +372,13 @@ class Router:
         limit: float,
         *,
         stream: StreamCall | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         assert self.channel is not None, "the router is not running"
+        where = f"{service}.{method}"
+        key = routing_key(service, method)
+        if len(key.encode()) > MAX_ROUTING_KEY:
+            raise MethodNotFound(f"{where[:80]}...: no method has so long a name")
         body = encode_request(args, kwargs)
         reply_to = DIRECT_REPLY_TO
         if service in settings.rpc_legacy_servers:
@@ -360,21 +386,22 @@ class Router:
                 reply_to = await self._reply_to(service, settings)
             if reply_to == DIRECT_REPLY_TO:
                 raise timeout_error(f"{service}.{method}", limit)
-        headers: dict[str, Any] = {HEADER_DEADLINE: f"{time.time() + limit:.6f}"}
+        table: dict[str, Any] = {HEADER_DEADLINE: f"{time.time() + limit:.6f}"}
         if stream is None:
-            headers[HEADER_UNARY] = 1
+            table[HEADER_UNARY] = 1
         else:
-            headers[HEADER_WINDOW] = stream.window
+            table[HEADER_WINDOW] = stream.window
+        if headers:
+            table[HEADER_CONTEXT] = dict(headers)
         properties = Properties(
             content_type=CONTENT_TYPE,
             correlation_id=correlation_id,
             reply_to=reply_to,
             expiration=str(max(1, math.ceil(limit * 1000))),
-            headers=headers,
+            headers=table,
             delivery_mode=settings.delivery_mode,
             message_id=correlation_id,
         )
-        key = routing_key(service, method)
         try:
             await self.channel.publish(
                 Outgoing(
@@ -388,16 +415,52 @@ class Router:
                 )
             )
         except PublishTimeout:
-            raise timeout_error(f"{service}.{method}", limit) from None
+            if not self.connection.connected:
+                raise unavailable_error(where, limit) from None
+            raise timeout_error(where, limit) from None
         except UnroutableError:
-            raise RPCError(
-                f"{service}.{method}: no server (no queue is bound to exchange {service!r} "
-                f"with routing key {key!r})"
-            ) from None
+            pass
         except PublishError as exc:
             if self.closed:
-                raise closed_error(f"{service}.{method}") from None
-            raise RPCError(f"{service}.{method}: the request could not be sent: {exc}") from None
+                raise closed_error(where) from None
+            raise RPCError(f"{where}: the request could not be sent: {exc}") from None
+        else:
+            return
+        raise await self._not_found(service, method, settings, limit)
+
+    async def _not_found(
+        self, service: str, method: str, settings: ServiceSettings, limit: float
+    ) -> RPCError:
+        """The error of a request returned unroutable: is anything serving `service`?"""
+        assert self.channel is not None, "the router is not running"
+        where = f"{service}.{method}"
+        key = routing_key(service, method)
+        missing = MethodNotFound(
+            f"{where}: no such method: service {service!r} runs, but no queue is bound to "
+            f"its exchange with routing key {key!r} (only decorated methods can be called)"
+        )
+        if service in settings.rpc_legacy_servers:
+            return missing  # a baguette-messaging server: it does not answer the probe
+        # Every running farine server of the service binds a queue with this key: the
+        # probe (an empty control message, which servers ignore) is routed iff one runs.
+        probe = Outgoing(
+            service,
+            presence_key(service),
+            b"{}",
+            Properties(content_type=CONTENT_TYPE, expiration="5000"),
+            mandatory=True,
+            timeout=limit,
+        )
+        try:
+            await self.channel.publish(probe)
+        except UnroutableError:
+            return UnknownService(
+                f"{where}: unknown service: nothing serves {service!r} (no queue is bound "
+                f"to exchange {service!r} with routing key {key!r})"
+            )
+        except PublishError as exc:
+            return RPCError(f"{where}: no queue is bound for the method ({exc})")
+        return missing
 
     def _exchange(self, service: str, settings: ServiceSettings) -> ExchangeSpec | None:
         if not settings.auto_declare or service in self._declared:
@@ -470,9 +533,14 @@ async def router_in_runtime(settings: ServiceSettings) -> Router | None:
     )
 
 
-def timeout_error(where: str, limit: float) -> RPCError:
+def timeout_error(where: str, limit: float) -> RPCTimeout:
     """The error of a call whose deadline passed."""
-    return RPCError(f"{where}: timeout: no reply within {limit:g}s")
+    return RPCTimeout(f"{where}: timeout: no reply within {limit:g}s")
+
+
+def unavailable_error(where: str, limit: float) -> ServiceUnavailable:
+    """The error of a call that found no connection to the broker before its deadline."""
+    return ServiceUnavailable(f"{where}: timeout: no connection to the broker within {limit:g}s")
 
 
 def closed_error(where: str) -> RPCError:

@@ -46,6 +46,8 @@ from farine.entrypoints import (
     record_spec,
 )
 from farine.exceptions import ConfigurationError
+from farine.rpc._context import serving
+from farine.rpc._errors import register_error
 from farine.rpc._protocol import (
     END,
     HEADER_CONTROL,
@@ -57,6 +59,7 @@ from farine.rpc._protocol import (
     Control,
     encode_error,
     encode_item,
+    presence_key,
     routing_key,
 )
 
@@ -93,6 +96,8 @@ class MethodSpec(EntrypointSpec):
     timeout: float | None = None
     max_concurrency: int | None = None
     shutdown_timeout: float | None = None
+    #: The errors of the method's contract, re-raised as themselves by callers.
+    errors: tuple[type[BaseException], ...] = ()
     kind = "rpc"
 
     def bind(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> Entrypoint:
@@ -107,6 +112,7 @@ def method(
     timeout: float | None = None,
     max_concurrency: int | None = None,
     shutdown_timeout: float | None = None,
+    errors: tuple[type[BaseException], ...] = (),
 ) -> Callable[[F], F]:
     """Serve the decorated method over RPC, as `<service>.<method>`.
 
@@ -117,16 +123,22 @@ def method(
     Return values and items are encoded with msgspec (Structs, dataclasses, datetimes,
     UUIDs...).
 
-    An exception raised by the method is sent to the caller, who gets an `RPCError`
-    with its type, message and (unless `rpc_send_traceback` is off) traceback. It is
-    logged as an error, unless its type is listed in `expected` (logged at INFO).
+    An exception raised by the method is sent to the caller. One of the `errors` it
+    declares is re-raised by the caller as itself, rebuilt from its `args`; any other
+    reaches the caller as a `farine.rpc.RemoteError` with its type and a one-line
+    message (and the traceback only when the `rpc_send_traceback` setting is on). It is
+    logged as an error, unless its type is listed in `expected` or `errors` (logged at
+    INFO).
 
     The request is acknowledged only after the reply is published, so a call being
     handled by a server that dies is redelivered to another one.
 
     Args:
         prefetch: Calls handled at once by this method (default: the `prefetch` setting).
-        expected: Exception types that are part of the method's contract.
+        expected: Exception types that are part of the method's contract, logged at INFO.
+        errors: Exception types that are part of the method's contract, sent with their
+            `args` so that callers re-raise them as themselves (they are registered
+            with `farine.rpc.register_error`, for callers in this process).
         transaction: With a database, run each call of a `def` method in a transaction
             (each `db_run` of an `async def` one; each step of a generator), committed
             or rolled back before the reply is sent. Default: the `transaction` setting.
@@ -152,6 +164,8 @@ def method(
     """
     if prefetch is not None and prefetch < 1:
         raise ConfigurationError("prefetch must be >= 1")
+    for error in errors:
+        register_error(error)
     check_timeout("timeout", timeout)
     check_timeout("shutdown_timeout", shutdown_timeout, zero=True)
     check_max_concurrency(max_concurrency)
@@ -162,6 +176,7 @@ def method(
         timeout=timeout,
         max_concurrency=max_concurrency,
         shutdown_timeout=shutdown_timeout,
+        errors=tuple(errors),
     )
 
     def decorate(func: F) -> F:
@@ -222,7 +237,11 @@ class _RpcMethod(Entrypoint):
             else Topology()
         )
         self.control_topology = Topology(
-            queues=(QueueSpec(self.control_queue, durable=False, auto_delete=True, exclusive=True),)
+            queues=(
+                QueueSpec(self.control_queue, durable=False, auto_delete=True, exclusive=True),
+            ),
+            # Tells callers of a missing method that the service itself runs.
+            bindings=(Binding(self.control_queue, service.name, presence_key(service.name)),),
         )
 
     def describe(self) -> str:
@@ -319,7 +338,7 @@ class _RpcMethod(Entrypoint):
                 self._flows[correlation_id] = reply.flow
         result: Any = _NO_VALUE
         try:
-            with scope:
+            with scope, serving(self.service.name, self.name, message):
                 # The method's own time limit nests in the caller's deadline.
                 result = await self._limited_run(reply, args, kwargs)
             if result is not _NO_VALUE:
@@ -327,7 +346,7 @@ class _RpcMethod(Entrypoint):
                 # cut the publish short, without shielding it.
                 await reply.value(result)
         except Exception as exc:
-            if isinstance(exc, self.spec.expected):
+            if isinstance(exc, self.spec.expected + self.spec.errors):
                 logger.info("%s raised %s: %s", self.qualname, type(exc).__name__, exc)
             else:
                 logger.exception("%s raised", self.qualname)
@@ -476,9 +495,12 @@ class _Replier:
     async def error(self, exc: BaseException) -> None:
         settings = self.method.service.settings
         data = getattr(exc, "rpc_data", None)
+        declared = isinstance(exc, self.method.spec.errors)
         try:
             await self._send(
-                encode_error(exc, send_traceback=settings.rpc_send_traceback, data=data)
+                encode_error(
+                    exc, send_traceback=settings.rpc_send_traceback, data=data, declared=declared
+                )
             )
         except (_CallerGone, PublishError):
             logger.warning(

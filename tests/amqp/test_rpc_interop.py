@@ -68,11 +68,15 @@ def request(*args: Any, **kwargs: Any) -> bytes:
     return json.dumps({"args": args, "kwargs": kwargs}).encode()
 
 
-async def test_seed_request_is_answered_in_seed_format(rabbitmq: Broker) -> None:
+@pytest.mark.parametrize("send_traceback", [False, True])
+async def test_seed_request_is_answered_in_seed_format(
+    rabbitmq: Broker, *, send_traceback: bool
+) -> None:
     methods = [attr for attr, _ in find_entrypoints(Server)]
     service = type(unique_name(rabbitmq, methods), (Server,), {})
     name = service.__name__
-    async with running(service, config=rabbitmq.config()):
+    config = rabbitmq.config(rpc_send_traceback=str(send_traceback).lower())
+    async with running(service, config=config):
         with anyio.fail_after(30):
             assert await _rabbit.seed_call(name, "dummy", request()) == [
                 {"body": True, "__end__": False},
@@ -90,9 +94,12 @@ async def test_seed_request_is_answered_in_seed_format(rabbitmq: Broker) -> None
             [error] = await _rabbit.seed_call(name, "broken", request())
     assert set(error) <= {"__except__", "error"}
     text = error["__except__"]
-    assert text.startswith("Traceback (most recent call last):\n")
-    assert 'raise ValueError("x")' in text
-    assert text.rstrip().endswith("ValueError: x")
+    if send_traceback:
+        assert text.startswith("Traceback (most recent call last):\n")
+        assert 'raise ValueError("x")' in text
+        assert text.rstrip().endswith("ValueError: x")
+    else:  # the seed's field, with a summary a seed client shows as it is
+        assert text == "ValueError: x"
     assert error.get("error", {"type": "ValueError", "message": "x"}) == {
         "type": "ValueError",
         "message": "x",

@@ -141,9 +141,8 @@ def test_call_remote_error_goes_to_stderr_with_exit_code_1(app: App) -> None:
     done = farine_call(app, f"{app.name}.fail", '["boom"]')
     assert done.returncode == 1
     assert done.stdout == ""
-    assert done.stderr.startswith("Traceback (most recent call last):")
-    assert "raise ValueError(message)" in done.stderr
-    assert done.stderr.rstrip().endswith(f"farine: error: {app.name}.fail failed: ValueError: boom")
+    # The server sends no traceback (`rpc_send_traceback` is off): one line.
+    assert done.stderr == f"farine: error: {app.name}.fail failed: ValueError: boom\n"
 
 
 def test_call_past_its_timeout_exits_1(app: App) -> None:
@@ -164,7 +163,7 @@ def test_call_with_no_server_fails_fast(app: App) -> None:
     finally:
         anyio.run(_rabbit.delete, (), [nobody])  # the caller declared the exchange
     assert done.returncode == 1
-    assert "no server" in done.stderr
+    assert f"{nobody}.anything: unknown service: nothing serves {nobody!r}" in done.stderr
     assert time.monotonic() - began < 15  # a process start, far below the 30 s deadline
 
 
@@ -297,6 +296,6 @@ def test_script_whose_call_failed_to_connect_still_exits() -> None:
     )  # fmt: skip
     assert done.returncode == 1
     assert (
-        "RPCError: timeout: cannot reach the broker: cannot connect to the AMQP broker"
+        "ServiceUnavailable: timeout: cannot reach the broker: cannot connect to the AMQP broker"
         in done.stderr
     )

@@ -15,7 +15,7 @@ import msgspec
 
 import farine.execute
 import farine.rpc
-from farine.exceptions import RPCError
+from farine.exceptions import RPCTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +30,13 @@ class OutOfStock(Exception):
     """Fewer items are left than asked for: part of `reserve`'s contract."""
 
     def __init__(self, item: str, available: int) -> None:
-        super().__init__(f"only {available} {item} left")
-        # Sent along as structured data: the caller reads it as `RPCError.remote_data`.
-        self.rpc_data = {"item": item, "available": available}
+        # Its args travel with it: the caller rebuilds it as `OutOfStock(item, available)`.
+        super().__init__(item, available)
+        self.item = item
+        self.available = available
+
+    def __str__(self) -> str:
+        return f"only {self.available} {self.item} left"
 
 
 class Stock:
@@ -40,7 +44,7 @@ class Stock:
         self.levels = {"apple": 5, "pear": 0, "plum": 12}
         self.lock = threading.Lock()  # `def` methods run in worker threads, concurrently
 
-    @farine.rpc.method(expected=(OutOfStock,))
+    @farine.rpc.method(errors=(OutOfStock,))
     def reserve(self, item: str, quantity: int = 1) -> Reservation:
         with self.lock:
             available = self.levels.get(item, 0)
@@ -68,10 +72,8 @@ class Shop:
         logger.info("reserved %(quantity)s %(item)s until %(expires)s", reservation)
         try:
             rpc.reserve("pear")
-        except RPCError as exc:
-            if exc.remote_type != "OutOfStock":
-                raise
-            logger.info("no pear: %s (%s left)", exc.remote_message, exc.remote_data["available"])
+        except OutOfStock as exc:  # declared by `reserve`: re-raised as itself
+            logger.info("no pear: %s (%s left)", exc, exc.available)
 
     @farine.execute.method(restart=False)
     @farine.rpc.client("stock", timeout=5)
@@ -88,5 +90,5 @@ class Shop:
         logger.info("levels: %s", dict(sorted(levels.items())))
         try:
             await rpc.inventory(__timeout__=0.5)  # this call's own deadline
-        except RPCError as exc:
+        except RPCTimeout as exc:
             logger.info("inventory: %s", exc)
