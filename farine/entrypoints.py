@@ -23,16 +23,18 @@ import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast
 
 if TYPE_CHECKING:
     import anyio
+    import httpx
     from anyio.abc import TaskStatus
 
     from farine._workers import WorkerPool
     from farine.settings import ServiceSettings
 
 __all__ = (
+    "CallObserver",
     "Entrypoint",
     "EntrypointSpec",
     "ServiceContext",
@@ -117,6 +119,24 @@ def requested_transaction() -> bool | None:
     return _transaction.get()
 
 
+class CallObserver(Protocol):
+    """Told of every handler call that finished, by `ServiceContext.call()` (tests use it).
+
+    Called on the event loop, after the call: keep it quick and never raise.
+    """
+
+    def call_finished(
+        self,
+        entrypoint: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        result: Any,
+        exception: Exception | None,
+    ) -> None:
+        """Record that a call of `entrypoint` (`service.method`) returned or raised."""
+        ...
+
+
 class EntrypointSpec(abc.ABC):
     """The frozen description of an entrypoint, recorded on a method by its decorator.
 
@@ -148,6 +168,7 @@ class Entrypoint(abc.ABC):
         self.service = service
         self.handler = handler
         self.name = name
+        service.name_handler(handler, name)
 
     @property
     def qualname(self) -> str:
@@ -215,6 +236,10 @@ class ServiceContext:
             each `def` handler call (the database connector opens its connection here).
         async_call_hooks: Async context-manager factories entered around each
             `async def` handler call.
+        observer: Told of each finished handler call (`farine.testing` sets one);
+            None costs nothing.
+        http_transport: The httpx transport of the service's HTTP clients (SSE
+            listeners); None for the network.
     """
 
     name: str
@@ -226,7 +251,12 @@ class ServiceContext:
     call_hooks: list[SyncHook] = field(default_factory=list[SyncHook])
     async_call_hooks: list[AsyncHook] = field(default_factory=list[AsyncHook])
     exit_stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    observer: CallObserver | None = None
+    http_transport: httpx.AsyncBaseTransport | None = None
     _in_flight: int = 0
+    _entrypoint_names: dict[Callable[..., Any], str] = field(
+        default_factory=dict[Callable[..., Any], str]
+    )
 
     @property
     def in_flight(self) -> int:
@@ -242,11 +272,20 @@ class ServiceContext:
         finally:
             _current_service.reset(token)
 
+    def name_handler(self, handler: Callable[..., Any], entrypoint: str) -> None:
+        """Say that calls of `handler` belong to the entrypoint (method) named `entrypoint`.
+
+        Entrypoints name their handler when built; one that calls a wrapper of it names
+        the wrapper too, so that observers see whose call finished.
+        """
+        self._entrypoint_names[handler] = entrypoint
+
     async def call(self, handler: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Call `handler` the way its kind requires and return its result.
 
         `async def` handlers are awaited on the event loop; `def` handlers run in one of
-        the service's worker threads. Per-call hooks are entered around the call.
+        the service's worker threads. Per-call hooks are entered around the call. The
+        `observer`, if any, is told of the call once it returned or raised.
         """
         self._in_flight += 1
         try:
@@ -255,14 +294,36 @@ class ServiceContext:
                 if not self.async_call_hooks:  # the common case, without a context manager
                     token = _current_service.set(self)
                     try:
-                        return await call(*args, **kwargs)
+                        result = await call(*args, **kwargs)
                     finally:
                         _current_service.reset(token)
-                async with self._async_hooks():
-                    return await call(*args, **kwargs)
-            return await self.run_sync(handler, *args, **kwargs)
+                else:
+                    async with self._async_hooks():
+                        result = await call(*args, **kwargs)
+            else:
+                result = await self.run_sync(handler, *args, **kwargs)
+        except Exception as exc:
+            if self.observer is not None:
+                self._observe(handler, args, kwargs, None, exc)
+            raise
         finally:
             self._in_flight -= 1
+        if self.observer is not None:
+            self._observe(handler, args, kwargs, result, None)
+        return result
+
+    def _observe(
+        self,
+        handler: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        result: Any,
+        exception: Exception | None,
+    ) -> None:
+        observer = self.observer
+        name = self._entrypoint_names.get(handler)
+        if observer is not None and name is not None:
+            observer.call_finished(f"{self.name}.{name}", args, kwargs, result, exception)
 
     async def run_sync(self, func: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
         """Run a blocking `func` in one of the service's worker threads, hooks entered."""

@@ -190,6 +190,7 @@ class _ConsumerEntrypoint(Entrypoint):
             pass
         self.spec = spec
         self.call_target = handler if is_async_callable(handler) else self._gate(handler)
+        service.name_handler(self.call_target, name)
         # baguette-messaging 0.19's consumer: exchange <- the service, queue and binding
         # key <- the routing key, else the service; type `direct` unless given; the
         # exchange never auto-deleted; the queue's flags from the settings.

@@ -12,7 +12,7 @@ from farine._broker import ExchangeSpec
 from farine._broker.interface import Outgoing
 from farine._broker.message import Properties
 from farine._connections import get_connection, get_connection_blocking
-from farine._inject import injector
+from farine._inject import Injected, injector
 from farine.codec import CONTENT_TYPES, encode
 from farine.entrypoints import current_service
 
@@ -249,4 +249,4 @@ def publish(
 
         return build
 
-    return injector(make(Publisher), make(AsyncPublisher))
+    return injector(make(Publisher), make(AsyncPublisher), Injected(Publisher, AsyncPublisher))
