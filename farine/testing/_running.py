@@ -158,7 +158,7 @@ def _with_own_broker(config: Config) -> Config:
 
 @contextlib.asynccontextmanager
 async def running(
-    *services: type,
+    *services: type | str,
     config: str | Config | None = None,
     http_transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncGenerator[App]:
@@ -171,7 +171,9 @@ async def running(
     `memory://` broker of their own, so that tests never see each other's messages.
 
     Args:
-        *services: Service classes (classes with decorated methods).
+        *services: Service classes (classes with decorated methods), or module names
+            (`"mymodule"`: the services of `mymodule.service`, as `farine start` finds
+            them).
         config: INI text, a loaded `Config`, or None for the current configuration.
         http_transport: The httpx transport SSE listeners connect through (see
             `sse_transport()`); None for the network.
@@ -180,7 +182,8 @@ async def running(
         The running `App`: publish, call, wait for calls, inspect the broker.
 
     Raises:
-        ConfigurationError: A class has no entrypoint.
+        ConfigurationError: A class has no entrypoint, or a module has no service.
+        ServiceNotFound: A module does not exist.
 
     Example:
         ```python
