@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import datetime
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from farine import settings as farine_settings
 from farine._broker import is_memory
+from farine._broker.interface import Outgoing
 from farine._broker.memory import get_broker
+from farine._broker.message import Properties
+from farine._connections import get_connection
 from farine._serve import definitions_of, serving
-from farine.amqp import AsyncPublisher
+from farine.codec import CONTENT_TYPES, encode
 from farine.exceptions import ConfigurationError
 from farine.rpc import AsyncClient
 from farine.settings import Config
@@ -74,29 +77,52 @@ class App:
         """Publish `body` to `exchange` with `routing_key`, and wait for the broker's
         confirm.
 
-        The exchange is not declared (the consumer under test declares it); `mandatory`
-        is on, so a message no queue receives raises `UnroutableError`.
+        The exchange is not declared (the consumer under test declares it), and the
+        message is mandatory: one that no queue receives raises `UnroutableError`.
 
         Args:
             exchange: The exchange (`""`: the default exchange, `routing_key` names a
                 queue).
             routing_key: The routing key.
-            body: The body, encoded as the services' `serializer` says (JSON).
+            body: The body: bytes as they are, anything else encoded as the services'
+                `serializer` says (JSON).
             headers: Application headers.
-            **properties: Other arguments of `farine.amqp.AsyncPublisher.send`
-                (`correlation_id`, `message_id`, `expiration`, `delivery_mode`, ...).
+            **properties: AMQP properties (`content_type`, `correlation_id`,
+                `reply_to`, `message_id`, `expiration` in seconds, `delivery_mode`,
+                `priority`, ...). By default the content type is the serializer's, the
+                delivery mode the `delivery_mode` setting's, and `message_id` random.
 
         Raises:
             UnroutableError: No queue is bound to receive the message.
             PublishError: The exchange does not exist, or the broker refused it.
         """
-        defaults = self.config.service("DEFAULT")
-        publisher = AsyncPublisher(
-            exchange,
-            routing_key,
-            settings=dataclasses.replace(defaults, auto_declare=False),
+        settings = self.config.service("DEFAULT")
+        content_type, content_encoding = CONTENT_TYPES[settings.serializer]
+        data = body if isinstance(body, bytes) else encode(body, settings.serializer)
+        expiration = properties.pop("expiration", None)
+        if isinstance(expiration, int | float):
+            expiration = str(max(0, int(expiration * 1000)))
+        values: dict[str, Any] = {
+            "content_type": content_type,
+            "content_encoding": content_encoding,
+            "delivery_mode": settings.delivery_mode,
+            "message_id": uuid.uuid4().hex,
+            "timestamp": datetime.datetime.now(datetime.UTC).replace(microsecond=0),
+            "headers": dict(headers) if headers else None,
+            "expiration": expiration,
+            **properties,
+        }
+        connection = await get_connection(settings)
+        await connection.publish(
+            Outgoing(
+                exchange,
+                routing_key,
+                data,
+                Properties(**values),
+                mandatory=True,
+                timeout=settings.publish_timeout,
+            )
         )
-        await publisher.send(body, headers=headers, **properties)
 
     def rpc(self, service: str, timeout: float | None = None) -> AsyncClient:
         """An RPC client of `service` on this configuration: `await app.rpc("calc").add(1, 2)`.
