@@ -312,6 +312,26 @@ class ServiceContext:
             self._observe(handler, args, kwargs, result, None)
         return result
 
+    def observing(
+        self, handler: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> contextlib.AbstractContextManager[None]:
+        """A block that is one call of `handler`, for calls that end after `call()`
+        returned (a stream): the `observer`, if any, is told when it ends or raises."""
+        if self.observer is None:
+            return contextlib.nullcontext()
+        return self._observed_block(handler, args, kwargs)
+
+    @contextlib.contextmanager
+    def _observed_block(
+        self, handler: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Generator[None]:
+        try:
+            yield
+        except Exception as exc:
+            self._observe(handler, args, kwargs, None, exc)
+            raise
+        self._observe(handler, args, kwargs, None, None)
+
     def _observe(
         self,
         handler: Callable[..., Any],

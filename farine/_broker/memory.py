@@ -629,6 +629,14 @@ def _unroutable(exchange: str, routing_key: str) -> str:
     )
 
 
+def drop_broker(uri: str) -> None:
+    """Forget the broker of `uri` (once nothing uses it): the next `get_broker(uri)`
+    makes an empty one."""
+    name = uri.rstrip("/") or "memory:"
+    with _brokers_lock:
+        _brokers.pop(name, None)
+
+
 def iter_brokers() -> Iterable[MemoryBroker]:
     """The brokers of this process (for tests and debugging)."""
     with _brokers_lock:

@@ -71,9 +71,9 @@ class CallLog:
         result: Any,
         exception: Exception | None,
     ) -> None:
-        """Record a finished call (streaming RPC methods are not recorded here)."""
+        """Record a finished call."""
         if inspect.isgenerator(result) or inspect.isasyncgen(result):
-            return  # a stream starts here; its end is its caller's to see
+            return  # a stream starts here: recorded when it ends
         record = CallRecord(entrypoint, args, dict(kwargs), result, exception)
         self._calls.setdefault(entrypoint, []).append(record)
         self._changed.set()

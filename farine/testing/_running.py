@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from farine import settings as farine_settings
 from farine._broker import is_memory
 from farine._broker.interface import Outgoing
-from farine._broker.memory import get_broker
+from farine._broker.memory import drop_broker, get_broker
 from farine._broker.message import Properties
 from farine._connections import get_connection
 from farine._serve import definitions_of, serving
@@ -149,9 +149,10 @@ class App:
     ) -> list[CallRecord]:
         """Wait until `entrypoint` has finished `count` calls since the block started.
 
-        A call that raised counts as finished (its record holds the exception). Calls of
-        consumers, unary RPC methods, SSE listeners and execute methods are recorded;
-        a streaming RPC method's items are its caller's to check.
+        A call that raised counts as finished (its record holds the exception); a
+        streaming RPC method's call finishes when its stream ends (its `result` is
+        None: the items are its caller's to check), and is not recorded when its caller
+        stopped it early.
 
         Args:
             entrypoint: `"service.method"`.
@@ -173,13 +174,6 @@ class App:
             ```
         """
         return await self._calls.wait_for(entrypoint, count, timeout)
-
-
-def _with_own_broker(config: Config) -> Config:
-    """`config`, on a `memory://` broker of its own unless it names a broker."""
-    if config.sets("amqp_uri"):
-        return config
-    return config.with_defaults(amqp_uri=f"memory://farine-testing-{uuid.uuid4().hex}")
 
 
 @contextlib.asynccontextmanager
@@ -220,7 +214,10 @@ async def running(
     definitions = definitions_of(services)
     if isinstance(config, str):
         config = Config.from_string(config, source="<test config>")
-    config = _with_own_broker(config or farine_settings.current())
+    config = config or farine_settings.current()
+    own_broker = not config.sets("amqp_uri")
+    if own_broker:
+        config = config.with_defaults(amqp_uri=f"memory://farine-testing-{uuid.uuid4().hex}")
     log = CallLog({f"{d.name}.{attr}" for d in definitions for attr, _ in d.entrypoints})
 
     def prepare(service: ServiceContext) -> None:
@@ -230,6 +227,8 @@ async def running(
     uri = config.service("DEFAULT").amqp_uri
     memory = get_broker(uri) if is_memory(uri) else None
     view = BrokerView(memory) if memory is not None else None
+    # A broker the configuration names may be shared with other code: what it
+    # dead-letters is kept during the block only.
     kept = memory.dead_letters if memory is not None else None
     if memory is not None and kept is None:
         memory.dead_letters = []
@@ -237,5 +236,7 @@ async def running(
         async with serving(definitions, config, prepare_service=prepare) as runtime:
             yield App(runtime, config, log, view)
     finally:
-        if memory is not None and kept is None:
+        if own_broker:
+            drop_broker(uri)  # the view still shows it, after the block too
+        elif memory is not None and kept is None:
             memory.dead_letters = None

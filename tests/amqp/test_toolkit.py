@@ -13,11 +13,13 @@ import farine.rpc
 import farine.settings
 import farine.testing
 from farine.amqp import Message, UnroutableError
-from farine.exceptions import ConfigurationError
+from farine.exceptions import ConfigurationError, RPCError
 from farine.settings import Config
 from farine.testing import CallsNotSeen
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from tests.amqp.conftest import Broker
 
 pytestmark = pytest.mark.anyio
@@ -83,14 +85,25 @@ async def test_rpc_calls_a_method_and_its_calls_are_recorded(broker: Broker) -> 
             for i in range(n, 0, -1):
                 yield i
 
+        @farine.rpc.method()
+        def flaky(self) -> Iterator[int]:
+            yield 1
+            raise RuntimeError("sensor unplugged")
+
     async with farine.testing.running(Calc, config=broker.config()) as app:
         assert await app.rpc("calc").add(1, b=2) == 3
         [call] = await app.wait_for("calc.add")
         items = [item async for item in app.rpc("calc").countdown(3, __stream__=True)]
-        assert app.calls("calc.countdown") == []  # streams are their caller's to check
+        [stream] = await app.wait_for("calc.countdown")  # recorded once the stream ended
+        with pytest.raises(RPCError, match="sensor unplugged"):
+            async for _ in app.rpc("calc").flaky(__stream__=True):
+                pass
+        [failed] = await app.wait_for("calc.flaky")
+    assert isinstance(failed.exception, RuntimeError)
     # The arguments as the handler got them: bound to its signature.
     assert (call.args, call.kwargs, call.result) == ((1, 2), {}, 3)
     assert items == [3, 2, 1]
+    assert (stream.args, stream.result, stream.exception) == ((3,), None, None)
 
 
 async def test_the_config_is_current_inside_the_block(broker: Broker) -> None:
