@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from farine.settings import ServiceSettings
 
 __all__ = (
+    "NOT_STARTED",
     "CallObserver",
     "Entrypoint",
     "EntrypointSpec",
@@ -54,6 +55,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("farine.entrypoints")
 
 SPECS_ATTRIBUTE = "__farine_entrypoints__"
+
+#: What a wrapper of a handler returns when it did not start the call after all (the
+#: service began stopping before a worker thread was free): observers are not told.
+NOT_STARTED: Any = object()
 
 SyncHook = Callable[[], contextlib.AbstractContextManager[Any]]
 AsyncHook = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
@@ -308,7 +313,7 @@ class ServiceContext:
             raise
         finally:
             self._in_flight -= 1
-        if self.observer is not None:
+        if self.observer is not None and result is not NOT_STARTED:
             self._observe(handler, args, kwargs, result, None)
         return result
 

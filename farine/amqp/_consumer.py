@@ -23,6 +23,7 @@ from farine._connections import get_connection
 from farine._takers import Takers
 from farine.codec import BadBody, BodyDecoder, annotation_of, encode
 from farine.entrypoints import (
+    NOT_STARTED,
     Entrypoint,
     EntrypointSpec,
     ServiceContext,
@@ -49,7 +50,7 @@ _RAW = BodyDecoder()
 
 #: Returned by a `def` handler's gate when the service began stopping before a worker
 #: thread was free: the message was never started, so it goes back to the queue.
-_NOT_STARTED = object()
+_NOT_STARTED = NOT_STARTED
 
 # Default queue (the routing key or the service name) -> (method, bindings) of the
 # consumer using it, per service: two consumers sharing it with different bindings would
