@@ -158,4 +158,4 @@ def test_testing_guide_examples_pass_as_a_user_runs_them() -> None:
         assert f"{test}[asyncio] PASSED" in out, out
         assert f"{test}[trio] PASSED" in out, out
     assert "test_receive_adds_to_the_stock PASSED" in out, out
-    assert re.search(r"\b15 passed\b", out), out
+    assert re.search(r"\b17 passed\b", out), out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest.mock import AsyncMock
+
 import pytest
 from shop.models import Item
 from shop.service import Feed, Order, Orders, Prices, Stock
@@ -78,12 +80,20 @@ async def test_feed_keeps_the_latest_prices() -> None:
 
 # --8<-- [start:unit]
 async def test_created_publishes_an_invoice() -> None:
-    worker = farine.testing.worker_factory(Orders)  # `publish` is a mock
+    publish = AsyncMock()
+    worker = farine.testing.worker_factory(Orders, publish=publish)
     message = farine.testing.message({"id": 7, "item": "pear", "quantity": 1})
     await worker.created(Order(id=7, item="pear", quantity=1), message)
-    publish = vars(worker)["publish"]
     publish.assert_awaited_once_with({"order": 7, "amount": 5})
     assert not message.settled  # left to the ack policy: acked when it returns
+
+
+async def test_an_empty_order_publishes_nothing() -> None:
+    worker = farine.testing.worker_factory(Orders)  # `publish` is a mock: worker.publish
+    message = farine.testing.message({"id": 8, "item": "pear", "quantity": 0})
+    await worker.created(Order(id=8, item="pear", quantity=0), message)
+    assert message.outcome == "reject"
+    assert message.requeued is False
 
 
 def test_receive_adds_to_the_stock() -> None:
