@@ -347,6 +347,9 @@ class ServiceContext:
     ) -> None:
         observer = self.observer
         name = self._entrypoint_names.get(handler)
+        if name is None and hasattr(handler, "__wrapped__"):
+            # A wrapper made for one call (functools.wraps) is known by what it wraps.
+            name = self._entrypoint_names.get(handler.__wrapped__)  # pyright: ignore[reportFunctionMemberAccess]
         if observer is not None and name is not None:
             observer.call_finished(f"{self.name}.{name}", args, kwargs, result, exception)
 

@@ -347,6 +347,7 @@ class _ConsumerEntrypoint(Entrypoint):
         handler = self.handler
         if is_async_callable(handler):
 
+            @functools.wraps(handler)  # observers see whose call this is
             async def run_async(*args: Any) -> Any:
                 profiler.enable()
                 try:
@@ -357,6 +358,7 @@ class _ConsumerEntrypoint(Entrypoint):
             target: Callable[..., Any] = run_async
         else:
 
+            @functools.wraps(handler)
             def run_sync(*args: Any) -> Any:
                 profiler.enable()
                 try:
