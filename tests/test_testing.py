@@ -227,7 +227,9 @@ def test_the_pytest_plugin_is_registered() -> None:
 
 
 def test_the_plugin_isolates_settings_and_its_config_can_be_overridden(tmp_path: Path) -> None:
-    (tmp_path / "conftest.py").write_text(
+    overridden = tmp_path / "overridden"
+    overridden.mkdir()
+    (overridden / "conftest.py").write_text(
         textwrap.dedent("""
             import pytest
             from farine.settings import Config
@@ -237,7 +239,7 @@ def test_the_plugin_isolates_settings_and_its_config_can_be_overridden(tmp_path:
                 return Config.from_string("[orders]\\nprefetch = 3\\n")
         """)
     )
-    (tmp_path / "test_user.py").write_text(
+    (overridden / "test_user.py").write_text(
         textwrap.dedent("""
             from farine import settings
             from farine.settings import Config
@@ -251,10 +253,21 @@ def test_the_plugin_isolates_settings_and_its_config_can_be_overridden(tmp_path:
                 assert settings.get("orders").prefetch == 3
         """)
     )
-    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
-    environ.pop("FARINE_INI", None)
+    # Without an override: farine's defaults, whatever FARINE_INI says.
+    (tmp_path / "test_default.py").write_text(
+        textwrap.dedent("""
+            from farine import settings
+
+            def test_defaults_whatever_farine_ini_says():
+                assert settings.get("orders").prefetch != 7
+                assert settings.current().sections() == []
+        """)
+    )
+    ini = tmp_path / "farine.ini"
+    ini.write_text("[orders]\nprefetch = 7\n", encoding="utf-8")
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), "FARINE_INI": str(ini)}
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -262,8 +275,14 @@ def test_the_plugin_isolates_settings_and_its_config_can_be_overridden(tmp_path:
         check=False,
         env=environ,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 passed" in done.stdout
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    for test in (
+        "test_changes_settings",
+        "test_sees_its_own_config_again",
+        "test_defaults_whatever_farine_ini_says",
+    ):
+        assert f"{test} PASSED" in out, out
 
 
 def test_settings_using_restores_the_previous_config() -> None:
