@@ -23,16 +23,19 @@ import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast
 
 if TYPE_CHECKING:
     import anyio
+    import httpx
     from anyio.abc import TaskStatus
 
     from farine._workers import WorkerPool
     from farine.settings import ServiceSettings
 
 __all__ = (
+    "NOT_STARTED",
+    "CallObserver",
     "Entrypoint",
     "EntrypointSpec",
     "ServiceContext",
@@ -52,6 +55,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("farine.entrypoints")
 
 SPECS_ATTRIBUTE = "__farine_entrypoints__"
+
+#: What a wrapper of a handler returns when it did not start the call after all (the
+#: service began stopping before a worker thread was free): observers are not told.
+NOT_STARTED: Any = object()
 
 SyncHook = Callable[[], contextlib.AbstractContextManager[Any]]
 AsyncHook = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
@@ -119,6 +126,24 @@ def requested_transaction() -> bool | None:
     return _transaction.get()
 
 
+class CallObserver(Protocol):
+    """Told of every handler call that finished, by `ServiceContext.call()` (tests use it).
+
+    Called on the event loop, after the call: keep it quick and never raise.
+    """
+
+    def call_finished(
+        self,
+        entrypoint: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        result: Any,
+        exception: Exception | None,
+    ) -> None:
+        """Record that a call of `entrypoint` (`service.method`) returned or raised."""
+        ...
+
+
 class EntrypointSpec(abc.ABC):
     """The frozen description of an entrypoint, recorded on a method by its decorator.
 
@@ -155,6 +180,7 @@ class Entrypoint(abc.ABC):
         self.service = service
         self.handler = handler
         self.name = name
+        service.name_handler(handler, name)
 
     @property
     def qualname(self) -> str:
@@ -226,6 +252,10 @@ class ServiceContext:
             consumer (`consume(idempotent=True)`), given the consumer's name (its queue)
             and `service.method`, so that a message id it already processed is not
             processed again. Raises `ConfigurationError` for a handler it cannot wrap.
+        observer: Told of each finished handler call (`farine.testing` sets one);
+            None costs nothing.
+        http_transport: The httpx transport of the service's HTTP clients (SSE
+            listeners); None for the network.
     """
 
     name: str
@@ -238,7 +268,12 @@ class ServiceContext:
     async_call_hooks: list[AsyncHook] = field(default_factory=list[AsyncHook])
     inbox: InboxHook | None = None
     exit_stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    observer: CallObserver | None = None
+    http_transport: httpx.AsyncBaseTransport | None = None
     _in_flight: int = 0
+    _entrypoint_names: dict[Callable[..., Any], str] = field(
+        default_factory=dict[Callable[..., Any], str]
+    )
 
     @property
     def in_flight(self) -> int:
@@ -254,11 +289,20 @@ class ServiceContext:
         finally:
             _current_service.reset(token)
 
+    def name_handler(self, handler: Callable[..., Any], entrypoint: str) -> None:
+        """Say that calls of `handler` belong to the entrypoint (method) named `entrypoint`.
+
+        Entrypoints name their handler when built; one that calls a wrapper of it names
+        the wrapper too, so that observers see whose call finished.
+        """
+        self._entrypoint_names[handler] = entrypoint
+
     async def call(self, handler: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Call `handler` the way its kind requires and return its result.
 
         `async def` handlers are awaited on the event loop; `def` handlers run in one of
-        the service's worker threads. Per-call hooks are entered around the call.
+        the service's worker threads. Per-call hooks are entered around the call. The
+        `observer`, if any, is told of the call once it returned or raised.
         """
         self._in_flight += 1
         try:
@@ -267,14 +311,59 @@ class ServiceContext:
                 if not self.async_call_hooks:  # the common case, without a context manager
                     token = _current_service.set(self)
                     try:
-                        return await call(*args, **kwargs)
+                        result = await call(*args, **kwargs)
                     finally:
                         _current_service.reset(token)
-                async with self._async_hooks():
-                    return await call(*args, **kwargs)
-            return await self.run_sync(handler, *args, **kwargs)
+                else:
+                    async with self._async_hooks():
+                        result = await call(*args, **kwargs)
+            else:
+                result = await self.run_sync(handler, *args, **kwargs)
+        except Exception as exc:
+            if self.observer is not None:
+                self._observe(handler, args, kwargs, None, exc)
+            raise
         finally:
             self._in_flight -= 1
+        if self.observer is not None and result is not NOT_STARTED:
+            self._observe(handler, args, kwargs, result, None)
+        return result
+
+    def observing(
+        self, handler: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> contextlib.AbstractContextManager[None]:
+        """A block that is one call of `handler`, for calls that end after `call()`
+        returned (a stream): the `observer`, if any, is told when it ends or raises."""
+        if self.observer is None:
+            return contextlib.nullcontext()
+        return self._observed_block(handler, args, kwargs)
+
+    @contextlib.contextmanager
+    def _observed_block(
+        self, handler: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Generator[None]:
+        try:
+            yield
+        except Exception as exc:
+            self._observe(handler, args, kwargs, None, exc)
+            raise
+        self._observe(handler, args, kwargs, None, None)
+
+    def _observe(
+        self,
+        handler: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        result: Any,
+        exception: Exception | None,
+    ) -> None:
+        observer = self.observer
+        name = self._entrypoint_names.get(handler)
+        if name is None and hasattr(handler, "__wrapped__"):
+            # A wrapper made for one call (functools.wraps) is known by what it wraps.
+            name = self._entrypoint_names.get(handler.__wrapped__)  # pyright: ignore[reportFunctionMemberAccess]
+        if observer is not None and name is not None:
+            observer.call_finished(f"{self.name}.{name}", args, kwargs, result, exception)
 
     async def run_sync(self, func: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
         """Run a blocking `func` in one of the service's worker threads, hooks entered."""

@@ -133,6 +133,8 @@ class Runtime:
             one, loaded lazily).
         handle_signals: Turn SIGINT/SIGTERM into a graceful stop (the CLI does; tests
             running a runtime in-process usually do not).
+        prepare_service: Called with each service's context as it starts, before its
+            extensions and entrypoints (`farine.testing` installs its observer there).
     """
 
     def __init__(
@@ -141,10 +143,12 @@ class Runtime:
         *,
         config: Config | None = None,
         handle_signals: bool = False,
+        prepare_service: Callable[[ServiceContext], None] | None = None,
     ) -> None:
         self.definitions = services
         self.config = config
         self.handle_signals = handle_signals
+        self.prepare_service = prepare_service
         self.services: dict[str, ServiceContext] = {}
         self.stopping = anyio.Event()
         self._scopes: list[tuple[anyio.CancelScope, float]] = []
@@ -237,6 +241,8 @@ class Runtime:
             stopping=self.stopping,
         )
         self.services[definition.name] = ctx
+        if self.prepare_service is not None:
+            self.prepare_service(ctx)
         logger.info("starting service %s", ctx.name)
         scope = anyio.CancelScope()
         # The service's own deadline leaves room for its slowest entrypoint to drain:

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import ast
 import configparser
+import contextlib
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, cast
@@ -44,6 +45,7 @@ __all__ = (
     "load",
     "reference_table",
     "use",
+    "using",
 )
 
 DEFAULT_PATH: Final = Path("/etc/farine.ini")
@@ -415,6 +417,20 @@ class Config:
     def source(self) -> str:
         return str(self.path) if self.path is not None else "<defaults>"
 
+    def sets(self, key: str) -> bool:
+        """True when `[DEFAULT]` or a service section sets `key`."""
+        return key in self._parser.defaults() or any(
+            self._parser.has_option(section, key) for section in self._parser.sections()
+        )
+
+    def with_defaults(self, **values: str) -> Config:
+        """Return a copy whose `[DEFAULT]` section also sets `values` (raw INI text)."""
+        parser = _new_parser()
+        sections = {name: dict(self._parser.items(name, raw=True)) for name in self.sections()}
+        parser.read_dict(sections)
+        parser.read_dict({"DEFAULT": {**self._parser.defaults(), **values}})
+        return Config(self.path, parser)
+
     def sections(self) -> list[str]:
         """Return the section names of the file, `DEFAULT` excluded."""
         return self._parser.sections()
@@ -518,6 +534,30 @@ def use(config: Config) -> None:
     global _current
     with _lock:
         _current = config
+
+
+@contextlib.contextmanager
+def using(config: Config | None) -> Generator[Config | None]:
+    """Make `config` current for the block, then restore the one current before.
+
+    Args:
+        config: The configuration; None forgets the current one (the file is then
+            loaded on first use).
+
+    Example:
+        ```python
+        with farine.settings.using(Config.from_string("[DEFAULT]\nprefetch = 1\n")):
+            assert farine.settings.get("orders").prefetch == 1
+        ```
+    """
+    global _current
+    with _lock:
+        previous, _current = _current, config
+    try:
+        yield config
+    finally:
+        with _lock:
+            _current = previous
 
 
 def current() -> Config:

@@ -18,15 +18,22 @@ ROOT: Final = Path(__file__).parent.parent
 
 
 class FarineProcess:
-    """`python -m farine ARGS...` started in `cwd`, its stderr read line by line."""
+    """`python -m farine ARGS...` (or `python COMMAND...`) started in `cwd`, its stderr
+    read line by line."""
 
-    def __init__(self, *args: str, cwd: Path = APPS, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        cwd: Path = APPS,
+        env: dict[str, str] | None = None,
+        command: list[str] | None = None,
+    ) -> None:
         environ = {**os.environ, **(env or {})}
         # The project root first: the subprocess imports this checkout's farine.
         environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(cwd)])
         environ.setdefault("FARINE_INI", "")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "farine", *args],
+            [sys.executable, *(command or ["-m", "farine", *args])],
             cwd=cwd,
             env=environ,
             stdin=subprocess.DEVNULL,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -154,3 +156,35 @@ def test_delivery_guide_example_ships_each_order_once(backend: str, tmp_path: Pa
     assert out.count("shipped A-1") == 1
     assert "(2 shipment(s) so far)" in out
     assert "ERROR" not in out
+
+
+# -- the testing guide's examples (docs/testing.md) and the tutorial's test ----------------
+
+
+def test_testing_guide_examples_pass_as_a_user_runs_them() -> None:
+    """`pytest` in docs/examples, as a user runs it: farine's plugin loaded from its entry
+    point, the example conftest.py running every test on asyncio and on trio."""
+    environ = {**os.environ}
+    environ.pop("FARINE_INI", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "test_hello.py",
+         "testing_guide"],
+        cwd=EXAMPLES,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=environ,
+    )  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    for test in (
+        "test_hello_greets_three_times",
+        "test_an_order_sends_an_invoice",
+        "test_feed_keeps_the_latest_prices",
+        "test_created_publishes_an_invoice",
+    ):
+        assert f"{test}[asyncio] PASSED" in out, out
+        assert f"{test}[trio] PASSED" in out, out
+    assert "test_receive_adds_to_the_stock PASSED" in out, out
+    assert re.search(r"\b17 passed\b", out), out

@@ -102,8 +102,8 @@ def cache_extension() -> Iterator[list[Cache]]:
 async def test_a_custom_connector_attaches_to_the_services_that_want_it(
     cache_extension: list[Cache],
 ) -> None:
-    async with running(WithCache, Plain, config=CONFIG) as runtime:
-        service: WithCache = runtime.services["withcache"].instance  # pyright: ignore[reportAssignmentType]
+    async with running(WithCache, Plain, config=CONFIG) as app:
+        service: WithCache = app.instance("withcache")
         with anyio.fail_after(5):
             await service.ran.wait()
         [cache] = cache_extension
@@ -111,7 +111,7 @@ async def test_a_custom_connector_attaches_to_the_services_that_want_it(
         # The per-call hook ran in the handler's own worker thread, around its call.
         assert service.seen == [("withcache", cache.call_threads[0])]
         assert cache.call_threads[0] != threading.get_ident()
-        assert not hasattr(runtime.services["plain"].instance, "cache")
+        assert not hasattr(app.instance("plain"), "cache")
         assert not cache.closed
     assert cache.closed  # undone through the service's exit stack when it stopped
 

@@ -22,14 +22,13 @@ from anyio.streams.text import TextReceiveStream
 
 import farine.rpc
 import farine.stream
+import farine.testing
 from farine.settings import Config
 from tests._sse_server import Reply, serve_sse
-from tests.amqp.conftest import Recorder, running
 
 if TYPE_CHECKING:
     from types import ModuleType
 
-    from farine.runtime import Runtime
 
 pytestmark = pytest.mark.anyio
 
@@ -50,12 +49,9 @@ def overview_config(endpoint: str) -> Config:
 class Client:
     """The Overview in `async def` form: `await` the injected client."""
 
-    def __init__(self) -> None:
-        self.replies = Recorder()
-
     @farine.stream.http()
-    async def get(self, data: Any) -> None:
-        self.replies.add(await self.send(data))
+    async def get(self, data: Any) -> Any:
+        return await self.send(data)
 
     @farine.rpc.client("myotherservice")
     async def send(self, rpc: farine.rpc.AsyncClient, data: Any) -> Any:
@@ -63,32 +59,22 @@ class Client:
 
 
 class MyOtherService:
-    def __init__(self) -> None:
-        self.processed = Recorder()
-
     @farine.rpc.method()
     async def process(self, data: Any) -> dict[str, Any]:
-        self.processed.add(data)
         return {"processed": data}
-
-
-def instances(runtime: Runtime) -> tuple[Client, MyOtherService]:
-    client: Any = runtime.services["client"].instance
-    other: Any = runtime.services["myotherservice"].instance
-    return client, other
 
 
 async def test_async_overview_forwards_each_event_by_rpc() -> None:
     body = events('{"n": 1}', "not json", "[1, 2]")
     async with (
         serve_sse([Reply(body)]) as server,
-        running(Client, MyOtherService, config=overview_config(server.url())) as runtime,
+        farine.testing.running(Client, MyOtherService, config=overview_config(server.url())) as app,
     ):
-        client, other = instances(runtime)
-        processed = await other.processed.wait_for(3)
-        replies = await client.replies.wait_for(3)
-    assert processed == [{"n": 1}, "not json", [1, 2]]
-    assert replies == [{"processed": item} for item in processed]
+        processed = await app.wait_for("myotherservice.process", count=3)
+        replies = await app.wait_for("client.get", count=3)
+    data = [call.args[0] for call in processed]
+    assert data == [{"n": 1}, "not json", [1, 2]]
+    assert [call.result for call in replies] == [{"processed": item} for item in data]
 
 
 async def _read_until(stream: TextReceiveStream, text: str, seen: list[str]) -> None:

@@ -14,6 +14,7 @@ MODULES = [
     "farine.execute",
     "farine.stream",
     "farine.testing",
+    "farine.testing.pytest_plugin",
     "farine.exceptions",
     "farine.settings",
     "farine.entrypoints",

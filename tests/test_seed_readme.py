@@ -5,11 +5,11 @@
 
 The classes are the README's, in its order: AMQP publisher and consumer, RPC server and
 client, RPC stream, HTTP stream, execute method, Database, Overview, Configuration.
-Changes are only those Python 3 or a test needs: a `Recorder` line where the README's
-handler has no observable effect, `print` replaced by collecting, `return` added
-where the README assigns a result and drops it, and the RPC server named as its client
-calls it (the README calls `myotherservice` a class named `Server`). They run on the
-in-process `memory://` broker, the SSE test server and SQLite. Methods decorated only
+Changes are only those Python 3 or a test needs (consumers' calls are observed with
+`farine.testing`'s `wait_for()`, not by changing them): `print` replaced by collecting,
+`return` added where the README assigns a result and drops it, and the RPC server named
+as its client calls it (the README calls `myotherservice` a class named `Server`). They
+run on the in-process `memory://` broker, the SSE test server and SQLite. Methods decorated only
 with `publish` or `rpc.client` are not entrypoints: as in the seed's own tests, a plain
 script calls them (here a worker thread, blocking).
 """
@@ -26,6 +26,7 @@ import farine.amqp
 import farine.execute
 import farine.rpc
 import farine.stream
+import farine.testing
 from farine import settings
 from farine._broker import get_broker
 from farine.connectors.sql import migrate
@@ -62,8 +63,6 @@ def config(uri: str) -> Iterator[Config]:
 
 
 async def test_amqp_publisher(config: Config) -> None:
-    seen = Recorder()
-
     class Publish(object):  # noqa: UP004  # as the README writes it
         @farine.amqp.publish(exchange="consume", routing_key="routing_key")
         def publish_dummy(self, publish):
@@ -76,17 +75,16 @@ async def test_amqp_publisher(config: Config) -> None:
     class Listener:  # the test's ear on the exchange `consume`
         @farine.amqp.consume(exchange="consume", routing_key="routing_key")
         async def heard(self, body, message):
-            seen.add(body)
+            pass
 
-    async with running(Listener, config=config):
+    async with farine.testing.running(Listener, config=config) as app:
         with anyio.fail_after(15):
             await anyio.to_thread.run_sync(Publish().publish_dummy)
-        assert await seen.wait_for(1) == [{"result": 0}]
+        [call] = await app.wait_for("listener.heard")
+    assert call.body == {"result": 0}
 
 
 async def test_amqp_consumer(config: Config, uri: str) -> None:
-    seen = Recorder()
-
     class Consume(object):  # noqa: UP004
         @farine.amqp.consume(exchange="publish", routing_key="routing_key")
         def consume_dummy(self, body, message):
@@ -96,12 +94,14 @@ async def test_amqp_consumer(config: Config, uri: str) -> None:
             :param message: Message class.
             :type message: kombu.message.Message
             """
-            seen.add((body, message.outcome))
             message.ack()
 
-    async with running(Consume, config=config):
+    async with farine.testing.running(Consume, config=config) as app:
         await farine.amqp.AsyncPublisher("publish", "routing_key")({"result": 0})
-        assert await seen.wait_for(1) == [({"result": 0}, None)]
+        [call] = await app.wait_for("consume.consume_dummy")
+    assert call.body == {"result": 0}
+    assert call.message is not None
+    assert call.message.outcome == "ack"
     broker = get_broker(uri)
     # The queue is named after the routing key, as baguette-messaging 0.19 named it.
     assert broker.has_queue("routing_key")
@@ -112,18 +112,17 @@ async def test_amqp_consumer(config: Config, uri: str) -> None:
 async def test_the_seed_queue_name_argument_is_ignored_as_the_seed_ignored_it(
     config: Config, uri: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    seen = Recorder()
-
     class Consume(object):  # noqa: UP004
         @farine.amqp.consume(
             exchange="publish", routing_key="routing_key", queue_name="dummy_queue"
         )
         def consume_dummy(self, body, message):
-            seen.add(body)
+            pass
 
-    async with running(Consume, config=config):
+    async with farine.testing.running(Consume, config=config) as app:
         await farine.amqp.AsyncPublisher("publish", "routing_key")({"result": 0})
-        assert await seen.wait_for(1) == [{"result": 0}]
+        [call] = await app.wait_for("consume.consume_dummy")
+    assert call.body == {"result": 0}
     assert get_broker(uri).has_queue("routing_key")
     assert not get_broker(uri).has_queue("dummy_queue")
     assert "queue_name='dummy_queue' is ignored" in caplog.text
@@ -132,17 +131,21 @@ async def test_the_seed_queue_name_argument_is_ignored_as_the_seed_ignored_it(
 async def test_a_consumer_without_routing_key_binds_its_service_name(
     config: Config, uri: str
 ) -> None:
-    seen = Recorder()
-
     class Defkey:
         @farine.amqp.consume()
         def handle(self, body, message):
-            seen.add((body, message.exchange, message.routing_key))
+            pass
 
-    async with running(Defkey, config=config):
+    async with farine.testing.running(Defkey, config=config) as app:
         # What a seed publisher with no exchange nor routing key sends: both the service.
         await farine.amqp.AsyncPublisher("defkey", "defkey")({"n": 1})  # mandatory
-        assert await seen.wait_for(1) == [({"n": 1}, "defkey", "defkey")]
+        [call] = await app.wait_for("defkey.handle")
+    assert call.message is not None
+    assert (call.body, call.message.exchange, call.message.routing_key) == (
+        {"n": 1},
+        "defkey",
+        "defkey",
+    )
     assert get_broker(uri).has_queue("defkey")
 
 

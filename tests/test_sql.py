@@ -25,14 +25,12 @@ import anyio
 import peewee
 import pytest
 
-import farine.amqp
 import farine.connectors.sql as sql
+import farine.testing
 from farine.discovery import discover
 from farine.exceptions import ConfigurationError, SettingsError
-from farine.runtime import Runtime
 from farine.settings import Config
 from tests._db import postgres, rows
-from tests.amqp.conftest import LogWatcher
 from tests.sqlapp.models import Payment, Person
 from tests.sqlapp.service import Boom, Recorder, Store
 
@@ -54,14 +52,9 @@ async def running(
 ) -> AsyncGenerator[dict[str, ServiceContext]]:
     """Run the app's `services` with the INI `text` until the block ends."""
     write_config(text)
-    definitions = [d for d in discover(APP) if d.name in services]
-    runtime = Runtime(definitions)
-    async with anyio.create_task_group() as tg:
-        await tg.start(runtime.run)
-        try:
-            yield runtime.services
-        finally:
-            runtime.stop()
+    classes = [d.cls for d in discover(APP) if d.name in services]
+    async with farine.testing.running(*classes) as app:
+        yield app.runtime.services
 
 
 def ini(db_lines: str, **extra: object) -> str:
@@ -443,22 +436,14 @@ async def test_users_example_migrates_and_serves(
 
     monkeypatch.setattr(sys, "path", [str(examples), *sys.path])
     caplog.set_level(logging.INFO, logger="users.service")
-    selected = LogWatcher("selected ")
-    logging.getLogger("users.service").addHandler(selected)
-    runtime = Runtime(discover("users"))
-    user_id = 0
-    try:
-        async with anyio.create_task_group() as tg:
-            await tg.start(runtime.run)
-            ctx = runtime.services["client"]
-            client: Any = ctx.instance
-            user_id = (await ctx.call(client.create_user, "ada")).id
-            # The seed's consumer: a message on `exchange` makes it select the user.
-            publish = farine.amqp.AsyncPublisher("exchange", "routing_key", settings=ctx.settings)
-            await publish({"id": user_id})
-            await selected.wait()
-            runtime.stop()
-    finally:
-        logging.getLogger("users.service").removeHandler(selected)
-    found = selected.records[0].getMessage()
+    async with farine.testing.running("users") as app:
+        ctx = app.runtime.services["client"]
+        client: Any = app.instance("client")
+        user_id = (await ctx.call(client.create_user, "ada")).id
+        # The seed's consumer: a message on `exchange` makes it select the user.
+        await app.publish("exchange", "routing_key", {"id": user_id})
+        [call] = await app.wait_for("client.select", timeout=30)
+    assert call.exception is None
+    assert (call.result.id, call.result.name) == (user_id, "ada")
+    [found] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("selected ")]
     assert json.loads(found.removeprefix("selected ")) == {"id": user_id, "name": "ada"}

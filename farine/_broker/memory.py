@@ -174,6 +174,9 @@ class MemoryBroker:
         self._consumer_count = 0
         # Direct reply-to: each reply channel's address, and where its replies go.
         self._reply_channels: dict[str, Handoff[Message]] = {}
+        #: (queue, message) of each message rejected or expired, when set to a list
+        #: (`farine.testing` does): kept for tests to inspect, dead-letter exchange or not.
+        self.dead_letters: list[tuple[str, Message]] | None = None
 
     # -- declarations ---------------------------------------------------------------------
 
@@ -245,6 +248,13 @@ class MemoryBroker:
         with self._lock:
             found = self._queues.get(queue)
             return len(found.messages) if found is not None else 0
+
+    def ready_messages(self, queue: str) -> list[Message]:
+        """The messages ready in `queue`, oldest first, left in place (settling is moot)."""
+        with self._lock:
+            found = self._queues.get(queue)
+            stored = list(found.messages) if found is not None else []
+        return [_inspected(item, item.properties) for item in stored]
 
     def unacked_count(self, queue: str) -> int:
         """Messages of `queue` delivered to consumers and not settled yet."""
@@ -407,7 +417,7 @@ class MemoryBroker:
 
     def _dead_letter(self, queue: _Queue, stored: _Stored, reason: str) -> None:
         exchange = queue.argument("x-dead-letter-exchange")
-        if exchange is None:
+        if exchange is None and self.dead_letters is None:
             return
         routing_key = queue.argument("x-dead-letter-routing-key") or stored.routing_key
         headers = dict(stored.properties.headers or {})
@@ -424,6 +434,10 @@ class MemoryBroker:
         })  # fmt: skip
         props.headers = headers
         props.expiration = None
+        if self.dead_letters is not None:
+            self.dead_letters.append((queue.spec.name, _inspected(stored, props)))
+        if exchange is None:
+            return
         try:
             self.publish(str(exchange), str(routing_key), stored.body, props)
         except PublishError:
@@ -464,6 +478,19 @@ class MemoryBroker:
                     consumer_tag=chosen.tag,
                 )
             )
+
+
+def _inspected(stored: _Stored, properties: Properties) -> Message:
+    """A copy of a stored message for inspection: settling it does nothing."""
+    return Message(
+        stored.body,
+        delivery_tag=0,
+        exchange=stored.exchange,
+        routing_key=stored.routing_key,
+        redelivered=stored.redelivered,
+        properties=properties,
+        settler=NO_ACK,
+    )
 
 
 _brokers: dict[str, MemoryBroker] = {}
@@ -600,6 +627,14 @@ def _unroutable(exchange: str, routing_key: str) -> str:
         f"unroutable message: no queue is bound to exchange {exchange!r} "
         f"with routing key {routing_key!r}"
     )
+
+
+def drop_broker(uri: str) -> None:
+    """Forget the broker of `uri` (once nothing uses it): the next `get_broker(uri)`
+    makes an empty one."""
+    name = uri.rstrip("/") or "memory:"
+    with _brokers_lock:
+        _brokers.pop(name, None)
 
 
 def iter_brokers() -> Iterable[MemoryBroker]:

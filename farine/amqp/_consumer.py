@@ -24,6 +24,7 @@ from farine._limits import CallLimits, check_max_concurrency, check_timeout
 from farine._takers import Takers
 from farine.codec import BadBody, BodyDecoder, annotation_of, encode
 from farine.entrypoints import (
+    NOT_STARTED,
     Entrypoint,
     EntrypointSpec,
     ServiceContext,
@@ -50,7 +51,7 @@ _RAW = BodyDecoder()
 
 #: Returned by a `def` handler's gate when the service began stopping before a worker
 #: thread was free: the message was never started, so it goes back to the queue.
-_NOT_STARTED = object()
+_NOT_STARTED = NOT_STARTED
 
 # Default queue (the routing key or the service name) -> (method, bindings) of the
 # consumer using it, per service: two consumers sharing it with different bindings would
@@ -233,6 +234,7 @@ class _ConsumerEntrypoint(Entrypoint):
             self.queue = service.name
         self.prefetch = spec.prefetch or settings.prefetch
         self.call_target = self._call_target(handler)
+        service.name_handler(self.call_target, name)
         self.decoder = BodyDecoder(
             annotation_of(handler, "body"),
             where=f"{service.name}.{name}",
@@ -388,6 +390,7 @@ class _ConsumerEntrypoint(Entrypoint):
         handler = self.handler
         if is_async_callable(handler):
 
+            @functools.wraps(handler)  # observers see whose call this is
             async def run_async(*args: Any) -> Any:
                 profiler.enable()
                 try:
@@ -398,6 +401,7 @@ class _ConsumerEntrypoint(Entrypoint):
             target: Callable[..., Any] = run_async
         else:
 
+            @functools.wraps(handler)
             def run_sync(*args: Any) -> Any:
                 profiler.enable()
                 try:

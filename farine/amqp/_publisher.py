@@ -13,7 +13,7 @@ from farine._broker import ExchangeSpec
 from farine._broker.interface import Outgoing
 from farine._broker.message import Properties
 from farine._connections import get_connection, get_connection_blocking
-from farine._inject import injector
+from farine._inject import Injected, injector
 from farine.codec import CONTENT_TYPES, encode
 from farine.entrypoints import current_service
 
@@ -274,7 +274,7 @@ def publish(
 
         return build
 
-    inject = injector(make(Publisher), make(AsyncPublisher))
+    inject = injector(make(Publisher), make(AsyncPublisher), Injected(Publisher, AsyncPublisher))
     keys = (
         None
         if routing_key is None

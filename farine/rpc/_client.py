@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from farine._inject import injector
+from farine._inject import Injected, injector
 from farine.rpc._async_client import AsyncClient
 from farine.rpc._blocking_client import Client
 
@@ -44,5 +44,7 @@ def client(
     """
 
     return injector(
-        lambda _self: Client(service, timeout), lambda _self: AsyncClient(service, timeout)
+        lambda _self: Client(service, timeout),
+        lambda _self: AsyncClient(service, timeout),
+        Injected(Client, AsyncClient),
     )

@@ -367,15 +367,16 @@ class _RpcMethod(Entrypoint):
         """Call the method; return its value, or stream what it yields (`_NO_VALUE`)."""
         service = self.service
         if self.is_async_gen:
-            with service.activate():
+            with service.activate(), service.observing(self.handler, args, kwargs):
                 await reply.stream_async(self.handler(*args, **kwargs))
             return _NO_VALUE
         result = await service.call(self.handler, *args, **kwargs)
         if inspect.isgenerator(result):
-            await reply.stream_sync(result)
+            with service.observing(self.handler, args, kwargs):
+                await reply.stream_sync(result)
             return _NO_VALUE
         if inspect.isasyncgen(result):
-            with service.activate():
+            with service.activate(), service.observing(self.handler, args, kwargs):
                 await reply.stream_async(result)
             return _NO_VALUE
         return result

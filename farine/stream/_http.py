@@ -326,7 +326,9 @@ class _HttpStream(Entrypoint):
         self._stop_requested = False
         timeout = httpx.Timeout(None, connect=self.service.settings.connect_timeout)
         async with (
-            httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client,
+            httpx.AsyncClient(
+                timeout=timeout, follow_redirects=True, transport=self.service.http_transport
+            ) as client,
             anyio.create_task_group() as tg,
         ):
             listening = anyio.CancelScope()

@@ -13,14 +13,15 @@ import anyio.from_thread
 import anyio.lowlevel
 import pytest
 
+import farine.testing
 from farine._broker import get_broker
-from farine.discovery import ServiceDefinition, find_entrypoints
-from farine.runtime import Runtime
 from farine.settings import Config, ServiceSettings
 from tests.amqp import _rabbit
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+
+    from farine.runtime import Runtime
 
 
 _rabbit_up: bool | None = None
@@ -213,15 +214,7 @@ def instance_of(runtime: Runtime, name: str, kind: type[T]) -> T:
 
 @contextlib.asynccontextmanager
 async def running(*classes: type, config: Config) -> AsyncGenerator[Runtime]:
-    """Run services in-process until the block ends (then stop them gracefully)."""
-    runtime = Runtime(
-        [ServiceDefinition(cls, "tests", find_entrypoints(cls)) for cls in classes],
-        config=config,
-    )
-    async with anyio.create_task_group() as tg:
-        with anyio.fail_after(30):
-            await tg.start(runtime.run)
-        try:
-            yield runtime
-        finally:
-            runtime.stop()
+    """`farine.testing.running()`, yielding its runtime: for tests that reach the
+    services' contexts (`runtime.services`); new tests use the app handle itself."""
+    async with farine.testing.running(*classes, config=config) as app:
+        yield app.runtime

@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 import farine.amqp
+import farine.testing
 from farine._broker import AmqpConnection
 from farine._connections import get_connection
 from farine.amqp import AsyncPublisher, BrokerUnavailable, Message, PublishTimeout
@@ -50,34 +51,27 @@ async def test_graceful_stop_finishes_in_flight_and_requeues_the_rest(broker: Br
             release.wait(20)
 
     # Two worker threads, five prefetched: two messages run, three wait for a thread.
-    config = broker.config(max_workers=2)
-    runtime = runtime_of(Worker, config=config)
-    in_flight: set[int] = set()
-    async with anyio.create_task_group() as tg:
-        with anyio.fail_after(20):
-            await tg.start(runtime.run)
-        publish = AsyncPublisher(exchange, "rk", settings=broker.settings(runtime))
+    async with farine.testing.running(Worker, config=broker.config(max_workers=2)) as app:
         for n in range(8):
-            await publish({"n": n})
+            await app.publish(exchange, "rk", {"n": n})
         in_flight = set(await started.wait_for(2))
-        runtime.stop()
+        app.runtime.stop()
         release.set()
     # The two in flight finished and were acked; nothing else was started.
     assert sorted(started.items) == sorted(in_flight)
+    assert {call.body["n"] for call in app.calls("worker.handle")} == in_flight
     if broker.is_memory:
         assert await broker.ready(queue) == 6
 
     # Everything else is still in the queue, and only that.
-    again = Recorder()
-
     class Again:
         @farine.amqp.consume(exchange=exchange, routing_key="rk", queue=queue)
         async def handle(self, body: Any, message: Message) -> None:
-            again.add(body["n"])
+            pass
 
-    async with running(Again, config=broker.config()):
-        rest = await again.wait_for(6)
-    assert sorted(rest) == sorted(set(range(8)) - in_flight)
+    async with farine.testing.running(Again, config=broker.config()) as again:
+        rest = await again.wait_for("again.handle", count=6)
+    assert sorted(call.body["n"] for call in rest) == sorted(set(range(8)) - in_flight)
     assert await broker.ready(queue) == 0
 
 
@@ -93,15 +87,11 @@ async def test_async_handlers_in_flight_finish_on_stop(broker: Broker) -> None:
             await release.wait()
             finished.add(body["n"])
 
-    runtime = runtime_of(Worker, config=broker.config())
-    async with anyio.create_task_group() as tg:
-        with anyio.fail_after(20):
-            await tg.start(runtime.run)
-        publish = AsyncPublisher(exchange, "rk", settings=broker.settings(runtime))
+    async with farine.testing.running(Worker, config=broker.config()) as app:
         for n in range(3):
-            await publish({"n": n})
+            await app.publish(exchange, "rk", {"n": n})
         await started.wait_for(3)
-        runtime.stop()
+        app.runtime.stop()
         await anyio.wait_all_tasks_blocked()
         assert finished.items == []  # stopping does not cancel handlers
         release.set()
@@ -114,12 +104,10 @@ async def test_blocking_publish_from_a_plain_thread(
 ) -> None:
     exchange = broker.exchange("consume")
     write_config(f"[DEFAULT]\namqp_uri = {broker.uri}\n")
-    seen = Recorder()
 
     class Consume:
         @farine.amqp.consume(exchange=exchange, routing_key="routing_key", queue=broker.queue())
         def consume_dummy(self, body: Any, message: Message) -> None:
-            seen.add(body)
             message.ack()
 
     # The seed README's publisher, as written (with this test's exchange name).
@@ -134,11 +122,12 @@ async def test_blocking_publish_from_a_plain_thread(
     def script() -> None:
         results.append(Publish().publish_dummy())
 
-    async with running(Consume, config=broker.config()):
+    async with farine.testing.running(Consume, config=broker.config()) as app:
         thread = threading.Thread(target=script)  # not an anyio worker: a plain thread
         thread.start()
         await anyio.to_thread.run_sync(thread.join)
-        assert await seen.wait_for(1) == [{"result": 0}]
+        [call] = await app.wait_for("consume.consume_dummy")
+    assert call.body == {"result": 0}
     assert results == [True]
 
 
@@ -148,12 +137,11 @@ async def test_blocking_publish_from_a_script_process(
 ) -> None:
     exchange = rabbitmq.exchange("consume")
     config_path = write_config(f"[DEFAULT]\namqp_uri = {rabbitmq.uri}\n")
-    seen = Recorder()
 
     class Consume:
         @farine.amqp.consume(exchange=exchange, routing_key="routing_key", queue=rabbitmq.queue())
         async def consume_dummy(self, body: Any, message: Message) -> None:
-            seen.add(body)
+            pass
 
     script = tmp_path / "publish_script.py"
     script.write_text(
@@ -171,14 +159,15 @@ async def test_blocking_publish_from_a_script_process(
             """
         )
     )
-    async with running(Consume, config=rabbitmq.config()):
+    async with farine.testing.running(Consume, config=rabbitmq.config()) as app:
         with anyio.fail_after(30):
             done = await anyio.run_process(
                 [sys.executable, str(script)], env={"FARINE_INI": str(config_path)}, check=False
             )
         assert done.returncode == 0, done.stderr.decode()
         assert done.stdout.decode().strip() == "True"
-        assert await seen.wait_for(1) == [{"result": 0}]
+        [call] = await app.wait_for("consume.consume_dummy", timeout=15)
+    assert call.body == {"result": 0}
 
 
 @pytest.mark.rabbitmq

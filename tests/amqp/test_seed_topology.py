@@ -15,9 +15,8 @@ import pytest
 
 import farine.amqp
 import farine.rpc
-from farine._broker.interface import Outgoing
-from farine._connections import get_connection
-from farine.amqp import AsyncPublisher, Message, Properties
+import farine.testing
+from farine.amqp import AsyncPublisher, Message
 from farine.exceptions import ConfigurationError
 from farine.settings import Config
 from tests.amqp import _rabbit
@@ -44,16 +43,16 @@ def service_name(broker: Broker) -> str:
 
 async def test_the_queue_is_named_after_the_routing_key(broker: Broker) -> None:
     exchange, key = broker.exchange(), broker.queue("rk")
-    seen = Recorder()
 
     class Consume:
         @farine.amqp.consume(exchange=exchange, routing_key=key)
         async def handle(self, body: Any, message: Message) -> None:
-            seen.add(body)
+            pass
 
-    async with running(Consume, config=broker.config()) as runtime:
-        await publisher(runtime, exchange, key)({"n": 1})
-        assert await seen.wait_for(1) == [{"n": 1}]
+    async with farine.testing.running(Consume, config=broker.config()) as app:
+        await app.publish(exchange, key, {"n": 1})
+        [call] = await app.wait_for("consume.handle")
+    assert call.body == {"n": 1}
     assert await broker.ready(key) == 0  # the queue `key` exists, and was drained
 
 
@@ -61,17 +60,18 @@ async def test_without_routing_key_exchange_queue_and_binding_are_the_service(
     broker: Broker,
 ) -> None:
     name = service_name(broker)
-    seen = Recorder()
 
     async def handle(self: object, body: Any, message: Message) -> None:
-        seen.add((body, message.exchange, message.routing_key))
+        pass
 
     service = type(name.capitalize(), (), {"handle": farine.amqp.consume()(handle)})
-    async with running(service, config=broker.config()) as runtime:
+    async with farine.testing.running(service, config=broker.config()) as app:
         # What a seed publisher sends by default: exchange and key both the service name
         # (mandatory: unroutable would raise).
-        await publisher(runtime, name, name)({"n": 1})
-        assert await seen.wait_for(1) == [({"n": 1}, name, name)]
+        await app.publish(name, name, {"n": 1})
+        [call] = await app.wait_for(f"{name}.handle")
+    assert call.message is not None
+    assert (call.body, call.message.exchange, call.message.routing_key) == ({"n": 1}, name, name)
     assert await broker.ready(name) == 0
 
 
@@ -102,43 +102,41 @@ async def test_services_consuming_one_routing_key_share_its_queue(broker: Broker
 async def test_a_queue_per_service_gets_a_copy_each(broker: Broker) -> None:
     exchange = broker.exchange()
     first_queue, second_queue = broker.queue("first"), broker.queue("second")
-    seen = Recorder()
 
     class First:
         @farine.amqp.consume(exchange=exchange, routing_key="rk", queue=first_queue)
         async def handle(self, body: Any, message: Message) -> None:
-            seen.add(("first", body["n"]))
+            pass
 
     class Second:
         @farine.amqp.consume(exchange=exchange, routing_key="rk", queue=second_queue)
         async def handle(self, body: Any, message: Message) -> None:
-            seen.add(("second", body["n"]))
+            pass
 
-    async with running(First, Second, config=broker.config()) as runtime:
-        await publisher(runtime, exchange, "rk")({"n": 1})
-        assert sorted(await seen.wait_for(2)) == [("first", 1), ("second", 1)]
+    async with farine.testing.running(First, Second, config=broker.config()) as app:
+        await app.publish(exchange, "rk", {"n": 1})
+        [first] = await app.wait_for("first.handle")
+        [second] = await app.wait_for("second.handle")
+    assert first.body == second.body == {"n": 1}
 
 
 async def test_the_consumer_exchange_is_direct_whatever_the_type_setting(
     broker: Broker,
 ) -> None:
     exchange, key = broker.exchange(), broker.queue("rk")
-    seen = Recorder()
 
     class Consume:
         @farine.amqp.consume(exchange=exchange, routing_key=key)
         async def handle(self, body: Any, message: Message) -> None:
-            seen.add(body)
+            pass
 
     # `type` is the publishers' setting, as in the seed: the consumer still declares
     # `direct`, and a direct publisher reaches it (a topic one would fail to declare).
-    async with running(Consume, config=broker.config(type="topic")) as runtime:
-        assert runtime.config is not None
-        direct = AsyncPublisher(
-            exchange, key, exchange_type="direct", settings=runtime.config.service("tests")
-        )
+    async with farine.testing.running(Consume, config=broker.config(type="topic")) as app:
+        direct = AsyncPublisher(exchange, key, exchange_type="direct", service="tests")
         await direct({"n": 1})
-        assert await seen.wait_for(1) == [{"n": 1}]
+        [call] = await app.wait_for("consume.handle")
+    assert call.body == {"n": 1}
 
 
 async def test_messages_have_kombus_attributes(broker: Broker) -> None:
@@ -207,24 +205,17 @@ async def test_messages_have_kombus_attributes(broker: Broker) -> None:
 
 async def test_payload_follows_the_content_type(broker: Broker) -> None:
     exchange, key = broker.exchange(), broker.queue("rk")
-    seen = Recorder()
 
     class Consume:
         @farine.amqp.consume(exchange=exchange, routing_key=key)
         async def handle(self, body: Any, message: Message) -> None:
-            seen.add((message.content_type, message.payload))
+            pass
 
-    async with running(Consume, config=broker.config()) as runtime:
-        assert runtime.config is not None
-        connection = await get_connection(runtime.config.service("tests"))
-        for body, content_type in [
-            (b"plain text", "text/plain"),
-            (b"\x00\x01", "application/octet-stream"),
-        ]:
-            await connection.publish(
-                Outgoing(exchange, key, body, Properties(content_type=content_type))
-            )
-        items = await seen.wait_for(2)
+    async with farine.testing.running(Consume, config=broker.config()) as app:
+        await app.publish(exchange, key, b"plain text", content_type="text/plain")
+        await app.publish(exchange, key, b"\x00\x01", content_type="application/octet-stream")
+        calls = await app.wait_for("consume.handle", count=2)
+    items = [(call.message.content_type, call.message.payload) for call in calls if call.message]
     assert sorted(items) == [
         ("application/octet-stream", b"\x00\x01"),
         ("text/plain", "plain text"),
@@ -236,17 +227,18 @@ async def test_several_routing_keys_share_a_queue_named_after_the_service(
 ) -> None:
     name = service_name(broker)
     exchange = broker.exchange()
-    seen = Recorder()
 
     async def handle(self: object, body: Any, message: Message) -> None:
-        seen.add((message.routing_key, body))
+        pass
 
     consumer = farine.amqp.consume(exchange=exchange, routing_key=["a", "b"])(handle)
     service = type(name.capitalize(), (), {"handle": consumer})
-    async with running(service, config=broker.config()) as runtime:
-        await publisher(runtime, exchange, "a")({"n": 1})
-        await publisher(runtime, exchange, "b")({"n": 2})
-        assert sorted(await seen.wait_for(2)) == [("a", {"n": 1}), ("b", {"n": 2})]
+    async with farine.testing.running(service, config=broker.config()) as app:
+        await app.publish(exchange, "a", {"n": 1})
+        await app.publish(exchange, "b", {"n": 2})
+        calls = await app.wait_for(f"{name}.handle", count=2)
+    seen = [(call.message.routing_key, call.body) for call in calls if call.message]
+    assert sorted(seen) == [("a", {"n": 1}), ("b", {"n": 2})]
     assert await broker.ready(name) == 0  # the queue named after the service
 
 
