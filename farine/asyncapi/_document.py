@@ -217,7 +217,8 @@ class _Builder:
             if isinstance(spec, ConsumeSpec):
                 self._consumer(notes, attr, func, spec, amqp)
             elif isinstance(spec, MethodSpec):
-                self._rpc(notes, attr, func, amqp, _call_parameters(service.cls, attr, func))
+                parameters = _call_parameters(service.cls, attr, func)
+                self._rpc(notes, attr, func, amqp, parameters, spec.errors)
             elif isinstance(spec, HttpStreamSpec):
                 parameters = _call_parameters(service.cls, attr, func)
                 self._sse(notes, attr, func, spec, settings, parameters)
@@ -409,6 +410,7 @@ class _Builder:
         func: Callable[..., Any],
         amqp: _Amqp,
         parameters: list[inspect.Parameter],
+        errors: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.uses_rpc = True
         settings = amqp.settings
@@ -545,6 +547,10 @@ class _Builder:
                 "amqp": {"cc": [key], "ack": True, "bindingVersion": AMQP_BINDING_VERSION}
             },
         }
+        if errors:
+            # The method's declared errors (`method(errors=...)`): callers that register
+            # them get them re-raised as themselves, built from the envelope's `args`.
+            operation["x-farine-errors"] = [self._declared_error(error) for error in errors]
         if stream:
             operation["x-farine-stream"] = {
                 "items": _ref("channels", reply_channel, "messages", first),
@@ -553,6 +559,33 @@ class _Builder:
         self._operation(notes, qualname, operation, func)
         if stream:
             self._control(notes, qualname, amqp)
+
+    def _declared_error(self, error: type[BaseException]) -> dict[str, Any]:
+        """How a declared error arrives: its `type` in the error envelope, and the schemas
+        of the `args` its constructor takes, in order."""
+        described: dict[str, Any] = {"type": error.__name__}
+        summary = _first_line(error.__doc__)
+        if summary:
+            described["summary"] = summary
+        init = error.__init__
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        try:
+            signature = inspect.signature(init)
+        except (TypeError, ValueError):  # a builtin's __init__: any arguments
+            return {**described, "args": {"type": "array"}}
+        items: list[Any] = []
+        rest: Any = None
+        for index, (name, parameter) in enumerate(signature.parameters.items()):
+            if index == 0 and inspect.isfunction(init):
+                continue  # self
+            if parameter.kind in positional:
+                items.append(self.schemas.add(annotation_of(init, name)))
+            elif parameter.kind == parameter.VAR_POSITIONAL:
+                rest = self.schemas.add(annotation_of(init, name))
+        args: dict[str, Any] = {"type": "array", "items": items}
+        if rest is not None:
+            args["additionalItems"] = rest
+        return {**described, "args": args}
 
     def _control(self, notes: _ServiceNotes, qualname: str, amqp: _Amqp) -> None:
         channel = self._channel(

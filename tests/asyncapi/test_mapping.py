@@ -187,6 +187,19 @@ def test_an_rpc_method_receives_requests_and_replies_to_reply_to(document: dict[
         )
 
 
+def test_declared_errors_are_listed_with_the_schemas_of_their_args(
+    document: dict[str, Any],
+) -> None:
+    assert document["operations"]["shop.quote"]["x-farine-errors"] == [
+        {
+            "type": "OutOfStock",
+            "summary": "Not enough of an item left.",
+            "args": {"type": "array", "items": [{"type": "string"}, {"type": "integer"}]},
+        }
+    ]
+    assert "x-farine-errors" not in document["operations"]["shop.tally"]
+
+
 def test_rpc_arguments_are_the_seed_envelope_of_typed_parameters(document: dict[str, Any]) -> None:
     payload = message(document, "shop.quote", "request")["payload"]
     args = payload["properties"]["args"]
