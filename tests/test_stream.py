@@ -18,6 +18,7 @@ import anyio
 import msgspec
 import pytest
 
+import farine
 import farine.stream
 from farine._workers import WorkerPool
 from farine.discovery import ServiceDefinition, find_entrypoints
@@ -124,13 +125,8 @@ def definitions(*classes: type) -> list[ServiceDefinition]:
 @contextlib.asynccontextmanager
 async def running(config: Config, *classes: type) -> AsyncGenerator[Runtime]:
     """Run `classes` as services in this process until the block ends."""
-    runtime = Runtime(definitions(*classes), config=config)
-    async with anyio.create_task_group() as tg:
-        await tg.start(runtime.run)
-        try:
-            yield runtime
-        finally:
-            runtime.stop()
+    async with farine.serve(*classes, config=config) as runtime:
+        yield runtime
 
 
 def sse(data: str, *, id: str | None = None, event: str | None = None) -> str:

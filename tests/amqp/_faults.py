@@ -21,6 +21,7 @@ Modes (each applies to the connections open now and to those accepted later):
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 from typing import TYPE_CHECKING
@@ -31,9 +32,11 @@ from anyio.abc import SocketAttribute
 from tests.amqp._proxy import free_port
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
+
     from anyio.abc import SocketStream, TaskGroup, TaskStatus
 
-__all__ = ("FaultProxy",)
+__all__ = ("FaultProxy", "serving_proxy")
 
 
 class _Link:
@@ -169,3 +172,13 @@ class FaultProxy:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
         link.tg.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def serving_proxy(target: int = 5672) -> AsyncGenerator[FaultProxy]:
+    """A `FaultProxy` to `target`, serving until the block ends."""
+    proxy = FaultProxy(target)
+    async with anyio.create_task_group() as tg:
+        await tg.start(proxy.serve)
+        yield proxy
+        tg.cancel_scope.cancel()

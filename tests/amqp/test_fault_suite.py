@@ -30,7 +30,7 @@ from farine.amqp import AsyncPublisher, PublishError
 from tests._db import postgres, rows
 from tests._proc import FarineProcess
 from tests.amqp import _rabbit
-from tests.amqp._faults import FaultProxy
+from tests.amqp._faults import FaultProxy, serving_proxy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -62,11 +62,8 @@ INTERRUPTIONS: Final = {"close_x5": 5, "broker_restart": 1, "blackhole": 1, "sig
 
 @pytest.fixture
 async def proxy() -> AsyncIterator[FaultProxy]:
-    found = FaultProxy(5672)
-    async with anyio.create_task_group() as tg:
-        await tg.start(found.serve)
+    async with serving_proxy() as found:
         yield found
-        tg.cancel_scope.cancel()
 
 
 class Ledger:

@@ -18,7 +18,7 @@ import farine.amqp
 from farine.amqp import AsyncPublisher, Message
 from tests._proc import FarineProcess
 from tests.amqp import _rabbit
-from tests.amqp._faults import FaultProxy
+from tests.amqp._faults import FaultProxy, serving_proxy
 from tests.amqp.conftest import Broker, LogWatcher, Recorder, running
 
 if TYPE_CHECKING:
@@ -40,11 +40,8 @@ def fast_path(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def proxy() -> AsyncIterator[FaultProxy]:
-    found = FaultProxy(5672)
-    async with anyio.create_task_group() as tg:
-        await tg.start(found.serve)
+    async with serving_proxy() as found:
         yield found
-        tg.cancel_scope.cancel()
 
 
 @pytest.fixture
