@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from farine.exceptions import FarineError
+from typing import Any
+
+from farine.exceptions import ConfigurationError, FarineError
 
 __all__ = (
     "BrokerUnavailable",
@@ -10,6 +12,7 @@ __all__ = (
     "PublishError",
     "PublishTimeout",
     "UnroutableError",
+    "declaration_mismatch",
 )
 
 
@@ -31,3 +34,29 @@ class PublishTimeout(PublishError):
 
 class MessageStateError(FarineError):
     """A message was acknowledged, rejected or requeued twice."""
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def declaration_mismatch(
+    kind: str, name: str, argument: str, existing: Any, requested: Any
+) -> ConfigurationError:
+    """The error of a declaration the broker refused (PRECONDITION_FAILED) because the
+    `kind` (queue or exchange) `name` exists with another value of `argument`.
+
+    Example:
+        ```python
+        raise declaration_mismatch("queue", "orders", "x-queue-type", "classic", "quorum")
+        ```
+    """
+    return ConfigurationError(
+        f"{kind} {name!r} exists with {argument} = {_shown(existing)}, but is declared "
+        f"with {argument} = {_shown(requested)} (PRECONDITION_FAILED): declare it as it "
+        f"is, or delete the {kind} so that it can be declared anew"
+    )

@@ -26,19 +26,29 @@ from ._consumer import consume as consume
 from ._publisher import AsyncPublisher as AsyncPublisher
 from ._publisher import Publisher as Publisher
 from ._publisher import publish as publish
+from ._retry import Backoff as Backoff
+from ._retry import Permanent as Permanent
+from ._retry import Retry as Retry
+from ._retry import Retryable as Retryable
+from ._retry import is_transient as is_transient
 
 __all__ = (
     "AsyncPublisher",
+    "Backoff",
     "BrokerUnavailable",
     "ConsumeSpec",
     "Message",
     "MessageProperties",
     "MessageStateError",
+    "Permanent",
     "Properties",
     "PublishError",
     "PublishTimeout",
     "Publisher",
+    "Retry",
+    "Retryable",
     "UnroutableError",
     "consume",
+    "is_transient",
     "publish",
 )
