@@ -273,7 +273,7 @@ class RetryPolicy:
         nominal = self._delays.nominal(attempt)
         if spec.budget is not None:
             spent = sum(self._delays.nominal(n) for n in range(1, attempt + 1))
-            if spent > spec.budget:
+            if spent > spec.budget + 1e-9:  # a budget met exactly is not exceeded
                 return RetryDecision(
                     False,
                     reason=f"retry budget of {spec.budget:g}s spent after {attempt} attempt(s)",
