@@ -212,6 +212,21 @@ def _pick(value: bool | None, default: bool) -> bool:
     return default if value is None else value
 
 
+def _queue_name(spec: ConsumeSpec, service: str) -> str:
+    if spec.queue is not None:
+        return spec.queue
+    if len(spec.routing_keys) == 1:
+        return spec.routing_keys[0]
+    return service
+
+
+def dead_letter_queue(spec: ConsumeSpec, service: str, settings: ServiceSettings) -> str | None:
+    """The dead-letter queue of the consumer `spec` of `service`, or None when it has none."""
+    queue = _queue_spec(_queue_name(spec, service), spec, settings)
+    dead_letter = _dead_letter(queue, spec, settings)
+    return dead_letter.queue_name if dead_letter is not None else None
+
+
 def _queue_spec(name: str, spec: ConsumeSpec, settings: ServiceSettings) -> QueueSpec:
     """The work queue's declaration: no argument unless asked (the seed declares it too)."""
     durable = _pick(spec.durable, settings.durable)
@@ -240,10 +255,9 @@ def _queue_spec(name: str, spec: ConsumeSpec, settings: ServiceSettings) -> Queu
     )
 
 
-def _failure_path(
-    service: ServiceContext, entrypoint: str, queue: QueueSpec, spec: ConsumeSpec
-) -> FailurePath:
-    settings = service.settings
+def _dead_letter(
+    queue: QueueSpec, spec: ConsumeSpec, settings: ServiceSettings
+) -> DeadLetter | None:
     arguments = dict(queue.arguments)
     quorum = arguments.get("x-queue-type") == "quorum"
     wanted = spec.dead_letter
@@ -253,16 +267,16 @@ def _failure_path(
             wanted = False
         else:
             wanted = settings.dead_letter_exchange or True
-    dead_letter = (
-        None
-        if wanted is False
-        else DeadLetter(
-            queue.name,
-            "" if wanted is True else wanted,
-            durable=queue.durable,
-            quorum=quorum,
-        )
-    )
+    if wanted is False:
+        return None
+    exchange = "" if wanted is True else wanted
+    return DeadLetter(queue.name, exchange, durable=queue.durable, quorum=quorum)
+
+
+def _failure_path(
+    service: ServiceContext, entrypoint: str, queue: QueueSpec, spec: ConsumeSpec
+) -> FailurePath:
+    settings = service.settings
     retry = spec.retry or Retry.transient(
         budget=settings.retry_budget,
         backoff=Backoff(initial=settings.retry_delay, cap=settings.retry_max_delay),
@@ -272,9 +286,9 @@ def _failure_path(
         entrypoint=entrypoint,
         queue=queue.name,
         policy=RetryPolicy(retry),
-        dead_letter=dead_letter,
+        dead_letter=_dead_letter(queue, spec, settings),
         durable=queue.durable,
-        quorum=quorum,
+        quorum=dict(queue.arguments).get("x-queue-type") == "quorum",
         publish_timeout=settings.publish_timeout,
     )
 
@@ -301,12 +315,7 @@ class _ConsumerEntrypoint(Entrypoint):
         self.exchange = spec.exchange or service.name
         self.routing_keys = spec.routing_keys or (service.name,)
         self.exchange_type = spec.exchange_type or "direct"
-        if spec.queue is not None:
-            self.queue = spec.queue
-        elif len(spec.routing_keys) == 1:
-            self.queue = spec.routing_keys[0]
-        else:
-            self.queue = service.name
+        self.queue = _queue_name(spec, service.name)
         self.prefetch = spec.prefetch or settings.prefetch
         self.decoder = BodyDecoder(
             annotation_of(handler, "body"),

@@ -6,7 +6,9 @@ On memory:// and RabbitMQ, on asyncio and trio.
 from __future__ import annotations
 
 import datetime
-from typing import Any, cast
+import os
+import sys
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import anyio
@@ -25,6 +27,9 @@ from farine.runtime import Runtime
 from tests.amqp import _rabbit
 from tests.amqp._proxy import TcpProxy
 from tests.amqp.conftest import Broker, Recorder, running
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 
@@ -388,3 +393,65 @@ def _single(error: BaseException) -> BaseException:
         if len(inner) == 1:
             return _single(inner[0])
     return cast("BaseException", error)
+
+
+async def _farine(tmp_path: Path, *args: str) -> tuple[int, str]:
+    with anyio.fail_after(60):
+        done = await anyio.run_process(
+            [sys.executable, "-m", "farine", *args],
+            cwd=tmp_path,
+            env={**os.environ, "FARINE_INI": str(tmp_path / "farine.ini")},
+            check=False,
+        )
+    return done.returncode, done.stdout.decode() + done.stderr.decode()
+
+
+async def test_farine_dlq_lists_shows_and_replays_on_rabbitmq(
+    rabbitmq: Broker, tmp_path: Path
+) -> None:
+    exchange, queue = rabbitmq.exchange(), rabbitmq.retrying_queue()
+    (tmp_path / "farine.ini").write_text(f"[DEFAULT]\namqp_uri = {rabbitmq.uri}\n")
+    (tmp_path / "dlqapp").mkdir()
+    (tmp_path / "dlqapp" / "__init__.py").write_text("")
+    (tmp_path / "dlqapp" / "service.py").write_text(
+        "import farine.amqp\n\n"
+        "class Orders:\n"
+        f"    @farine.amqp.consume(exchange={exchange!r}, routing_key='rk', queue={queue!r})\n"
+        "    def handle(self, body, message):\n"
+        "        pass\n"
+    )
+    seen = Recorder()
+    broken = True
+
+    class Orders:
+        @farine.amqp.consume(exchange=exchange, routing_key="rk", queue=queue)
+        async def handle(self, body: Any, message: Message) -> None:
+            if broken:
+                raise ValueError("bug in version 1")
+            seen.add(body)
+
+    dead = f"{queue}.dead"
+    async with running(Orders, config=rabbitmq.config()) as runtime:
+        await publisher(runtime, exchange)({"n": 1}, message_id="m-1")
+        await wait_until(lambda: _has_dead_letters(rabbitmq, queue))
+        code, out = await _farine(tmp_path, "dlq", "list", "dlqapp")
+        assert code == 0, out
+        assert f"{dead}\t1\t(orders.handle)" in out
+        code, out = await _farine(tmp_path, "dlq", "show", dead, "--limit", "5")
+        assert code == 0, out
+        assert f"--- message m-1 (7 bytes) -> {exchange!r} / 'rk'" in out
+        assert "  x-farine-error-type: ValueError" in out
+        assert "  x-farine-error-message: bug in version 1" in out
+        assert '  body: {"n":1}' in out
+        assert "INFO" not in out
+        code, out = await _farine(tmp_path, "dlq", "purge", dead)
+        assert code == 2
+        assert "add --yes to confirm" in out
+        broken = False
+        code, out = await _farine(tmp_path, "dlq", "replay", dead)
+        assert code == 0, out
+        assert "1 message(s) replayed from" in out
+        assert await seen.wait_for(1) == [{"n": 1}]
+        code, out = await _farine(tmp_path, "dlq", "purge", dead, "--yes")
+        assert code == 0, out
+        assert "0 message(s) purged" in out
