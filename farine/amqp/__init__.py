@@ -20,17 +20,17 @@ from farine._broker.errors import UnroutableError as UnroutableError
 from farine._broker.message import Message as Message
 from farine._broker.message import MessageProperties as MessageProperties
 from farine._broker.message import Properties as Properties
+from farine._retry import Backoff as Backoff
+from farine._retry import Permanent as Permanent
+from farine._retry import Retry as Retry
+from farine._retry import Retryable as Retryable
+from farine._retry import is_transient as is_transient
 
 from ._consumer import ConsumeSpec as ConsumeSpec
 from ._consumer import consume as consume
 from ._publisher import AsyncPublisher as AsyncPublisher
 from ._publisher import Publisher as Publisher
 from ._publisher import publish as publish
-from ._retry import Backoff as Backoff
-from ._retry import Permanent as Permanent
-from ._retry import Retry as Retry
-from ._retry import Retryable as Retryable
-from ._retry import is_transient as is_transient
 
 __all__ = (
     "AsyncPublisher",

@@ -20,6 +20,7 @@ from farine._broker.errors import PublishError
 from farine._broker.interface import Outgoing
 from farine._broker.message import Properties
 from farine._connections import get_connection
+from farine._retry import Backoff, Retry, RetryPolicy
 from farine._takers import Takers
 from farine.codec import BadBody, BodyDecoder, annotation_of, encode
 from farine.entrypoints import (
@@ -34,7 +35,6 @@ from farine.exceptions import ConfigurationError
 
 from ._dead_letter import DeadLetter, restore_route
 from ._failures import FailurePath
-from ._retry import Backoff, Retry, RetryPolicy
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus

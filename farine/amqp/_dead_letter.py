@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from farine._broker.interface import Binding, ExchangeSpec, QueueSpec, Topology
 from farine._broker.message import Properties
-
-from ._retry import delay_level, level_name
+from farine._retry import delay_level, level_name
 
 if TYPE_CHECKING:
     from farine._broker.message import Message

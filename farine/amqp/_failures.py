@@ -15,6 +15,7 @@ import anyio
 
 from farine._broker.errors import PublishError, UnroutableError
 from farine._broker.interface import Outgoing
+from farine._retry import DELAY_LEVELS, RetryDecision, RetryPolicy
 from farine.codec import BadBody
 from farine.exceptions import ConfigurationError
 
@@ -30,7 +31,6 @@ from ._dead_letter import (
     delay_destination,
     original_route,
 )
-from ._retry import DELAY_LEVELS, RetryDecision, RetryPolicy
 
 if TYPE_CHECKING:
     from farine._broker import Connection

@@ -20,6 +20,7 @@ import anyio
 import httpx
 import httpx_sse
 
+from farine._retry import Retry, RetryPolicy
 from farine.codec import BadBody, BodyDecoder, annotation_of
 from farine.entrypoints import (
     Entrypoint,
@@ -63,6 +64,7 @@ class HttpStreamSpec(EntrypointSpec):
         timeout: Stop after this many seconds; `None` means never.
         transaction: Run each handler call in a database transaction; `None` means
             the service's `transaction` setting.
+        retry: How a failed handler call is retried, in place; `None`: not retried.
     """
 
     endpoint: str | None = None
@@ -71,6 +73,7 @@ class HttpStreamSpec(EntrypointSpec):
     limit: int | None = None
     timeout: float | None = None
     transaction: bool | None = None
+    retry: Retry | None = None
     kind = "sse"
 
     def bind(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> Entrypoint:
@@ -113,6 +116,7 @@ def http(
     limit: int | None = None,
     timeout: float | None = None,
     transaction: bool | None = None,
+    retry: Retry | None = None,
 ) -> Callable[[F], F]:
     """Call the decorated method for each event of an HTTP Server-Sent-Events stream.
 
@@ -140,6 +144,10 @@ def http(
         transaction: With a database, run each call of a `def` method in a transaction
             (each `db_run` of an `async def` one): committed when it returns, rolled
             back when it raises. Default: the service's `transaction` setting.
+        retry: Retry a failed call (`farine.amqp.Retry`): no broker redelivers an
+            event, so the listener waits the backoff and calls the method again with
+            the same event, before reading the next one; a stop ends the waiting.
+            Default: a failed call is logged and the stream goes on.
 
     Raises:
         ConfigurationError: An argument is invalid.
@@ -170,6 +178,7 @@ def http(
         limit=limit,
         timeout=timeout,
         transaction=transaction,
+        retry=retry,
     )
 
     def decorate(func: F) -> F:
@@ -292,6 +301,7 @@ class _HttpStream(Entrypoint):
         self._stop_requested = False
         self._retry_after: float | None = None
         self._opened = False
+        self._policy = RetryPolicy(spec.retry) if spec.retry is not None else None
 
     def describe(self) -> str:
         return f"{self.qualname} (sse, {self.shown_url})"
@@ -485,17 +495,43 @@ class _HttpStream(Entrypoint):
             args = (data, event)
         self._busy = True
         try:
-            with handler_transaction(self.spec.transaction):
-                await self.service.call(self.handler, *args)
-        except Exception:
-            logger.exception(
-                "%s raised on event (type %r, id %r); the stream goes on",
-                self.qualname,
-                sse.event,
-                self._last_event_id,
-            )
+            attempt = 1
+            while not await self._call(args, sse, attempt):
+                attempt += 1
         finally:
             self._busy = False
+
+    async def _call(
+        self, args: tuple[Any, ...], sse: httpx_sse.ServerSentEvent, attempt: int
+    ) -> bool:
+        """Call the handler; False when it failed and is to be called again."""
+        try:
+            with handler_transaction(self.spec.transaction):
+                await self.service.call(self.handler, *args)
+        except Exception as exc:
+            policy = self._policy
+            decision = policy.decide(exc, attempt) if policy is not None else None
+            if decision is None or not decision.retry or self._stop_requested:
+                logger.exception(
+                    "%s raised on event (type %r, id %r); the stream goes on",
+                    self.qualname,
+                    sse.event,
+                    self._last_event_id,
+                )
+                return True
+            logger.warning(
+                "%s raised %s: %s on event (type %r, id %r) (attempt %d); retrying in %.2fs",
+                self.qualname, type(exc).__name__, exc, sse.event, self._last_event_id,
+                attempt, decision.delay,
+            )  # fmt: skip
+            # Not busy while waiting: a stop cancels the wait (the event is not handled).
+            self._busy = False
+            try:
+                await anyio.sleep(decision.delay)
+            finally:
+                self._busy = True
+            return False
+        return True
 
 
 async def _abandon(

@@ -15,8 +15,8 @@ import pytest
 
 from farine._broker import get_broker
 from farine._connections import get_connection
+from farine._retry import DELAY_LEVELS, level_name
 from farine.amqp._dlq import DeadLetterView, peek
-from farine.amqp._retry import DELAY_LEVELS, level_name
 from farine.discovery import ServiceDefinition, find_entrypoints
 from farine.runtime import Runtime
 from farine.settings import Config, ServiceSettings

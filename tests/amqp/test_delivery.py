@@ -17,10 +17,10 @@ import pytest
 import farine.amqp
 from farine._broker.interface import Outgoing, QueueSpec, Topology
 from farine._connections import get_connection
+from farine._retry import DELAY_LEVELS, delay_level
 from farine.amqp import AsyncPublisher, Message, Properties, Retry
 from farine.amqp._dead_letter import delay_destination
 from farine.amqp._dlq import peek, purge, replay
-from farine.amqp._retry import DELAY_LEVELS, delay_level
 from farine.discovery import ServiceDefinition, find_entrypoints
 from farine.exceptions import ConfigurationError
 from farine.runtime import Runtime
@@ -155,7 +155,7 @@ async def test_failures_not_to_retry_go_straight_to_the_dead_letter_queue(
         dead = await broker.dead_letters(queue)
     assert calls.items == [{"n": 1}]
     assert len(dead) == 1
-    expected = "farine.amqp._retry.Permanent" if kind == "permanent" else "KeyError"
+    expected = "farine._retry.Permanent" if kind == "permanent" else "KeyError"
     assert dead[0].headers["x-farine-error-type"] == expected
     assert dead[0].headers["x-farine-attempts"] == 1
 

@@ -15,8 +15,8 @@ import anyio
 import pytest
 
 import farine.amqp
+from farine._retry import Backoff
 from farine.amqp import AsyncPublisher
-from farine.amqp._retry import Backoff
 from farine.connectors.sql import WithDatabase
 from farine.discovery import ServiceDefinition, find_entrypoints
 from farine.runtime import Runtime

@@ -1,4 +1,8 @@
-"""Retry policies of consumers: which failures are retried, how often, after how long."""
+"""Retry policies: which failures are retried, how often, after how long.
+
+Shared by the consumers (`farine.amqp`, which exports the public names) and the SSE
+listener (`farine.stream`).
+"""
 
 from __future__ import annotations
 
