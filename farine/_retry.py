@@ -41,6 +41,8 @@ class Retryable(Exception):  # a marker users raise or subclass, not an "Error"
         ```
     """
 
+    __module__ = "farine.amqp"  # its public home, shown in logs and dead letters
+
 
 class Permanent(Exception):  # a marker users raise or subclass, not an "Error"
     """A failure that retrying cannot fix: the message goes to the dead-letter queue at once.
@@ -51,6 +53,8 @@ class Permanent(Exception):  # a marker users raise or subclass, not an "Error"
             raise farine.amqp.Permanent("negative quantity")
         ```
     """
+
+    __module__ = "farine.amqp"  # its public home, shown in logs and dead letters
 
 
 def _optional_types(module: str, *names: str) -> tuple[type[BaseException], ...]:
@@ -270,7 +274,8 @@ class RetryPolicy:
         """Decide after `exc` ended attempt number `attempt` (1 for the first call)."""
         spec = self.spec
         if not self._matches(exc):
-            kind = "not retried" if spec.on is not is_transient else "permanent"
+            permanent = spec.on is is_transient or isinstance(exc, Permanent)
+            kind = "permanent" if permanent else "not retried"
             return RetryDecision(False, reason=f"{kind} ({type(exc).__name__})")
         if spec.attempts is not None and attempt >= spec.attempts:
             return RetryDecision(False, reason=f"{attempt} attempt(s) made, all failed")

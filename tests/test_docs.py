@@ -125,3 +125,17 @@ async def test_rpc_guide_script_calls_the_example_server(
     assert lines[0] == "plums: 12"
     assert re.fullmatch(r"reserved: \{'item': 'plum', 'quantity': 3, 'expires': '.+'\}", lines[1])
     assert lines[2] == "plums: 9"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_delivery_guide_example_runs(backend: str) -> None:
+    out = run_example(
+        "delivery",
+        backend,
+        r"order 2 failed after 1 attempt\(s\): farine\.amqp\.Permanent: order 2: quantity",
+        r"order 1 saved",
+    )
+    assert "orders.on_order raised ConnectionError: the warehouse is restarting" in out
+    assert "(attempt 1/4); retrying in 0." in out
+    assert "dead-lettering message" in out
+    assert "to queue placed.dead (permanent (Permanent))" in out

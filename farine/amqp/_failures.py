@@ -15,7 +15,7 @@ import anyio
 
 from farine._broker.errors import PublishError, UnroutableError
 from farine._broker.interface import Outgoing
-from farine._retry import DELAY_LEVELS, RetryDecision, RetryPolicy
+from farine._retry import DELAY_LEVELS, Permanent, RetryDecision, RetryPolicy
 from farine.codec import BadBody
 from farine.exceptions import ConfigurationError
 
@@ -130,14 +130,14 @@ class FailurePath:
             logger.error(
                 "%s: rejecting message %s (%s)",
                 self.entrypoint, message.message_id, reason,
-                exc_info=None if isinstance(exc, BadBody) else exc,
+                exc_info=None if isinstance(exc, BadBody | Permanent) else exc,
             )  # fmt: skip
             message.reject(requeue=False)
             return
         logger.error(
             "%s: dead-lettering message %s to queue %s (%s)",
             self.entrypoint, message.message_id, dead_letter.queue_name, reason,
-            exc_info=None if isinstance(exc, BadBody) else exc,
+            exc_info=None if isinstance(exc, BadBody | Permanent) else exc,
         )  # fmt: skip
         headers = dead_letter_headers(
             message,

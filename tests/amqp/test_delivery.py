@@ -108,12 +108,17 @@ async def _has_dead_letters(broker: Broker, queue: str, count: int = 1) -> bool:
     return len(await broker.dead_letters(queue)) >= count
 
 
-async def test_a_transient_failure_succeeds_on_its_second_attempt(broker: Broker) -> None:
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+async def test_a_transient_failure_succeeds_on_its_second_attempt(
+    broker: Broker, queue_type: str
+) -> None:
     exchange, queue = broker.exchange(), broker.retrying_queue()
     calls = Recorder()
 
     class Flaky:
-        @farine.amqp.consume(exchange=exchange, routing_key="rk", queue=queue)
+        @farine.amqp.consume(
+            exchange=exchange, routing_key="rk", queue=queue, queue_type=queue_type
+        )
         def handle(self, body: Any, message: Message) -> None:
             calls.add((message.exchange, message.routing_key, message.headers.get("h")))
             if len(calls.items) == 1:
@@ -155,7 +160,7 @@ async def test_failures_not_to_retry_go_straight_to_the_dead_letter_queue(
         dead = await broker.dead_letters(queue)
     assert calls.items == [{"n": 1}]
     assert len(dead) == 1
-    expected = "farine._retry.Permanent" if kind == "permanent" else "KeyError"
+    expected = "farine.amqp.Permanent" if kind == "permanent" else "KeyError"
     assert dead[0].headers["x-farine-error-type"] == expected
     assert dead[0].headers["x-farine-attempts"] == 1
 
