@@ -467,3 +467,31 @@ async def test_farine_dlq_lists_shows_and_replays_on_rabbitmq(
         code, out = await _farine(tmp_path, "dlq", "purge", dead, "--yes")
         assert code == 0, out
         assert "0 message(s) purged" in out
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"queue_type": "quorum", "exclusive": True}, "a quorum queue is durable, never exclusive"),
+        ({"queue_type": "quorum", "durable": False}, "a quorum queue is durable"),
+        ({"delivery_limit": 3}, "delivery_limit needs queue_type='quorum'"),
+    ],
+)
+async def test_queue_types_refuse_what_they_cannot_be(
+    broker: Broker, arguments: dict[str, Any], message: str
+) -> None:
+    queue = broker.queue()
+
+    class Wrong:
+        @farine.amqp.consume(exchange=broker.exchange(), queue=queue, **arguments)
+        async def handle(self, body: Any, message: Message) -> None:
+            raise AssertionError("never called")
+
+    runtime = Runtime(
+        [ServiceDefinition(Wrong, "tests", find_entrypoints(Wrong))], config=broker.config()
+    )
+    with anyio.fail_after(20), pytest.raises(BaseException) as info:  # noqa: PT011
+        await runtime.run()
+    error = _single(info.value)
+    assert isinstance(error, ConfigurationError)
+    assert f"queue {queue!r}: {message}" in str(error)
