@@ -338,6 +338,16 @@ class _ConsumerEntrypoint(Entrypoint):
             if settings.auto_declare
             else Topology()
         )
+        dead_letter = self.failures.dead_letter
+        if settings.auto_declare and dead_letter is not None and dead_letter.exchange:
+            # A dead-letter exchange asked for by name is declared at once, so that
+            # other queues can be bound to it before anything fails.
+            extra = dead_letter.destination().topology
+            self.topology = Topology(
+                exchanges=self.topology.exchanges + extra.exchanges,
+                queues=self.topology.queues + extra.queues,
+                bindings=self.topology.bindings + extra.bindings,
+            )
         if spec.queue is None:
             used = _default_queues.setdefault(service, {})
             other = used.get(self.queue)

@@ -232,6 +232,10 @@ async def test_dead_letter_names_an_exchange_declared_with_the_queue(broker: Bro
             copies.add((body, message.headers["x-farine-error-type"]))
 
     async with running(Failing, config=broker.config()) as runtime:
+        # Declared at start-up, named as it is: before anything failed.
+        assert runtime.config is not None
+        connection = await get_connection(runtime.config.service("tests"))
+        assert await connection.queue_size(f"{queue}.dead") == 0
         await publisher(runtime, exchange)({"n": 1})
         assert await copies.wait_for(1) == [({"n": 1}, "ValueError")]
         dead = await broker.dead_letters(queue)
