@@ -277,6 +277,9 @@ async def _cleanup(uri: str, name: str) -> None:
         channel = await connection.channel()
         await channel.queue_delete(name)
         await channel.exchange_delete(name)
+        # What the row with dead_letter= declares.
+        await channel.queue_delete(f"{name}.dead")
+        await channel.exchange_delete(f"{name}.failed")
         await connection.close()
 
     await anyio.to_thread.run_sync(asyncio.run, remove())
