@@ -225,14 +225,17 @@ class Retry:
 
     @classmethod
     def seed(cls) -> Retry:
-        """baguette-messaging's rule: requeue once at once, then reject (no delay).
+        """baguette-messaging's rule: requeue once at once, then give up (no delay).
 
         A message that fails on its first delivery is requeued; when it fails again
-        (it arrives `redelivered`), it is dead-lettered.
+        (it arrives `redelivered`), it is given up: dead-lettered, or rejected as the
+        seed did with `dead_letter=False`.
 
         Example:
             ```python
-            @farine.amqp.consume(exchange="orders", retry=farine.amqp.Retry.seed())
+            @farine.amqp.consume(
+                exchange="orders", retry=farine.amqp.Retry.seed(), dead_letter=False
+            )
             def on_order(self, body, message): ...
             ```
         """
