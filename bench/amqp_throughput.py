@@ -217,7 +217,9 @@ async def raw_aiormq(
         await connection.close()
 
 
-async def farine_run(uri: str, kind: Literal["def", "async"], *, big: bool, warmup: int) -> None:
+async def farine_run(
+    uri: str, kind: Literal["def", "async", "guarded"], *, big: bool, warmup: int
+) -> None:
     """The same workload through farine: a consumer service and an AsyncPublisher."""
     name = f"bench-farine-{uuid.uuid4().hex[:8]}"
     tally = Tally()
@@ -233,12 +235,26 @@ async def farine_run(uri: str, kind: Literal["def", "async"], *, big: bool, warm
         async def handle(self, body: Reading, message: farine.amqp.Message) -> None:
             tally.hit()
 
+    class GuardedBench:
+        # The delivery guarantees declared: nothing of them runs while nothing fails.
+        @farine.amqp.consume(
+            exchange=name,
+            routing_key="rk",
+            queue=name,
+            prefetch=prefetch,
+            retry=farine.amqp.Retry(attempts=5),
+            dead_letter=f"{name}.failed",
+        )
+        async def handle(self, body: Reading, message: farine.amqp.Message) -> None:
+            tally.hit()
+
     class BigBench:
         @farine.amqp.consume(exchange=name, routing_key="rk", queue=name, prefetch=prefetch)
         async def handle(self, body: bytes, message: farine.amqp.Message) -> None:
             tally.hit()
 
-    bench = BigBench if big else SyncBench if kind == "def" else AsyncBench
+    benches = {"def": SyncBench, "async": AsyncBench, "guarded": GuardedBench}
+    bench = BigBench if big else benches[kind]
     settings = "durable = false\ndelivery_mode = 1\n" if big else ""
     config = Config.from_string(f"[DEFAULT]\namqp_uri = {uri}\n{settings}")
     runtime = Runtime([ServiceDefinition(bench, "bench", find_entrypoints(bench))], config=config)
@@ -261,6 +277,9 @@ async def _cleanup(uri: str, name: str) -> None:
         channel = await connection.channel()
         await channel.queue_delete(name)
         await channel.exchange_delete(name)
+        # What the row with dead_letter= declares.
+        await channel.queue_delete(f"{name}.dead")
+        await channel.exchange_delete(f"{name}.failed")
         await connection.close()
 
     await anyio.to_thread.run_sync(asyncio.run, remove())
@@ -270,7 +289,7 @@ def _rows(uri: str, path_list: list[str], *, big: bool) -> dict[str, Callable[[]
     """Every row: its label, and what runs it (in the row's own process)."""
     small, large = WARMUP, BIG_WARMUP
 
-    def farine(kind: Literal["def", "async"], backend: str, *, big: bool = False):
+    def farine(kind: Literal["def", "async", "guarded"], backend: str, *, big: bool = False):
         def run() -> None:
             warmup = large if big else small
             anyio.run(lambda: farine_run(uri, kind, big=big, warmup=warmup), backend=backend)
@@ -292,6 +311,9 @@ def _rows(uri: str, path_list: list[str], *, big: bool) -> dict[str, Callable[[]
         for path in path_list:
             rows[f"farine {backend} {path}, async def"] = farine("async", backend)
             rows[f"farine {backend} {path}, def"] = farine("def", backend)
+            rows[f"farine {backend} {path}, async def, retry= dead_letter="] = farine(
+                "guarded", backend
+            )
     if big:
         rows[RAW_BIG] = lambda: asyncio.run(raw_aiormq(uri, big=True, warmup=large))
         for backend in ("asyncio", "trio"):

@@ -15,7 +15,7 @@ import anyio
 import msgspec
 
 import farine
-from farine import settings
+from farine import _dlq_cli, settings
 from farine._logging import setup_logging
 from farine._redact import add_secret, redact
 from farine.entrypoints import running_sync_calls
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the `farine` command."""
     parser = argparse.ArgumentParser(
         prog="farine",
-        description="Run farine services, or call their RPC methods.",
+        description="Run farine services, call their RPC methods, operate dead-letter queues.",
         epilog="The seed's form `farine --start=MODULE` (or -s MODULE) still works.",
     )
     parser.add_argument("--version", action="version", version=f"farine {farine.__version__}")
@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", "-o", metavar="FILE", help="write the document to FILE (default: stdout)"
     )
     _common(asyncapi)
+    _dlq_cli.add_parser(commands, _common)
     return parser
 
 
@@ -331,14 +332,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--start cannot be combined with a command")
     backend = _choose_backend(args, parser)
     try:
-        # `farine call` prints results on stdout: keep its stderr for warnings and errors.
-        _prepare(args, "WARNING" if command in ("call", "asyncapi") else "INFO")
+        # `farine call`, `farine dlq` and `farine asyncapi` print results on stdout: keep
+        # their stderr for warnings and errors.
+        _prepare(args, "WARNING" if command in {"call", "dlq", "asyncapi"} else "INFO")
         if command == "asyncapi":
             code = _asyncapi(args)
         elif command == "migrate":
             code = _migrate(cast(str, args.module))
         elif command == "call":
             code = _call(args, backend)
+        elif command == "dlq":
+            code = _dlq_cli.run(args, backend)
         else:
             code = _start(legacy or cast(list[str], args.modules), backend)
     except ServiceNotFound as exc:

@@ -267,6 +267,26 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("amqp_tls_verify", _parse_bool, True, "bool",
         "On `amqps://`: verify the broker's certificate and host name. `false` (or "
         "`?no_verify_ssl=1` in the URI) logs a WARNING at each connection."),
+    # -- delivery guarantees ----------------------------------------------------------
+    Key("retry_budget", _parse_non_negative_float, 60.0, "float",
+        "Seconds of delays within which a consumer retries a transient failure (when "
+        "`consume()` has no `retry=`) before dead-lettering the message."),
+    Key("retry_delay", _parse_non_negative_float, 1.0, "float",
+        "Seconds before the first retry of the default retry policy (then doubled, "
+        "with jitter)."),
+    Key("retry_max_delay", _parse_non_negative_float, 30.0, "float",
+        "Longest delay (seconds) between two retries of the default retry policy."),
+    Key("dead_letter", _parse_bool, True, "bool",
+        "Failed messages go to a dead-letter queue `<queue>.dead`; `false` rejects them "
+        "(dropped unless the queue has a dead-letter exchange)."),
+    Key("dead_letter_exchange", _parse_optional_str, None, "str",
+        "Exchange farine declares for dead letters (`<queue>.dead` bound to it with the "
+        "queue's name); unset: the default exchange."),
+    Key("queue_type", _choice("classic", "quorum"), "classic", "str",
+        "Type of the queues consumers declare: `classic`, or `quorum` (durable, "
+        "replicated; the work queue then gets `x-queue-type`)."),
+    Key("delivery_limit", _parse_optional_int, None, "int",
+        "Deliveries a quorum queue allows per message (`x-delivery-limit`)."),
     # -- RPC -------------------------------------------------------------------------
     Key("rpc_timeout", _parse_non_negative_float, 30.0, "float",
         "Default deadline of an RPC call, in seconds."),
@@ -346,6 +366,13 @@ class ServiceSettings(Mapping[str, Any]):
     amqp_tls_cert: str | None = None
     amqp_tls_key: str | None = None
     amqp_tls_verify: bool = True
+    retry_budget: float = 60.0
+    retry_delay: float = 1.0
+    retry_max_delay: float = 30.0
+    dead_letter: bool = True
+    dead_letter_exchange: str | None = None
+    queue_type: str = "classic"
+    delivery_limit: int | None = None
     rpc_timeout: float = 30.0
     rpc_send_traceback: bool = False
     rpc_stream_window: int = 256

@@ -188,3 +188,17 @@ def test_testing_guide_examples_pass_as_a_user_runs_them() -> None:
         assert f"{test}[trio] PASSED" in out, out
     assert "test_receive_adds_to_the_stock PASSED" in out, out
     assert re.search(r"\b17 passed\b", out), out
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_delivery_guide_example_runs(backend: str) -> None:
+    out = run_example(
+        "delivery",
+        backend,
+        r"order 2 failed after 1 attempt\(s\): farine\.amqp\.Permanent: order 2: quantity",
+        r"order 1 saved",
+    )
+    assert "orders.on_order raised ConnectionError: the warehouse is restarting" in out
+    assert "(attempt 1/4); retrying in 0." in out
+    assert "dead-lettering message" in out
+    assert "to queue placed.dead (permanent (Permanent))" in out

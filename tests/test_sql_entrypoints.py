@@ -139,8 +139,15 @@ class Ledger(WithDatabase):
         self.attempts = Recorder()
         self.probes = Recorder()
 
+    # Retry.seed(): the seed's requeue-once rule, which the tests below follow (the
+    # default would dead-letter Boom, a permanent failure, at once).
     @farine.amqp.consume(
-        exchange=EXCHANGE, routing_key="rk", queue="ledger", prefetch=1, transaction=True
+        exchange=EXCHANGE,
+        routing_key="rk",
+        queue="ledger",
+        prefetch=1,
+        transaction=True,
+        retry=farine.amqp.Retry.seed(),
     )
     def save(self, body: dict[str, Any], message: Message) -> None:
         if body.get("probe"):

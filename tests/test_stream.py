@@ -19,6 +19,7 @@ import msgspec
 import pytest
 
 import farine
+import farine.amqp
 import farine.stream
 from farine._workers import WorkerPool
 from farine.discovery import ServiceDefinition, find_entrypoints
@@ -266,6 +267,42 @@ async def test_a_handler_past_its_time_limit_fails_and_the_stream_goes_on(
     assert len(errors) == 1
     assert errors[0].exc_info is not None
     assert isinstance(errors[0].exc_info[1], HandlerTimeout)
+
+
+async def test_retry_calls_the_handler_again_with_the_same_event_in_place(
+    logs: LogWatch,
+) -> None:
+    inbox = Inbox()
+    calls: list[int] = []
+
+    class Flaky:
+        @farine.stream.http(retry=farine.amqp.Retry(attempts=3, backoff=[0.05, 0.1]))
+        async def on_number(self, data: int) -> None:
+            calls.append(data)
+            if data == 1 and calls.count(1) < 3:
+                raise ConnectionError("the database is restarting")
+            if data == 2:
+                raise ValueError("two is never welcome")
+            inbox.put(data)
+
+    body = sse("1", id="1") + sse("2", id="2") + sse("3", id="3")
+    async with serve_sse([Reply(body)]) as server, running(ini(server), Flaky):
+        with anyio.fail_after(10):
+            received = await inbox.wait(2)
+    # 1 succeeds on its third call, before the next event is read; 2 is given up after
+    # three calls (logged), and 3 goes through.
+    assert received == [1, 3]
+    assert calls == [1, 1, 1, 2, 2, 2, 3]
+    retries = [m for m in logs.messages(logging.WARNING) if "retrying in" in m]
+    assert len(retries) == 4
+    assert (
+        "ConnectionError: the database is restarting on event (type 'message', id '1')"
+        in (retries[0])
+    )
+    errors = [r for r in logs.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].exc_info is not None
+    assert isinstance(errors[0].exc_info[1], ValueError)
 
 
 # -- events ------------------------------------------------------------------------------

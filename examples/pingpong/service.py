@@ -32,7 +32,7 @@ class Pong:
     @farine.amqp.consume(exchange="pingpong", routing_key="ping")
     async def on_ball(self, body: Ball, message: farine.amqp.Message) -> None:
         logger.info("pong: received ball %d from %s", body.n, body.sent_by)
-        # Returning acks the message; raising would requeue it once.
+        # Returning acks the message; raising retries it later or dead-letters it.
 
 
 class Ping:

@@ -13,6 +13,8 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+import anyio
+
 from farine._broker.aiormq.connection import (
     AmqpConnection,
     connection_name,
@@ -75,7 +77,12 @@ async def open_connection(uri: str, options: ConnectionOptions) -> AsyncGenerato
         connection = MemoryConnection(uri, options)
         logger.info("AMQP broker: %s (in-process memory broker)", uri)
         try:
-            yield connection
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(connection.expire_messages)
+                try:
+                    yield connection
+                finally:
+                    tg.cancel_scope.cancel()
         finally:
             await connection.aclose()
         return

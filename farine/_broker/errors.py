@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from farine.exceptions import ConfigurationError, FarineError
 
 __all__ = (
@@ -14,6 +16,7 @@ __all__ = (
     "ResourceRefused",
     "TLSVerificationError",
     "UnroutableError",
+    "declaration_mismatch",
 )
 
 
@@ -66,3 +69,29 @@ class PublishTimeout(PublishError):
 
 class MessageStateError(FarineError):
     """A message was acknowledged, rejected or requeued twice."""
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def declaration_mismatch(
+    kind: str, name: str, argument: str, existing: Any, requested: Any
+) -> ConfigurationError:
+    """The error of a declaration the broker refused (PRECONDITION_FAILED) because the
+    `kind` (queue or exchange) `name` exists with another value of `argument`.
+
+    Example:
+        ```python
+        raise declaration_mismatch("queue", "orders", "x-queue-type", "classic", "quorum")
+        ```
+    """
+    return ConfigurationError(
+        f"{kind} {name!r} exists with {argument} = {_shown(existing)}, but is declared "
+        f"with {argument} = {_shown(requested)} (PRECONDITION_FAILED): declare it as it "
+        f"is, or delete the {kind} so that it can be declared anew"
+    )

@@ -267,6 +267,18 @@ class Connection(abc.ABC):
         """`publish()` from a thread that runs no event loop (a worker thread, a script)."""
 
     @abc.abstractmethod
+    async def queue_size(self, queue: str) -> int | None:
+        """Messages ready in `queue` (a passive declare), or None when it does not exist."""
+
+    @abc.abstractmethod
+    async def purge(self, queue: str) -> int:
+        """Remove the ready messages of `queue`; return how many were removed.
+
+        Raises:
+            ConfigurationError: There is no such queue.
+        """
+
+    @abc.abstractmethod
     async def consume(self, queue: str, *, prefetch: int, topology: Topology) -> Consumer:
         """Declare `topology`, start consuming `queue` and return once deliveries flow."""
 

@@ -5,7 +5,11 @@ users' tests run fast. It keeps AMQP's behaviour where services can observe it:
 direct, topic, fanout and headers exchanges; bindings; queues with durable,
 auto-delete and exclusive flags; per-consumer prefetch; ack, nack and reject with
 requeue and the `redelivered` flag; dead-lettering (`x-dead-letter-exchange`,
-`x-dead-letter-routing-key`) and per-message `expiration`; `mandatory` publishing
+`x-dead-letter-routing-key`, with `x-death` counted per queue and reason); per-message
+`expiration` and `x-message-ttl`, expired at the head of a queue as RabbitMQ does, on a
+timer of each connection's event loop; quorum queues' `x-delivery-count` and
+`x-delivery-limit`; declarations that disagree with an existing queue or exchange
+fail as RabbitMQ's PRECONDITION_FAILED does; `mandatory` publishing
 reports unroutable messages; direct reply-to (`amq.rabbitmq.reply-to`), with RabbitMQ's
 quirks: a request that names it must be published on a reply channel, and a reply sent
 to it with `mandatory` is reported unroutable even though it is delivered. Nothing is
@@ -22,15 +26,16 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import threading
 import time
 import uuid
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
-from farine._broker.errors import PublishError, UnroutableError
+from farine._broker.errors import PublishError, UnroutableError, declaration_mismatch
 from farine._broker.interface import (
     DIRECT_REPLY_TO,
     NO_ACK,
@@ -84,7 +89,15 @@ def _headers_match(arguments: Mapping[str, Any], headers: Mapping[str, Any]) -> 
 
 
 class _Stored:
-    __slots__ = ("body", "exchange", "expires_at", "properties", "redelivered", "routing_key")
+    __slots__ = (
+        "body",
+        "delivery_count",
+        "exchange",
+        "expires_at",
+        "properties",
+        "redelivered",
+        "routing_key",
+    )
 
     def __init__(
         self, body: bytes, exchange: str, routing_key: str, properties: Properties
@@ -94,10 +107,8 @@ class _Stored:
         self.routing_key = routing_key
         self.properties = properties
         self.redelivered = False
+        self.delivery_count = 0
         self.expires_at: float | None = None
-        if properties.expiration:
-            with contextlib.suppress(ValueError):
-                self.expires_at = time.monotonic() + int(properties.expiration) / 1000
 
 
 class _Exchange:
@@ -120,6 +131,22 @@ class _Queue:
 
     def argument(self, name: str) -> Any:
         return dict(self.spec.arguments).get(name)
+
+    @property
+    def quorum(self) -> bool:
+        return self.argument("x-queue-type") == "quorum"
+
+    def enqueue(self, stored: _Stored) -> None:
+        """Append a message, with its expiry: the shorter of its own and the queue's TTL."""
+        ttls: list[float] = []
+        if stored.properties.expiration:
+            with contextlib.suppress(ValueError):
+                ttls.append(int(stored.properties.expiration) / 1000)
+        queue_ttl = self.argument("x-message-ttl")
+        if isinstance(queue_ttl, int) and not isinstance(queue_ttl, bool):
+            ttls.append(queue_ttl / 1000)
+        stored.expires_at = time.monotonic() + min(ttls) if ttls else None
+        self.messages.append(stored)
 
 
 class _ConsumerState:
@@ -177,6 +204,9 @@ class MemoryBroker:
         #: (queue, message) of each message rejected or expired, when set to a list
         #: (`farine.testing` does): kept for tests to inspect, dead-letter exchange or not.
         self.dead_letters: list[tuple[str, Message]] | None = None
+        # Called (from any thread) when a message that expires was queued: each wakes
+        # the expiry timer of one connection, on its event loop.
+        self._timers: set[Callable[[], None]] = set()
 
     # -- declarations ---------------------------------------------------------------------
 
@@ -189,9 +219,8 @@ class MemoryBroker:
             if existing is None:
                 self._exchanges[spec.name] = _Exchange(spec)
             elif existing.spec.type != spec.type:
-                raise ConfigurationError(
-                    f"exchange {spec.name!r} exists with type {existing.spec.type!r}, "
-                    f"cannot redeclare it as {spec.type!r}"
+                raise declaration_mismatch(
+                    "exchange", spec.name, "type", existing.spec.type, spec.type
                 )
 
     def declare_queue(self, spec: QueueSpec, owner: object | None = None) -> None:
@@ -202,6 +231,8 @@ class MemoryBroker:
                 self._queues[spec.name] = _Queue(spec, owner if spec.exclusive else None)
             elif existing.owner is not None and existing.owner is not owner:
                 raise ConfigurationError(f"queue {spec.name!r} is exclusive to another connection")
+            else:
+                _check_equivalent(existing.spec, spec)
 
     def bind(self, binding: Binding) -> None:
         """Bind a queue to an exchange; both must exist."""
@@ -235,6 +266,20 @@ class MemoryBroker:
                 for key in [k for k in exchange.bindings if k[0] == name]:
                     del exchange.bindings[key]
 
+    def purge(self, name: str) -> int:
+        """Remove the ready messages of queue `name`; return how many there were.
+
+        Raises:
+            ConfigurationError: There is no such queue.
+        """
+        with self._lock:
+            queue = self._queues.get(name)
+            if queue is None:
+                raise ConfigurationError(f"no queue {name!r} on broker {self.name}")
+            count = len(queue.messages)
+            queue.messages.clear()
+            return count
+
     def _exchange(self, name: str) -> _Exchange:
         exchange = self._exchanges.get(name)
         if exchange is None:
@@ -263,6 +308,24 @@ class MemoryBroker:
             if found is None:
                 return 0
             return sum(len(c.unacked) for c in found.consumers)
+
+    def peek(self, queue: str) -> list[Message]:
+        """Copies of the messages ready in `queue`, oldest first (they stay queued)."""
+        with self._lock:
+            found = self._queues.get(queue)
+            stored = list(found.messages) if found is not None else []
+            return [
+                Message(
+                    item.body,
+                    delivery_tag=0,
+                    exchange=item.exchange,
+                    routing_key=item.routing_key,
+                    redelivered=item.redelivered,
+                    properties=item.properties,
+                    settler=NO_ACK,
+                )
+                for item in stored
+            ]
 
     def has_queue(self, queue: str) -> bool:
         """True when `queue` exists."""
@@ -313,9 +376,51 @@ class MemoryBroker:
                     self._queues[name] for name in self._route(found, routing_key, properties)
                 ]
             for queue in targets:
-                queue.messages.append(_Stored(body, exchange, routing_key, properties))
-                self._dispatch(queue)
+                self._enqueue(queue, _Stored(body, exchange, routing_key, properties))
             return bool(targets)
+
+    def _enqueue(self, queue: _Queue, stored: _Stored) -> None:
+        queue.enqueue(stored)
+        self._dispatch(queue)
+        if stored.expires_at is not None:
+            for wake in list(self._timers):
+                wake()
+
+    # -- expiry ---------------------------------------------------------------------------
+
+    def add_timer(self, wake: Callable[[], None]) -> None:
+        """Call `wake()` whenever a message that expires is queued."""
+        with self._lock:
+            self._timers.add(wake)
+
+    def remove_timer(self, wake: Callable[[], None]) -> None:
+        """Stop calling `wake()`."""
+        with self._lock:
+            self._timers.discard(wake)
+
+    def next_expiry(self) -> float | None:
+        """When (`time.monotonic()`) the next message at the head of a queue expires."""
+        with self._lock:
+            heads = [
+                queue.messages[0].expires_at for queue in self._queues.values() if queue.messages
+            ]
+            due = [at for at in heads if at is not None]
+            return min(due) if due else None
+
+    def expire(self) -> None:
+        """Dead-letter (or drop) the expired messages at the heads of the queues.
+
+        As in RabbitMQ, a message expires only once it reaches the head of its queue.
+        """
+        with self._lock:
+            now = time.monotonic()
+            for queue in list(self._queues.values()):
+                messages = queue.messages
+                while messages:
+                    head = messages[0].expires_at
+                    if head is None or head > now:
+                        break
+                    self._dead_letter(queue, messages.popleft(), "expired")
 
     def _route(self, exchange: _Exchange, routing_key: str, properties: Properties) -> list[str]:
         kind = exchange.spec.type
@@ -386,9 +491,7 @@ class MemoryBroker:
             state.closed = True
             queue = state.queue
             for tag in sorted(state.unacked, reverse=True):
-                stored = state.unacked.pop(tag)
-                stored.redelivered = True
-                queue.messages.appendleft(stored)
+                self._return(queue, state.unacked.pop(tag))
             if queue.spec.auto_delete and not queue.consumers:
                 self.delete_queue(queue.spec.name)
             elif self._queues.get(queue.spec.name) is queue:
@@ -408,12 +511,23 @@ class MemoryBroker:
             queue = state.queue
             if outcome != "ack":
                 if requeue:
-                    stored.redelivered = True
-                    queue.messages.appendleft(stored)
+                    self._return(queue, stored)
                 else:
                     self._dead_letter(queue, stored, "rejected")
             if self._queues.get(queue.spec.name) is queue:
                 self._dispatch(queue)
+
+    def _return(self, queue: _Queue, stored: _Stored) -> None:
+        """Put an unacked message back at the head of its queue (a quorum queue counts it,
+        and dead-letters it past its `x-delivery-limit`)."""
+        stored.redelivered = True
+        if queue.quorum:
+            stored.delivery_count += 1
+            limit = queue.argument("x-delivery-limit")
+            if isinstance(limit, int) and stored.delivery_count > limit:
+                self._dead_letter(queue, stored, "delivery_limit")
+                return
+        queue.messages.appendleft(stored)
 
     def _dead_letter(self, queue: _Queue, stored: _Stored, reason: str) -> None:
         exchange = queue.argument("x-dead-letter-exchange")
@@ -421,14 +535,27 @@ class MemoryBroker:
             return
         routing_key = queue.argument("x-dead-letter-routing-key") or stored.routing_key
         headers = dict(stored.properties.headers or {})
-        death: dict[str, Any] = {
-            "queue": queue.spec.name,
-            "reason": reason,
-            "exchange": stored.exchange,
-            "routing-keys": [stored.routing_key],
-            "count": 1,
-        }
-        headers["x-death"] = [death, *list(headers.get("x-death") or [])]
+        earlier: list[Any] = list(headers.get("x-death") or [])
+        deaths: list[dict[str, Any]] = [
+            dict(cast("dict[str, Any]", death)) for death in earlier if isinstance(death, dict)
+        ]
+        # As RabbitMQ: one entry per queue and reason, counted, the latest first.
+        same = next(
+            (d for d in deaths if d.get("queue") == queue.spec.name and d.get("reason") == reason),
+            None,
+        )
+        if same is not None:
+            deaths.remove(same)
+            death = {**same, "count": int(same.get("count") or 0) + 1}
+        else:
+            death = {
+                "queue": queue.spec.name,
+                "reason": reason,
+                "exchange": stored.exchange,
+                "routing-keys": [stored.routing_key],
+                "count": 1,
+            }
+        headers["x-death"] = [death, *deaths]
         props = Properties(**{
             name: getattr(stored.properties, name) for name in Properties.__slots__  # pyright: ignore[reportAttributeAccessIssue]
         })  # fmt: skip
@@ -466,6 +593,10 @@ class MemoryBroker:
             tag = chosen.next_tag
             chosen.next_tag += 1
             chosen.unacked[tag] = stored
+            properties = stored.properties
+            if stored.delivery_count:
+                headers = {**(properties.headers or {}), "x-delivery-count": stored.delivery_count}
+                properties = dataclasses.replace(properties, headers=headers)
             chosen.handoff.push(
                 Message(
                     stored.body,
@@ -473,7 +604,7 @@ class MemoryBroker:
                     exchange=stored.exchange,
                     routing_key=stored.routing_key,
                     redelivered=stored.redelivered,
-                    properties=stored.properties,
+                    properties=properties,
                     settler=chosen,
                     consumer_tag=chosen.tag,
                 )
@@ -540,6 +671,41 @@ class MemoryConnection(Connection):
     async def declare(self, topology: Topology) -> None:
         self.broker.declare(topology, owner=self)
         await anyio.lowlevel.checkpoint()
+
+    async def queue_size(self, queue: str) -> int | None:
+        await anyio.lowlevel.checkpoint()
+        return self.broker.message_count(queue) if self.broker.has_queue(queue) else None
+
+    async def purge(self, queue: str) -> int:
+        await anyio.lowlevel.checkpoint()
+        return self.broker.purge(queue)
+
+    async def expire_messages(self) -> None:
+        """Expire messages when their time comes, on this loop's clock, until cancelled.
+
+        Messages also expire when they reach a consumer; this timer makes those of
+        queues nobody consumes (delay queues) expire on time.
+        """
+        home = LoopHandle.current()
+        changed = anyio.Event()
+
+        def poke() -> None:
+            changed.set()
+
+        def wake() -> None:
+            home.call_soon(poke)
+
+        self.broker.add_timer(wake)
+        try:
+            while True:
+                due = self.broker.next_expiry()
+                wait = math.inf if due is None else max(0.0, due - time.monotonic())
+                with anyio.move_on_after(wait):
+                    await changed.wait()
+                changed = anyio.Event()
+                self.broker.expire()
+        finally:
+            self.broker.remove_timer(wake)
 
     async def publish(self, message: Outgoing) -> None:
         await anyio.lowlevel.checkpoint()
@@ -620,6 +786,20 @@ class _MemoryReplyChannel(ReplyChannel):
     async def aclose(self) -> None:
         self._connection.broker.remove_reply_channel(self.address)
         await anyio.lowlevel.checkpoint()
+
+
+def _check_equivalent(existing: QueueSpec, wanted: QueueSpec) -> None:
+    """Raise as RabbitMQ's PRECONDITION_FAILED when `wanted` redeclares `existing` otherwise."""
+    name = existing.name
+    for flag in ("durable", "auto_delete"):
+        have, want = getattr(existing, flag), getattr(wanted, flag)
+        if have != want:
+            raise declaration_mismatch("queue", name, flag, have, want)
+    have_args, want_args = dict(existing.arguments), dict(wanted.arguments)
+    for argument in sorted(set(have_args) | set(want_args)):
+        have, want = have_args.get(argument), want_args.get(argument)
+        if have != want:
+            raise declaration_mismatch("queue", name, argument, have, want)
 
 
 def _unroutable(exchange: str, routing_key: str) -> str:

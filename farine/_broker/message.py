@@ -362,6 +362,13 @@ class Message:
         return self._raw_properties.message_id
 
     @property
+    def delivery_count(self) -> int:
+        """Earlier deliveries of this message that were not acked (a quorum queue's
+        `x-delivery-count` header); 0 on a first delivery, and always on classic queues."""
+        count = self.headers.get("x-delivery-count")
+        return count if isinstance(count, int) and not isinstance(count, bool) else 0
+
+    @property
     def correlation_id(self) -> str | None:
         """The `correlation_id` property (ties a reply to its request)."""
         return self._raw_properties.correlation_id

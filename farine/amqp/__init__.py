@@ -24,6 +24,11 @@ from farine._broker.errors import UnroutableError as UnroutableError
 from farine._broker.message import Message as Message
 from farine._broker.message import MessageProperties as MessageProperties
 from farine._broker.message import Properties as Properties
+from farine._retry import Backoff as Backoff
+from farine._retry import Permanent as Permanent
+from farine._retry import Retry as Retry
+from farine._retry import Retryable as Retryable
+from farine._retry import is_transient as is_transient
 
 from ._consumer import ConsumeSpec as ConsumeSpec
 from ._consumer import consume as consume
@@ -36,21 +41,26 @@ from ._publisher import publish_specs as publish_specs
 __all__ = (
     "AccessRefused",
     "AsyncPublisher",
+    "Backoff",
     "BrokerUnavailable",
     "ConsumeSpec",
     "LoginRefused",
     "Message",
     "MessageProperties",
     "MessageStateError",
+    "Permanent",
     "Properties",
     "PublishError",
     "PublishSpec",
     "PublishTimeout",
     "Publisher",
     "ResourceRefused",
+    "Retry",
+    "Retryable",
     "TLSVerificationError",
     "UnroutableError",
     "consume",
+    "is_transient",
     "publish",
     "publish_specs",
 )

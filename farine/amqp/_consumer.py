@@ -21,6 +21,7 @@ from farine._broker.interface import Outgoing
 from farine._broker.message import Properties
 from farine._connections import get_connection
 from farine._limits import CallLimits, check_max_concurrency, check_timeout
+from farine._retry import Backoff, Retry, RetryPolicy
 from farine._takers import Takers
 from farine.codec import BadBody, BodyDecoder, annotation_of, encode
 from farine.entrypoints import (
@@ -34,11 +35,15 @@ from farine.entrypoints import (
 )
 from farine.exceptions import ConfigurationError
 
+from ._dead_letter import DeadLetter, restore_route
+from ._failures import FailurePath
+
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from farine._broker import Connection, Consumer
     from farine._broker.message import Message
+    from farine.settings import ServiceSettings
 
 __all__ = ("ConsumeSpec", "consume")
 
@@ -47,6 +52,7 @@ logger = logging.getLogger("farine.amqp")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _EXCHANGE_TYPES = frozenset({"direct", "topic", "fanout", "headers"})
+_QUEUE_TYPES = frozenset({"classic", "quorum"})
 _RAW = BodyDecoder()
 
 #: Returned by a `def` handler's gate when the service began stopping before a worker
@@ -80,6 +86,10 @@ class ConsumeSpec(EntrypointSpec):
     max_concurrency: int | None = None
     shutdown_timeout: float | None = None
     idempotent: bool = False
+    retry: Retry | None = None
+    dead_letter: str | bool | None = None
+    queue_type: str | None = None
+    delivery_limit: int | None = None
     kind = "consume"
 
     def bind(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> Entrypoint:
@@ -103,6 +113,10 @@ def consume(
     max_concurrency: int | None = None,
     shutdown_timeout: float | None = None,
     idempotent: bool = False,
+    retry: Retry | None = None,
+    dead_letter: str | bool | None = None,
+    queue_type: str | None = None,
+    delivery_limit: int | None = None,
 ) -> Callable[[F], F]:
     """Consume messages published to `exchange` with `routing_key`.
 
@@ -117,9 +131,11 @@ def consume(
     new consumers of one declaration share one queue: the exchange is the service's name,
     the queue is named after the routing key (after the service when there is none), and
     without a routing key the binding key is the service's name. Ack policy: a message
-    the handler did not settle is acked when it returns; when it raises, the traceback is
-    logged and the message is requeued once (rejected if it was already redelivered). A
-    body that does not decode is logged and rejected without requeue.
+    the handler did not settle is acked when it returns. When it raises, `retry` decides:
+    by default a transient failure (`farine.amqp.is_transient`) is retried later, with
+    backoff, within the `retry_budget` setting; a message that exhausts its retries,
+    fails permanently or has a body that does not decode goes to the dead-letter queue
+    `<queue>.dead`, with headers saying why (see the "Delivery guarantees" guide).
 
     Args:
         exchange: The exchange to bind to (default: the service name).
@@ -151,6 +167,18 @@ def consume(
         idempotent: With a database, record each message id in the inbox table in the
             transaction of the (`def`) handler's work, and ack a message whose id was
             already processed without calling the handler again.
+        retry: How failures are retried (`farine.amqp.Retry`; `Retry.seed()` for
+            baguette-messaging's requeue-once rule). Default: transient failures only,
+            within the `retry_budget` setting.
+        dead_letter: Where failed messages go: True for `<queue>.dead` through the
+            default exchange, an exchange name to declare it and bind `<queue>.dead` to
+            it, False to reject them instead (dropped unless the queue has a dead-letter
+            exchange). Default: the `dead_letter` and `dead_letter_exchange` settings;
+            a queue declared with `x-dead-letter-exchange` in `queue_arguments` rejects.
+        queue_type: `classic` or `quorum` (durable, replicated). Default: the
+            `queue_type` setting.
+        delivery_limit: Deliveries of a message a quorum queue allows before it drops it
+            (its `x-delivery-limit`). Default: the `delivery_limit` setting.
 
     Example:
         ```python
@@ -172,6 +200,12 @@ def consume(
     check_timeout("timeout", timeout)
     check_timeout("shutdown_timeout", shutdown_timeout, zero=True)
     check_max_concurrency(max_concurrency)
+    if retry is not None and not isinstance(retry, Retry):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise ConfigurationError(f"retry must be a farine.amqp.Retry, not {retry!r}")
+    if queue_type is not None and queue_type not in _QUEUE_TYPES:
+        raise ConfigurationError(f"queue_type must be classic or quorum, not {queue_type!r}")
+    if delivery_limit is not None and delivery_limit < 1:
+        raise ConfigurationError("delivery_limit must be >= 1")
     keys = (routing_key,) if isinstance(routing_key, str) else tuple(routing_key)
     spec = ConsumeSpec(
         exchange=exchange or None,
@@ -189,6 +223,10 @@ def consume(
         max_concurrency=max_concurrency,
         shutdown_timeout=shutdown_timeout,
         idempotent=idempotent,
+        retry=retry,
+        dead_letter=dead_letter,
+        queue_type=queue_type,
+        delivery_limit=delivery_limit,
     )
 
     def decorate(func: F) -> F:
@@ -199,6 +237,87 @@ def consume(
 
 def _pick(value: bool | None, default: bool) -> bool:
     return default if value is None else value
+
+
+def _queue_name(spec: ConsumeSpec, service: str) -> str:
+    if spec.queue is not None:
+        return spec.queue
+    if len(spec.routing_keys) == 1:
+        return spec.routing_keys[0]
+    return service
+
+
+def dead_letter_queue(spec: ConsumeSpec, service: str, settings: ServiceSettings) -> str | None:
+    """The dead-letter queue of the consumer `spec` of `service`, or None when it has none."""
+    queue = _queue_spec(_queue_name(spec, service), spec, settings)
+    dead_letter = _dead_letter(queue, spec, settings)
+    return dead_letter.queue_name if dead_letter is not None else None
+
+
+def _queue_spec(name: str, spec: ConsumeSpec, settings: ServiceSettings) -> QueueSpec:
+    """The work queue's declaration: no argument unless asked (the seed declares it too)."""
+    durable = _pick(spec.durable, settings.durable)
+    auto_delete = _pick(spec.auto_delete, settings.auto_delete)
+    exclusive = _pick(spec.exclusive, settings.exclusive)
+    arguments = dict(spec.queue_arguments)
+    queue_type = spec.queue_type or settings.queue_type
+    delivery_limit = spec.delivery_limit or settings.delivery_limit
+    if queue_type == "quorum":
+        if spec.durable is False or exclusive or auto_delete:
+            raise ConfigurationError(
+                f"queue {name!r}: a quorum queue is durable, never exclusive nor auto-deleted"
+            )
+        durable = True
+        arguments.setdefault("x-queue-type", "quorum")
+        if delivery_limit is not None:
+            arguments["x-delivery-limit"] = delivery_limit
+    elif spec.delivery_limit is not None:
+        raise ConfigurationError(f"queue {name!r}: delivery_limit needs queue_type='quorum'")
+    return QueueSpec(
+        name,
+        durable=durable,
+        auto_delete=auto_delete,
+        exclusive=exclusive,
+        arguments=tuple(sorted(arguments.items())),
+    )
+
+
+def _dead_letter(
+    queue: QueueSpec, spec: ConsumeSpec, settings: ServiceSettings
+) -> DeadLetter | None:
+    arguments = dict(queue.arguments)
+    quorum = arguments.get("x-queue-type") == "quorum"
+    wanted = spec.dead_letter
+    if wanted is None:
+        # A hand-written x-dead-letter-exchange keeps the broker's dead-lettering.
+        if not settings.dead_letter or "x-dead-letter-exchange" in arguments:
+            wanted = False
+        else:
+            wanted = settings.dead_letter_exchange or True
+    if wanted is False:
+        return None
+    exchange = "" if wanted is True else wanted
+    return DeadLetter(queue.name, exchange, durable=queue.durable, quorum=quorum)
+
+
+def _failure_path(
+    service: ServiceContext, entrypoint: str, queue: QueueSpec, spec: ConsumeSpec
+) -> FailurePath:
+    settings = service.settings
+    retry = spec.retry or Retry.transient(
+        budget=settings.retry_budget,
+        backoff=Backoff(initial=settings.retry_delay, cap=settings.retry_max_delay),
+    )
+    return FailurePath(
+        service=service.name,
+        entrypoint=entrypoint,
+        queue=queue.name,
+        policy=RetryPolicy(retry),
+        dead_letter=_dead_letter(queue, spec, settings),
+        durable=queue.durable,
+        quorum=dict(queue.arguments).get("x-queue-type") == "quorum",
+        publish_timeout=settings.publish_timeout,
+    )
 
 
 class _ConsumerEntrypoint(Entrypoint):
@@ -226,12 +345,7 @@ class _ConsumerEntrypoint(Entrypoint):
         self.exchange = spec.exchange or service.name
         self.routing_keys = spec.routing_keys or (service.name,)
         self.exchange_type = spec.exchange_type or "direct"
-        if spec.queue is not None:
-            self.queue = spec.queue
-        elif len(spec.routing_keys) == 1:
-            self.queue = spec.routing_keys[0]
-        else:
-            self.queue = service.name
+        self.queue = _queue_name(spec, service.name)
         self.prefetch = spec.prefetch or settings.prefetch
         self.call_target = self._call_target(handler)
         service.name_handler(self.call_target, name)
@@ -248,20 +362,25 @@ class _ConsumerEntrypoint(Entrypoint):
                 self.qualname, spec.ignored_queue_name, self.queue,
             )  # fmt: skip
         exchange = ExchangeSpec(self.exchange, self.exchange_type, durable=settings.durable)
-        queue = QueueSpec(
-            self.queue,
-            durable=_pick(spec.durable, settings.durable),
-            auto_delete=_pick(spec.auto_delete, settings.auto_delete),
-            exclusive=_pick(spec.exclusive, settings.exclusive),
-            arguments=spec.queue_arguments,
-        )
-        self.limits.check_consumer_timeout(settings, self.queue, dict(spec.queue_arguments))
+        queue = _queue_spec(self.queue, spec, settings)
+        self.failures = _failure_path(service, self.qualname, queue, spec)
+        self.limits.check_consumer_timeout(settings, self.queue, dict(queue.arguments))
         bindings = tuple(Binding(self.queue, self.exchange, key) for key in self.routing_keys)
         self.topology = (
             Topology(exchanges=(exchange,), queues=(queue,), bindings=bindings)
             if settings.auto_declare
             else Topology()
         )
+        dead_letter = self.failures.dead_letter
+        if settings.auto_declare and dead_letter is not None and dead_letter.exchange:
+            # A dead-letter exchange asked for by name is declared at once, so that
+            # other queues can be bound to it before anything fails.
+            extra = dead_letter.destination().topology
+            self.topology = Topology(
+                exchanges=self.topology.exchanges + extra.exchanges,
+                queues=self.topology.queues + extra.queues,
+                bindings=self.topology.bindings + extra.bindings,
+            )
         if spec.queue is None:
             used = _default_queues.setdefault(service, {})
             other = used.get(self.queue)
@@ -340,14 +459,12 @@ class _ConsumerEntrypoint(Entrypoint):
             # Delivered while stopping, before the broker saw the cancel: not started.
             message.nack(requeue=True)
             return
+        if not message.exchange:
+            restore_route(message)  # back from a delay queue: as first published
         try:
             body = self.decoder.decode(message.body, message.content_type, message.content_encoding)
         except BadBody as exc:
-            logger.error(
-                "%s: rejecting message %s from exchange %r (routing key %r): bad body: %s",
-                self.qualname, message.message_id, message.exchange, message.routing_key, exc,
-            )  # fmt: skip
-            message.reject(requeue=False)
+            await self.failures.failed(message, exc, connection)
             return
         try:
             if self.service.settings.debug and b"__debug__" in message.body:
@@ -355,24 +472,14 @@ class _ConsumerEntrypoint(Entrypoint):
             elif await self.call(self.call_target, body, message) is _NOT_STARTED:
                 message.nack(requeue=True)
                 return
-        except Exception:
+        except Exception as exc:
             if message.settled:
                 logger.exception(
                     "%s raised after settling message %s (%s)",
                     self.qualname, message.message_id, message.outcome,
                 )  # fmt: skip
-            elif message.redelivered:
-                logger.exception(
-                    "%s raised on redelivered message %s; rejecting it "
-                    "(dead-lettered if its queue has a dead-letter exchange)",
-                    self.qualname, message.message_id,
-                )  # fmt: skip
-                message.reject(requeue=False)
             else:
-                logger.exception(
-                    "%s raised; requeueing message %s once", self.qualname, message.message_id
-                )
-                message.nack(requeue=True)
+                await self.failures.failed(message, exc, connection)
             return
         if not message.settled:
             message.ack()

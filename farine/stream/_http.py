@@ -21,6 +21,7 @@ import httpx
 import httpx_sse
 
 from farine._limits import CallLimits, check_timeout
+from farine._retry import Retry, RetryPolicy
 from farine.codec import BadBody, BodyDecoder, annotation_of
 from farine.entrypoints import (
     Entrypoint,
@@ -68,6 +69,7 @@ class HttpStreamSpec(EntrypointSpec):
             `handler_timeout` setting.
         shutdown_timeout: Seconds a handler call in flight gets to finish once the
             service stops; `None` means the service's `shutdown_timeout` setting.
+        retry: How a failed handler call is retried, in place; `None`: not retried.
     """
 
     endpoint: str | None = None
@@ -78,6 +80,7 @@ class HttpStreamSpec(EntrypointSpec):
     transaction: bool | None = None
     handler_timeout: float | None = None
     shutdown_timeout: float | None = None
+    retry: Retry | None = None
     kind = "sse"
 
     def bind(self, service: ServiceContext, handler: Callable[..., Any], name: str) -> Entrypoint:
@@ -123,6 +126,7 @@ def http(
     *,
     handler_timeout: float | None = None,
     shutdown_timeout: float | None = None,
+    retry: Retry | None = None,
 ) -> Callable[[F], F]:
     """Call the decorated method for each event of an HTTP Server-Sent-Events stream.
 
@@ -157,6 +161,10 @@ def http(
             seed's: how long the listener runs.)
         shutdown_timeout: Seconds a handler call in flight gets to finish once the
             service stops (default: the `shutdown_timeout` setting).
+        retry: Retry a failed call (`farine.amqp.Retry`): no broker redelivers an
+            event, so the listener waits the backoff and calls the method again with
+            the same event, before reading the next one; a stop ends the waiting.
+            Default: a failed call is logged and the stream goes on.
 
     Raises:
         ConfigurationError: An argument is invalid.
@@ -191,6 +199,7 @@ def http(
         transaction=transaction,
         handler_timeout=handler_timeout,
         shutdown_timeout=shutdown_timeout,
+        retry=retry,
     )
 
     def decorate(func: F) -> F:
@@ -299,7 +308,7 @@ class _HttpStream(Entrypoint):
     ) -> None:
         super().__init__(service, handler, name)
         self.spec = spec
-        self._call = CallLimits.resolve(
+        self._limited_call = CallLimits.resolve(
             self.qualname, service.settings, timeout=spec.handler_timeout
         ).applied_to(service.call)
         self.url = url
@@ -316,6 +325,7 @@ class _HttpStream(Entrypoint):
         self._stop_requested = False
         self._retry_after: float | None = None
         self._opened = False
+        self._policy = RetryPolicy(spec.retry) if spec.retry is not None else None
 
     def describe(self) -> str:
         return f"{self.qualname} (sse, {self.shown_url})"
@@ -511,17 +521,43 @@ class _HttpStream(Entrypoint):
             args = (data, event)
         self._busy = True
         try:
-            with handler_transaction(self.spec.transaction):
-                await self._call(self.handler, *args)
-        except Exception:
-            logger.exception(
-                "%s raised on event (type %r, id %r); the stream goes on",
-                self.qualname,
-                sse.event,
-                self._last_event_id,
-            )
+            attempt = 1
+            while not await self._call(args, sse, attempt):
+                attempt += 1
         finally:
             self._busy = False
+
+    async def _call(
+        self, args: tuple[Any, ...], sse: httpx_sse.ServerSentEvent, attempt: int
+    ) -> bool:
+        """Call the handler; False when it failed and is to be called again."""
+        try:
+            with handler_transaction(self.spec.transaction):
+                await self._limited_call(self.handler, *args)
+        except Exception as exc:
+            policy = self._policy
+            decision = policy.decide(exc, attempt) if policy is not None else None
+            if decision is None or not decision.retry or self._stop_requested:
+                logger.exception(
+                    "%s raised on event (type %r, id %r); the stream goes on",
+                    self.qualname,
+                    sse.event,
+                    self._last_event_id,
+                )
+                return True
+            logger.warning(
+                "%s raised %s: %s on event (type %r, id %r) (attempt %d); retrying in %.2fs",
+                self.qualname, type(exc).__name__, exc, sse.event, self._last_event_id,
+                attempt, decision.delay,
+            )  # fmt: skip
+            # Not busy while waiting: a stop cancels the wait (the event is not handled).
+            self._busy = False
+            try:
+                await anyio.sleep(decision.delay)
+            finally:
+                self._busy = True
+            return False
+        return True
 
 
 async def _abandon(

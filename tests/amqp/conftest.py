@@ -15,6 +15,10 @@ import pytest
 
 import farine.testing
 from farine._broker import get_broker
+from farine._connections import get_connection
+from farine._retry import DELAY_LEVELS, level_name
+from farine.amqp._dlq import DeadLetterView, peek
+from farine.runtime import Runtime
 from farine.settings import Config, ServiceSettings
 from tests.amqp import _rabbit
 
@@ -81,9 +85,24 @@ class Broker:
         ready, _ = await _rabbit.queue_counts(queue)
         return ready
 
+    def retrying_queue(self, what: str = "q") -> str:
+        """A queue name, whose delay queues are removed after the test too."""
+        name = self.queue(what)
+        self.queues.extend(f"{name}.delay.{level_name(level)}" for level in DELAY_LEVELS)
+        return name
+
+    async def dead_letters(self, queue: str) -> list[DeadLetterView]:
+        """The messages of the dead-letter queue of `queue` (they stay in it)."""
+        connection = await get_connection(ServiceSettings(name="tests", amqp_uri=self.uri))
+        if await connection.queue_size(f"{queue}.dead") is None:
+            return []
+        return await peek(connection, f"{queue}.dead", 1000)
+
     async def cleanup(self) -> None:
         if not self.is_memory and (self.queues or self.exchanges):
-            await _rabbit.delete(self.queues, self.exchanges)
+            # Dead-letter queues are declared by consumers whose handlers failed.
+            dead = [f"{queue}.dead" for queue in self.queues if ".delay." not in queue]
+            await _rabbit.delete([*self.queues, *dead], self.exchanges)
 
 
 @pytest.fixture(params=["memory", "rabbitmq"])

@@ -267,7 +267,9 @@ async def test_content_types_pick_the_format_and_unknown_ones_are_rejected(
     assert "does not match str" in reasons
 
 
-async def test_handler_exception_requeues_once_then_rejects(broker: Broker) -> None:
+async def test_retry_seed_requeues_once_then_rejects(broker: Broker) -> None:
+    # baguette-messaging's rule, now asked for with Retry.seed() (the default retries
+    # transient failures with backoff: tests/amqp/test_delivery.py).
     exchange, dead_exchange = broker.exchange(), broker.exchange("dlx")
     calls, dead = Recorder(), Recorder()
 
@@ -277,6 +279,7 @@ async def test_handler_exception_requeues_once_then_rejects(broker: Broker) -> N
             routing_key="rk",
             queue=broker.queue(),
             queue_arguments={"x-dead-letter-exchange": dead_exchange},
+            retry=farine.amqp.Retry.seed(),
         )
         def handle(self, body: Any, message: Message) -> None:
             calls.add(message.redelivered)

@@ -192,7 +192,7 @@ def test_declared_errors_are_listed_with_the_schemas_of_their_args(
 ) -> None:
     assert document["operations"]["shop.quote"]["x-farine-errors"] == [
         {
-            "type": "OutOfStock",
+            "type": "SoldOut",
             "summary": "Not enough of an item left.",
             "args": {"type": "array", "items": [{"type": "string"}, {"type": "integer"}]},
         }

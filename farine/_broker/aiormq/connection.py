@@ -152,6 +152,12 @@ class AmqpConnection(Connection):
     async def declare(self, topology: Topology) -> None:
         await self._host.run(self._engine.declare(topology))
 
+    async def queue_size(self, queue: str) -> int | None:
+        return await self._host.run(self._engine.inspect(queue))
+
+    async def purge(self, queue: str) -> int:
+        return await self._host.run(self._engine.inspect(queue, purge=True)) or 0
+
     async def publish(self, message: Outgoing) -> None:
         if self.closed:
             raise PublishError("the connection is closed")

@@ -118,6 +118,9 @@ class SupervisedConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if not ready.done() and isinstance(exc, ConfigurationError):
+                    ready.set_exception(exc)  # a declaration the broker refused
+                    return
                 if not ready.done() and isinstance(exc, DECLARATION_ERRORS):
                     ready.set_exception(
                         ConfigurationError(
@@ -125,6 +128,13 @@ class SupervisedConsumer:
                         )
                     )
                     return
+                if isinstance(exc, ConfigurationError):
+                    logger.error(
+                        "consumer of queue %s: %s; retrying in %.1fs", self.queue, exc, delay
+                    )
+                    await self._pause(delay)
+                    delay = min(delay * factor, cap)
+                    continue
                 logger.warning(
                     "consumer of queue %s: cannot attach (%s); retrying in %.1fs",
                     self.queue, describe(exc), delay,

@@ -20,7 +20,12 @@ from farine._broker.aiormq.errors import (
     refused,
 )
 from farine._broker.aiormq.tls import client_context, verifies
-from farine._broker.aiormq.topology import close_quietly, declare_topology
+from farine._broker.aiormq.topology import (
+    close_quietly,
+    declare_topology,
+    purge_queue,
+    queue_size,
+)
 from farine._broker.errors import BrokerUnavailable, PublishError, PublishTimeout
 from farine._broker.interface import (
     BACKOFF,
@@ -265,6 +270,20 @@ class Engine:
         """Declare `topology` on the publishing channel."""
         channel = await self._channel()
         await declare_topology(channel, topology)
+
+    async def inspect(self, queue: str, purge: bool = False) -> int | None:
+        """Messages ready in `queue` (None: no such queue), or purge it, on a channel of
+        its own (a missing queue closes the channel it is asked about on)."""
+        connection = await self.wait_connection()
+        if connection is None:
+            raise PublishError("the connection is closed")
+        channel = await connection.channel()
+        try:
+            if purge:
+                return await purge_queue(channel, queue)
+            return await queue_size(channel, queue)
+        finally:
+            await close_quietly(channel)
 
     async def publish(
         self,

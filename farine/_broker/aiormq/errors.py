@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Final
+import re
+from typing import Any, Final
 
 import aiormq
 from pamqp import commands as spec
@@ -15,6 +16,7 @@ from farine._broker.errors import (
     ResourceRefused,
     TLSVerificationError,
     UnroutableError,
+    declaration_mismatch,
 )
 from farine._redact import redact
 from farine.exceptions import ConfigurationError, FarineError
@@ -107,3 +109,57 @@ def check_confirm(confirm: object, exchange: str) -> None:
     """Raise if the broker's answer to a publish is a nack."""
     if isinstance(confirm, spec.Basic.Nack):
         raise PublishError(f"the broker refused the message (nack) on exchange {exchange!r}")
+
+
+_INEQUIVALENT: Final = re.compile(
+    r"inequivalent arg '(?P<argument>[^']+)' for (?P<kind>queue|exchange) '(?P<name>[^']*)'"
+    r" in vhost '[^']*': received .* but current is (?P<current>.+)$"
+)
+_VALUE: Final = re.compile(r"^(?:the value )?'(?P<value>.*)'(?: of type '(?P<type>[^']+)')?$")
+_NUMBER_TYPES: Final = frozenset({"byte", "short", "signedint", "long", "unsignedbyte"})
+
+
+def _existing_value(text: str) -> Any:
+    """A value as RabbitMQ's PRECONDITION_FAILED text shows it: `none`, `'true'`,
+    `the value 'quorum' of type 'longstr'`."""
+    text = text.strip()
+    if text == "none":
+        return None
+    found = _VALUE.match(text)
+    if found is None:
+        return text
+    value, kind = found.group("value"), found.group("type")
+    if kind is None and value in {"true", "false"}:
+        return value == "true"
+    if kind in _NUMBER_TYPES:
+        try:
+            return int(value)
+        except ValueError:
+            return value
+    return value
+
+
+def refused_declaration(
+    exc: BaseException, kind: str, name: str, requested: dict[str, Any]
+) -> ConfigurationError:
+    """The error of a declaration the broker refused: for PRECONDITION_FAILED, one line
+    naming the queue or exchange, the argument, and the existing and requested values.
+
+    Args:
+        exc: The channel error aiormq raised.
+        kind: `queue` or `exchange`.
+        name: Its name.
+        requested: The flags and arguments the declaration asked for.
+    """
+    if isinstance(exc, aiormq.ChannelPreconditionFailed):
+        found = _INEQUIVALENT.search(str(exc))
+        if found is not None:
+            argument = found.group("argument")
+            return declaration_mismatch(
+                found.group("kind"),
+                found.group("name"),
+                argument,
+                _existing_value(found.group("current")),
+                requested.get(argument),
+            )
+    return ConfigurationError(f"cannot declare {kind} {name!r}: {describe(exc)}")

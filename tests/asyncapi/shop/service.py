@@ -43,7 +43,7 @@ class Tick(msgspec.Struct):
     n: int
 
 
-class OutOfStock(Exception):
+class SoldOut(Exception):
     """Not enough of an item left."""
 
     def __init__(self, item: str, left: int) -> None:
@@ -82,7 +82,7 @@ class Shop:
     def on_mapping(self, body: dict[str, int], message: farine.amqp.Message) -> None:
         pass
 
-    @farine.rpc.method(errors=(OutOfStock,))
+    @farine.rpc.method(errors=(SoldOut,))
     def quote(self, order: Order, quantity: int = 1, *, coupon: str | None = None) -> Receipt:
         """Price an order."""
         return Receipt(order.id, 1.0 * quantity)
