@@ -214,3 +214,27 @@ async def test_a_publish_refused_by_permissions_fails_at_once_naming_the_exchang
     assert "publish to exchange 'denied-exchange'" in str(info.value)
     assert "write permission" in str(info.value)
     assert not retried.event.is_set()
+
+
+@pytest.mark.rabbitmq
+async def test_a_consumer_whose_declaration_is_refused_does_not_start(
+    rabbitmq: Broker, limited_uri: str, watch_log: Callable[[str], LogWatcher]
+) -> None:
+    retried = watch_log("retrying")
+    exchange = "allowed-" + rabbitmq.prefix  # the user may use it, not the queue
+
+    class Worker:
+        @farine.amqp.consume(exchange=exchange, routing_key="rk", queue="denied-queue")
+        async def handle(self, body: Any, message: Message) -> None:
+            raise AssertionError("never called")
+
+    async def start() -> None:
+        async with running(Worker, config=rabbitmq.config(amqp_uri=limited_uri)):
+            raise AssertionError("started")
+
+    error = await _raised(start)
+    await _rabbit.delete(exchanges=[exchange])
+    assert isinstance(error, ResourceRefused)
+    assert isinstance(error, ConfigurationError)
+    assert "access to queue 'denied-queue'" in str(error)
+    assert not retried.event.is_set()

@@ -139,6 +139,21 @@ def _existing_value(text: str) -> Any:
     return value
 
 
+def access_refused(exc: BaseException, kind: str, name: str) -> ResourceRefused:
+    """The error of a declaration the user's permissions do not allow (ACCESS_REFUSED).
+
+    Args:
+        exc: The channel error aiormq raised.
+        kind: What was declared (`queue`, `exchange`, `binding of queue`).
+        name: Its name, shown as given (quote it).
+    """
+    shown = name if kind.startswith("binding") else repr(name)
+    return ResourceRefused(
+        f"the broker refused this user access to {kind} {shown}: {describe(exc)} (check "
+        "the user's configure, write and read permissions on the virtual host)"
+    )
+
+
 def refused_declaration(
     exc: BaseException, kind: str, name: str, requested: dict[str, Any]
 ) -> ConfigurationError:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import aiormq
 import aiormq.abc
 
-from farine._broker.aiormq.errors import refused_declaration
+from farine._broker.aiormq.errors import access_refused, refused_declaration
 from farine.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -28,6 +28,8 @@ async def declare_topology(channel: aiormq.abc.AbstractChannel, topology: Topolo
         ConfigurationError: The broker refused a declaration that disagrees with an
             existing queue or exchange (PRECONDITION_FAILED): the channel is closed, and
             the error names the argument and both values.
+        ResourceRefused: The user's permissions do not allow a declaration or binding
+            (ACCESS_REFUSED): the channel is closed, and the error names what was refused.
         aiormq.AMQPError: Another failure.
     """
     for exchange in topology.exchanges:
@@ -39,6 +41,8 @@ async def declare_topology(channel: aiormq.abc.AbstractChannel, topology: Topolo
                     durable=exchange.durable,
                     auto_delete=exchange.auto_delete,
                 )
+            except aiormq.ChannelAccessRefused as exc:
+                raise access_refused(exc, "exchange", exchange.name) from None
             except aiormq.ChannelPreconditionFailed as exc:
                 requested = {
                     "type": exchange.type,
@@ -55,6 +59,8 @@ async def declare_topology(channel: aiormq.abc.AbstractChannel, topology: Topolo
                 exclusive=queue.exclusive,
                 arguments=dict(queue.arguments) or None,
             )
+        except aiormq.ChannelAccessRefused as exc:
+            raise access_refused(exc, "queue", queue.name) from None
         except aiormq.ChannelPreconditionFailed as exc:
             requested = {
                 "durable": queue.durable,
@@ -64,12 +70,16 @@ async def declare_topology(channel: aiormq.abc.AbstractChannel, topology: Topolo
             }
             raise refused_declaration(exc, "queue", queue.name, requested) from None
     for binding in topology.bindings:
-        await channel.queue_bind(
-            binding.queue,
-            binding.exchange,
-            routing_key=binding.routing_key,
-            arguments=dict(binding.arguments) or None,
-        )
+        try:
+            await channel.queue_bind(
+                binding.queue,
+                binding.exchange,
+                routing_key=binding.routing_key,
+                arguments=dict(binding.arguments) or None,
+            )
+        except aiormq.ChannelAccessRefused as exc:
+            where = f"{binding.queue!r} to exchange {binding.exchange!r}"
+            raise access_refused(exc, "binding of queue", where) from None
 
 
 async def close_quietly(
