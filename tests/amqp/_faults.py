@@ -30,6 +30,7 @@ import anyio
 from anyio.abc import SocketAttribute
 
 from tests.amqp._proxy import free_port
+from tests.amqp._rabbit import RABBITMQ_PORT
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -175,9 +176,10 @@ class FaultProxy:
 
 
 @contextlib.asynccontextmanager
-async def serving_proxy(target: int = 5672) -> AsyncGenerator[FaultProxy]:
-    """A `FaultProxy` to `target`, serving until the block ends."""
-    proxy = FaultProxy(target)
+async def serving_proxy(target: int | None = None) -> AsyncGenerator[FaultProxy]:
+    """A `FaultProxy` to port `target` (default: the test broker's), serving until the
+    block ends."""
+    proxy = FaultProxy(target or RABBITMQ_PORT)
     async with anyio.create_task_group() as tg:
         await tg.start(proxy.serve)
         yield proxy

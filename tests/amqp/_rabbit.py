@@ -40,6 +40,10 @@ __all__ = (
 RABBITMQ_URI: Final = os.environ.get("FARINE_TEST_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/")
 
 
+#: The port of `RABBITMQ_URI` (a proxy's target).
+RABBITMQ_PORT: Final = URL(RABBITMQ_URI).port or 5672
+
+
 def uri_on_port(port: int) -> str:
     """`RABBITMQ_URI` on another port (a proxy's, or one nothing listens on)."""
     return str(URL(RABBITMQ_URI).with_port(port))

@@ -1,4 +1,4 @@
-"""Test certificates for the TLS tests, and the TLS broker `.ci/tls-broker` starts.
+"""Test certificates for the TLS tests, and the TLS broker `.ci/extra-broker start tls` starts.
 
 `python -m tests.amqp._tls DIR` writes into DIR: a test CA (`ca.pem`), the broker's
 certificate for `localhost` signed by it (`server.pem`, `server.key`), a client
@@ -21,7 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = ("AMQPS_URI", "TLS_DIR", "write_certificates")
 
-#: The TLS broker's URI (`.ci/tls-broker` starts it) and the folder of its certificates.
+#: The TLS broker's URI (`.ci/extra-broker start tls` starts it) and the folder of its certificates.
 AMQPS_URI: Final = os.environ.get("FARINE_TEST_AMQPS_URI", "")
 TLS_DIR: Final = Path(os.environ.get("FARINE_TEST_TLS_DIR", "/nonexistent"))
 

@@ -9,9 +9,13 @@ and the consumer handles messages again within `RECOVERY_BOUND` seconds of the f
 end. Each fault on both backends. The figures are printed (`-s`) and quoted in
 docs/amqp/brokers.md.
 
-The suite runs only when asked (`FARINE_FAULT_SUITE=1`): it restarts the broker's
-application (`rabbitmqctl stop_app`), which would break any other test running against
-the same broker at the time, so `.ci/run` runs it once, alone, after the test matrix.
+The suite runs only when asked (`FARINE_FAULT_SUITE=1`), against a RabbitMQ node of its
+own (`FARINE_TEST_AMQP_URI`, and `FARINE_FAULT_NODE` for rabbitmqctl): it stops and starts
+that node's application, which would break any other test using it. `.ci/run` starts
+such a node (`.ci/extra-broker start faults DIR`) and runs the suite once:
+
+    FARINE_FAULT_SUITE=1 FARINE_FAULT_NODE=farine-faults@localhost \
+    FARINE_TEST_AMQP_URI=amqp://guest:guest@127.0.0.1:5673/ pytest -s tests/amqp/test_fault_suite.py
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ pytestmark = [
     pytest.mark.postgres,
     pytest.mark.skipif(
         os.environ.get("FARINE_FAULT_SUITE") != "1",
-        reason="the fault suite runs alone: FARINE_FAULT_SUITE=1 (.ci/run does, after the matrix)",
+        reason="the fault suite runs on a node of its own: FARINE_FAULT_SUITE=1 (.ci/run)",
     ),
 ]
 
@@ -118,7 +122,12 @@ class Consumer:
 
 
 def _rabbitmqctl(*args: str) -> str:
-    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, check=True)
+    """rabbitmqctl on the suite's own node."""
+    node = os.environ.get("FARINE_FAULT_NODE")
+    where = ["-n", node] if node else []
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *where, *args], capture_output=True, text=True, check=True
+    )
     return done.stdout
 
 

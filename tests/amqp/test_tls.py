@@ -1,4 +1,5 @@
-"""`amqps://` against the TLS broker `.ci/tls-broker` starts (client certificates required).
+"""`amqps://` against the TLS node `.ci/extra-broker start tls` starts (client certificates
+required).
 
 Without `FARINE_TEST_AMQPS_URI` (and `FARINE_TEST_TLS_DIR`) these tests skip, except
 under CI, where they fail: `.ci/run` starts that broker.
@@ -39,7 +40,7 @@ def _tls_broker() -> None:
         return
     reason = (
         "FARINE_TEST_AMQPS_URI and FARINE_TEST_TLS_DIR are not set: start the TLS broker "
-        "with `bash .ci/tls-broker start DIR` (see .ci/run)"
+        "with `bash .ci/extra-broker start tls DIR` (see .ci/run)"
     )
     if os.environ.get("CI"):
         pytest.fail(f"CI must run the TLS tests, but {reason}")
