@@ -207,6 +207,7 @@ class _RpcMethod(Entrypoint):
         self.routing_key = routing_key(service.name, name)
         self.queue = self.routing_key
         self.prefetch = spec.prefetch or settings.prefetch
+        self._consumer: Consumer | None = None
         self.limits = CallLimits.resolve(
             self.qualname, settings, timeout=spec.timeout, max_concurrency=spec.max_concurrency
         )
@@ -259,6 +260,7 @@ class _RpcMethod(Entrypoint):
         control = await connection.consume(
             self.control_queue, prefetch=64, topology=self.control_topology
         )
+        self._consumer = consumer
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._cancel_on_stop, consumer)
@@ -278,9 +280,16 @@ class _RpcMethod(Entrypoint):
         finally:
             # Shielded: closing returns unacked requests to the queue, even when the
             # service is being cancelled after its shutdown timeout.
+            self._consumer = None
             with anyio.CancelScope(shield=True), anyio.move_on_after(15):
                 await consumer.aclose()
                 await control.aclose()
+
+    async def not_ready(self) -> str | None:
+        consumer = self._consumer
+        if consumer is None:
+            return f"not consuming from queue {self.queue!r}"
+        return await consumer.not_ready()
 
     async def _cancel_on_stop(self, consumer: Consumer) -> None:
         await self.service.stopping.wait()
