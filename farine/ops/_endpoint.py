@@ -103,18 +103,31 @@ class OpsEndpoint:
             logger.info("operations endpoint: %s (/livez, /readyz, /metrics)", self.url)
             task_status.started()
             try:
-                # hypercorn's own twin implementations; its WSGI half is untyped.
-                trigger = self._stop.wait
-                if running_backend() == "trio":
-                    import hypercorn.trio
-
-                    await hypercorn.trio.serve(self._app, config, shutdown_trigger=trigger)  # pyright: ignore[reportUnknownMemberType]
-                else:
-                    import hypercorn.asyncio
-
-                    await hypercorn.asyncio.serve(self._app, config, shutdown_trigger=trigger)  # pyright: ignore[reportUnknownMemberType]
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._run_server, config)
+                    try:
+                        await self._stop.wait()
+                    finally:
+                        # Cancelled too (the runtime failing): hypercorn is stopped
+                        # through its trigger, as cancelling it leaves it in error.
+                        self._stop.set()
             finally:
                 self._done.set()
+
+    async def _run_server(self, config: Config) -> None:
+        # Shielded: `serve()` stops hypercorn through its trigger, which it obeys within
+        # its graceful timeout.
+        with anyio.CancelScope(shield=True):
+            trigger = self._stop.wait
+            # hypercorn's twin implementations; its WSGI half is untyped.
+            if running_backend() == "trio":
+                import hypercorn.trio
+
+                await hypercorn.trio.serve(self._app, config, shutdown_trigger=trigger)  # pyright: ignore[reportUnknownMemberType]
+            else:
+                import hypercorn.asyncio
+
+                await hypercorn.asyncio.serve(self._app, config, shutdown_trigger=trigger)  # pyright: ignore[reportUnknownMemberType]
 
     async def aclose(self) -> None:
         """Stop serving, within a few seconds."""
