@@ -8,12 +8,24 @@ or a body, so that the number of series stays bounded.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING, Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from farine._broker.errors import (
+    AccessRefused,
+    BrokerUnavailable,
+    PublishError,
+    PublishTimeout,
+    ResourceRefused,
+    UnroutableError,
+)
+
 if TYPE_CHECKING:
+    from collections.abc import Generator
+
     from farine.ops._outcomes import MessageOutcome
 
 __all__ = (
@@ -23,6 +35,7 @@ __all__ = (
     "ConnectionState",
     "Metrics",
     "ServiceMetrics",
+    "publish_error_kind",
 )
 
 #: `farine_connection_state`: 0 down (connecting, reconnecting), 1 open, 2 blocked.
@@ -49,6 +62,19 @@ METRIC_NAMES: Final = (
 
 _SERVICE = ("service",)
 _ENTRYPOINT = ("service", "entrypoint")
+
+
+def publish_error_kind(exc: PublishError) -> str:
+    """The `kind` label of `farine_publish_errors_total` for `exc`."""
+    if isinstance(exc, PublishTimeout):
+        return "timeout"
+    if isinstance(exc, UnroutableError):
+        return "unroutable"
+    if isinstance(exc, AccessRefused | ResourceRefused):
+        return "refused"
+    if isinstance(exc, BrokerUnavailable):
+        return "unavailable"
+    return "error"
 
 
 class Metrics:
@@ -128,7 +154,7 @@ class Metrics:
         )
         self.sse_reconnects = Counter(
             "farine_sse_reconnects",
-            "Times an SSE listener connected to its stream again.",
+            "Reconnection attempts of an SSE listener to its stream.",
             _ENTRYPOINT,
             registry=registry,
         )
@@ -194,13 +220,17 @@ class ServiceMetrics:
         """Count a handler call of `entrypoint` in flight; `finished()` times it."""
         return CallTimer(self.metrics, self.name, entrypoint or "unknown")
 
-    def published(self, seconds: float) -> None:
-        """Record a publish the broker confirmed after `seconds`."""
-        self.metrics.publish_seconds.labels(self.name).observe(seconds)
-
-    def publish_failed(self, kind: str) -> None:
-        """Count a publish that failed (`timeout`, `unroutable`, `refused`, `closed`)."""
-        self.metrics.publish_errors.labels(self.name, kind).inc()
+    @contextlib.contextmanager
+    def publishing(self) -> Generator[None]:
+        """A block that is one publish: timed until confirmed, its failure counted by
+        kind (`timeout`, `unroutable`, `refused`, `unavailable`, `error`)."""
+        start = time.perf_counter()
+        try:
+            yield
+        except PublishError as exc:
+            self.metrics.publish_errors.labels(self.name, publish_error_kind(exc)).inc()
+            raise
+        self.metrics.publish_seconds.labels(self.name).observe(time.perf_counter() - start)
 
     def rpc_called(self, service: str, method: str, outcome: str, seconds: float) -> None:
         """Record an RPC call to `service.method` that ended with `outcome`."""

@@ -346,6 +346,9 @@ class _RpcMethod(Entrypoint):
             if reply.flow is not None:
                 self._flows[correlation_id] = reply.flow
         result: Any = _NO_VALUE
+        metrics = self.service.metrics
+        start = 0.0 if metrics is None else time.perf_counter()
+        outcome = "ok"
         try:
             with scope, serving(self.service.name, self.name, message):
                 # The method's own time limit nests in the caller's deadline.
@@ -359,6 +362,7 @@ class _RpcMethod(Entrypoint):
                 logger.info("%s raised %s: %s", self.qualname, type(exc).__name__, exc)
             else:
                 logger.exception("%s raised", self.qualname)
+            outcome = "error"
             await reply.error(exc)
         finally:
             self._deadlines.discard(scope)
@@ -369,6 +373,9 @@ class _RpcMethod(Entrypoint):
             past = now() >= deadline
             reason = "its deadline passed" if past else "its caller stopped it"
             logger.info("%s: call %s cancelled: %s", self.qualname, correlation_id, reason)
+            outcome = "timeout" if past else "cancelled"
+        if metrics is not None:
+            metrics.rpc_served(self.name, outcome, time.perf_counter() - start)
         if not message.settled:
             message.ack()
 

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import farine.amqp
+import farine.rpc
 import farine.testing
 from tests.amqp import _rabbit
 from tests.amqp._proxy import TcpProxy, free_port
@@ -232,3 +233,55 @@ async def test_readyz_says_503_during_a_reconnection(rabbitmq: Broker) -> None:
         metrics = _samples((await client.get(_url(app.runtime, "/metrics"))).text)
     assert _value(metrics, "farine_connection_state", service="reconnecting") == 1
     assert _value(metrics, "farine_reconnects_total", service="reconnecting") == 1
+
+
+async def test_metrics_time_publishes_and_rpc_calls_on_both_sides(broker: Broker) -> None:
+    exchange, out = broker.exchange(), broker.exchange("out")
+    outbox = broker.queue("outbox")
+
+    class Rpcops:
+        @farine.rpc.method()
+        def double(self, n: int) -> int:
+            if n < 0:
+                raise ValueError("negative")
+            return 2 * n
+
+        @farine.amqp.consume(exchange=exchange, routing_key="k", queue=broker.queue())
+        async def on_message(self, body: dict[str, int], message: Message) -> None:
+            await self.call_and_publish(body["n"])
+
+        @farine.amqp.consume(exchange=out, routing_key="done", queue=outbox)
+        def on_done(self, body: Any, message: Message) -> None:
+            pass
+
+        @farine.rpc.client("rpcops", timeout=10)
+        @farine.amqp.publish(exchange=out, routing_key="done")
+        async def call_and_publish(
+            self, publish: farine.amqp.AsyncPublisher, rpc: farine.rpc.AsyncClient, n: int
+        ) -> None:
+            with contextlib.suppress(farine.rpc.RemoteError):
+                await publish({"doubled": await rpc.double(n)})
+            with contextlib.suppress(farine.amqp.UnroutableError):
+                await publish({"nobody": "listens"}, routing_key="nowhere")
+
+    config = broker.config(http="127.0.0.1:0")
+    async with farine.testing.running(Rpcops, config=config) as app, httpx.AsyncClient() as client:
+        await app.publish(exchange, "k", {"n": 2})
+        await app.publish(exchange, "k", {"n": -1})
+        await app.wait_for("rpcops.on_message", count=2)
+        samples = _samples((await client.get(_url(app.runtime, "/metrics"))).text)
+
+    def count(name: str, **labels: str) -> float:
+        return _value(samples, name + "_count", **labels)
+
+    assert count("farine_rpc_client_seconds", service="rpcops", method="double", outcome="ok") == 1
+    assert (
+        count("farine_rpc_client_seconds", service="rpcops", method="double", outcome="error") == 1
+    )
+    assert count("farine_rpc_server_seconds", service="rpcops", method="double", outcome="ok") == 1
+    assert (
+        count("farine_rpc_server_seconds", service="rpcops", method="double", outcome="error") == 1
+    )
+    # One confirmed publish per message; each "nowhere" publish came back unroutable.
+    assert count("farine_publish_seconds", service="rpcops") == 1
+    assert _value(samples, "farine_publish_errors_total", service="rpcops", kind="unroutable") == 2
