@@ -45,7 +45,7 @@ ConnectionState = Literal[0, 1, 2]
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Every metric farine exposes, as Prometheus shows it (counters with `_total`).
-METRIC_NAMES: Final = (
+METRIC_NAMES: Final[tuple[str, ...]] = (
     "farine_messages_total",
     "farine_handler_seconds",
     "farine_handlers_in_flight",
