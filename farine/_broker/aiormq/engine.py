@@ -246,7 +246,7 @@ class Engine:
         is probed, on demand, with one loop iteration.
         """
         connection = self.connection
-        if connection is None or connection.is_closed or not self.connected.is_set():
+        if connection is None or connection.is_closed:
             return False
         probe = asyncio.ensure_future(connection.ready())
         await asyncio.sleep(0)  # the probe's first step runs first: done unless it waits
