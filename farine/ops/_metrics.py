@@ -183,10 +183,10 @@ class CallTimer:
 
     __slots__ = ("_in_flight", "_seconds", "_start")
 
-    def __init__(self, metrics: Metrics, service: str, entrypoint: str) -> None:
-        self._in_flight = metrics.handlers_in_flight.labels(service, entrypoint)
-        self._seconds = metrics.handler_seconds.labels(service, entrypoint)
-        self._in_flight.inc()
+    def __init__(self, in_flight: Gauge, seconds: Histogram) -> None:
+        self._in_flight = in_flight
+        self._seconds = seconds
+        in_flight.inc()
         self._start = time.perf_counter()
 
     def finished(self) -> None:
@@ -206,6 +206,9 @@ class ServiceMetrics:
         self.metrics = metrics
         self.name = service
         self._reconnects_seen = 0
+        # Labelled children, looked up once: `labels()` costs a lock and a dict lookup.
+        self._calls: dict[str, tuple[Gauge, Histogram]] = {}
+        self._outcomes: dict[tuple[str, str], Counter] = {}
 
     def message_outcome(self, entrypoint: str, outcome: MessageOutcome) -> None:
         """Count one message of consumer `entrypoint` that ended with `outcome`.
@@ -214,11 +217,24 @@ class ServiceMetrics:
         republishes a message for a later retry says `retried`, one that sends it to a
         dead-letter queue says `dead_lettered`.
         """
-        self.metrics.messages.labels(self.name, entrypoint, outcome).inc()
+        counter = self._outcomes.get((entrypoint, outcome))
+        if counter is None:
+            counter = self.metrics.messages.labels(self.name, entrypoint, outcome)
+            self._outcomes[entrypoint, outcome] = counter
+        counter.inc()
 
     def call_started(self, entrypoint: str | None) -> CallTimer:
         """Count a handler call of `entrypoint` in flight; `finished()` times it."""
-        return CallTimer(self.metrics, self.name, entrypoint or "unknown")
+        name = entrypoint or "unknown"
+        children = self._calls.get(name)
+        if children is None:
+            metrics = self.metrics
+            children = (
+                metrics.handlers_in_flight.labels(self.name, name),
+                metrics.handler_seconds.labels(self.name, name),
+            )
+            self._calls[name] = children
+        return CallTimer(*children)
 
     @contextlib.contextmanager
     def publishing(self) -> Generator[None]:
