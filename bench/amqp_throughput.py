@@ -30,6 +30,10 @@ bodies through a non-durable queue, 8 publishes in flight, consumed with prefetc
 an `async def` handler taking the raw bytes: MiB/s, and the peak RSS of the row's
 process (`getrusage`), against raw aiormq doing the same.
 
+The rows marked `--http` run with the operations endpoint on, so that each message is
+timed and counted (`farine_handler_seconds`, `farine_messages_total`, ...): against
+the same row without it, the cost of the metrics.
+
 It prints each sample, the median tables, then one JSON line with every median.
 """
 
@@ -218,9 +222,15 @@ async def raw_aiormq(
 
 
 async def farine_run(
-    uri: str, kind: Literal["def", "async", "guarded"], *, big: bool, warmup: int
+    uri: str,
+    kind: Literal["def", "async", "guarded"],
+    *,
+    big: bool,
+    warmup: int,
+    http: bool = False,
 ) -> None:
-    """The same workload through farine: a consumer service and an AsyncPublisher."""
+    """The same workload through farine: a consumer service and an AsyncPublisher
+    (`http`: with the operations endpoint on, so every metric is recorded)."""
     name = f"bench-farine-{uuid.uuid4().hex[:8]}"
     tally = Tally()
     prefetch = BIG_PREFETCH if big else PREFETCH
@@ -256,6 +266,8 @@ async def farine_run(
     benches = {"def": SyncBench, "async": AsyncBench, "guarded": GuardedBench}
     bench = BigBench if big else benches[kind]
     settings = "durable = false\ndelivery_mode = 1\n" if big else ""
+    if http:
+        settings += "http = 127.0.0.1:0\n"
     config = Config.from_string(f"[DEFAULT]\namqp_uri = {uri}\n{settings}")
     runtime = Runtime([ServiceDefinition(bench, "bench", find_entrypoints(bench))], config=config)
     publisher = farine.amqp.AsyncPublisher(name, "rk", settings=config.service("syncbench"))
@@ -289,10 +301,18 @@ def _rows(uri: str, path_list: list[str], *, big: bool) -> dict[str, Callable[[]
     """Every row: its label, and what runs it (in the row's own process)."""
     small, large = WARMUP, BIG_WARMUP
 
-    def farine(kind: Literal["def", "async", "guarded"], backend: str, *, big: bool = False):
+    def farine(
+        kind: Literal["def", "async", "guarded"],
+        backend: str,
+        *,
+        big: bool = False,
+        http: bool = False,
+    ):
         def run() -> None:
             warmup = large if big else small
-            anyio.run(lambda: farine_run(uri, kind, big=big, warmup=warmup), backend=backend)
+            anyio.run(
+                lambda: farine_run(uri, kind, big=big, warmup=warmup, http=http), backend=backend
+            )
 
         return run
 
@@ -313,6 +333,10 @@ def _rows(uri: str, path_list: list[str], *, big: bool) -> dict[str, Callable[[]
             rows[f"farine {backend} {path}, def"] = farine("def", backend)
             rows[f"farine {backend} {path}, async def, retry= dead_letter="] = farine(
                 "guarded", backend
+            )
+            # The same with the operations endpoint on (`--http`): every metric recorded.
+            rows[f"farine {backend} {path}, async def, --http"] = farine(
+                "async", backend, http=True
             )
     if big:
         rows[RAW_BIG] = lambda: asyncio.run(raw_aiormq(uri, big=True, warmup=large))

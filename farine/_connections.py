@@ -26,9 +26,10 @@ from farine._broker import (
 from farine.runtime import current_runtime
 
 if TYPE_CHECKING:
+    from farine.runtime import Runtime
     from farine.settings import ServiceSettings
 
-__all__ = ("get_connection", "get_connection_blocking", "options_for")
+__all__ = ("get_connection", "get_connection_blocking", "opened_connection", "options_for")
 
 # Connections known to be open, per URI: a worker thread can publish through one of
 # them without a round trip to the event loop just to look it up.
@@ -55,6 +56,16 @@ def options_for(settings: ServiceSettings) -> ConnectionOptions:
     )
 
 
+def _resource_key(uri: str) -> str:
+    return "amqp:" + uri
+
+
+def opened_connection(runtime: Runtime, uri: str) -> Connection | None:
+    """The connection of `runtime` to `uri`, if it opened one (None: not yet)."""
+    connection = runtime.opened_resource(_resource_key(uri))
+    return connection if isinstance(connection, Connection) else None
+
+
 def _remember(uri: str, connection: Connection) -> Connection:
     with _open_lock:
         _open[uri] = connection
@@ -67,7 +78,7 @@ async def get_connection(settings: ServiceSettings) -> Connection:
     runtime = current_runtime()
     if runtime is not None and runtime.owns_current_loop():
         connection = await runtime.resource(
-            "amqp:" + uri, lambda: open_connection(uri, options_for(settings))
+            _resource_key(uri), lambda: open_connection(uri, options_for(settings))
         )
         return _remember(uri, connection)
     if is_memory(uri):

@@ -43,7 +43,7 @@ class Takers(Generic[M]):
     def __init__(
         self,
         messages: AsyncIterator[M],
-        handle: Callable[[M], Awaitable[None]],
+        handle: Callable[[M], Awaitable[object]],
         *,
         limit: int,
         scope: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,

@@ -175,6 +175,13 @@ class WorkerPool:
             return int(self._limiter.borrowed_tokens)
         return self._threads
 
+    @property
+    def busy(self) -> int:
+        """Worker threads running a call now."""
+        if self._limiter is not None:
+            return int(self._limiter.borrowed_tokens)
+        return max(0, self._threads - self._idle)
+
     async def run(self, func: Callable[..., R], /, *args: Any) -> R:
         """Run `func(*args)` in a worker thread and return (or raise) what it does.
 

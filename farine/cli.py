@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     start = commands.add_parser("start", help="run the services of one or more modules")
     start.add_argument("modules", nargs="+", metavar="MODULE", help="imports MODULE.service")
     _common(start)
+    start.add_argument(
+        "--http", metavar="HOST:PORT", type=_http_address,
+        help="serve /livez, /readyz and /metrics on HOST:PORT (default: the http setting)",
+    )  # fmt: skip
 
     migrate = commands.add_parser("migrate", help="create the tables of MODULE.models")
     migrate.add_argument("module", metavar="MODULE")
@@ -180,6 +185,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _http_address(text: str) -> str:
+    from farine.ops._address import split_address
+
+    try:
+        split_address(text)
+    except FarineError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _choose_backend(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Backend:
     backend = cast(str | None, args.backend) or os.environ.get("FARINE_BACKEND") or "asyncio"
     for known in BACKENDS:
@@ -203,7 +218,7 @@ def _prepare(args: argparse.Namespace, default_level: str = "INFO") -> None:
         logger.info("configuration: %s", config.path)
 
 
-def _start(modules: Sequence[str], backend: Backend) -> int:
+def _start(modules: Sequence[str], backend: Backend, http: str | None = None) -> int:
     from farine.discovery import discover
     from farine.runtime import run
 
@@ -215,7 +230,7 @@ def _start(modules: Sequence[str], backend: Backend) -> int:
         logger.error("nothing to run: no service found in %s", ", ".join(modules))
         return EXIT_FAILURE
     logger.info("starting %d service(s) from %s on %s", len(services), ", ".join(modules), backend)
-    anyio.run(run, services, backend=backend)
+    anyio.run(functools.partial(run, services, http=http), backend=backend)
     return 0
 
 
@@ -344,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif command == "dlq":
             code = _dlq_cli.run(args, backend)
         else:
-            code = _start(legacy or cast(list[str], args.modules), backend)
+            http = cast(str | None, getattr(args, "http", None))  # `start` has --http
+            code = _start(legacy or cast(list[str], args.modules), backend, http)
     except ServiceNotFound as exc:
         print(f"farine: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

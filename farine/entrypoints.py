@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from farine._workers import WorkerPool
+    from farine.ops._metrics import ServiceMetrics
     from farine.settings import ServiceSettings
 
 __all__ = (
@@ -191,6 +192,14 @@ class Entrypoint(abc.ABC):
         """A short description for the start-up log line."""
         return self.qualname
 
+    async def not_ready(self) -> str | None:
+        """Why this entrypoint cannot take work now, once started (None: it can).
+
+        `/readyz` asks it. Entrypoints that consume from the broker say so while
+        their consumer reconnects or the broker blocks their connection.
+        """
+        return None
+
     @abc.abstractmethod
     async def serve(self, *, task_status: TaskStatus[None]) -> None:
         """Run until the service stops.
@@ -256,6 +265,8 @@ class ServiceContext:
             None costs nothing.
         http_transport: The httpx transport of the service's HTTP clients (SSE
             listeners); None for the network.
+        metrics: The hooks of the service's metrics, when the operations endpoint is
+            on (`farine.ops`); None costs nothing.
     """
 
     name: str
@@ -270,6 +281,7 @@ class ServiceContext:
     exit_stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     observer: CallObserver | None = None
     http_transport: httpx.AsyncBaseTransport | None = None
+    metrics: ServiceMetrics | None = None
     _in_flight: int = 0
     _entrypoint_names: dict[Callable[..., Any], str] = field(
         default_factory=dict[Callable[..., Any], str]
@@ -305,6 +317,8 @@ class ServiceContext:
         `observer`, if any, is told of the call once it returned or raised.
         """
         self._in_flight += 1
+        metrics = self.metrics
+        timer = None if metrics is None else metrics.call_started(self._entrypoint_of(handler))
         try:
             if is_async_callable(handler):
                 call = cast(Callable[..., Awaitable[Any]], handler)
@@ -325,6 +339,8 @@ class ServiceContext:
             raise
         finally:
             self._in_flight -= 1
+            if timer is not None:
+                timer.finished()
         if self.observer is not None and result is not NOT_STARTED:
             self._observe(handler, args, kwargs, result, None)
         return result
@@ -349,6 +365,13 @@ class ServiceContext:
             raise
         self._observe(handler, args, kwargs, None, None)
 
+    def _entrypoint_of(self, handler: Callable[..., Any]) -> str | None:
+        name = self._entrypoint_names.get(handler)
+        if name is None and hasattr(handler, "__wrapped__"):
+            # A wrapper made for one call (functools.wraps) is known by what it wraps.
+            name = self._entrypoint_names.get(handler.__wrapped__)  # pyright: ignore[reportFunctionMemberAccess]
+        return name
+
     def _observe(
         self,
         handler: Callable[..., Any],
@@ -358,10 +381,7 @@ class ServiceContext:
         exception: Exception | None,
     ) -> None:
         observer = self.observer
-        name = self._entrypoint_names.get(handler)
-        if name is None and hasattr(handler, "__wrapped__"):
-            # A wrapper made for one call (functools.wraps) is known by what it wraps.
-            name = self._entrypoint_names.get(handler.__wrapped__)  # pyright: ignore[reportFunctionMemberAccess]
+        name = self._entrypoint_of(handler)
         if observer is not None and name is not None:
             observer.call_finished(f"{self.name}.{name}", args, kwargs, result, exception)
 

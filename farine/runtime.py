@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
 
     from farine.discovery import ServiceDefinition
+    from farine.ops._endpoint import OpsEndpoint
+    from farine.ops._metrics import Metrics
 
 __all__ = ("Runtime", "current_runtime", "run")
 
@@ -135,6 +137,8 @@ class Runtime:
             running a runtime in-process usually do not).
         prepare_service: Called with each service's context as it starts, before its
             extensions and entrypoints (`farine.testing` installs its observer there).
+        http: Serve the operations endpoint (`/livez`, `/readyz`, `/metrics`) on
+            `HOST:PORT` (default: the `[DEFAULT]` setting `http`; unset: off).
     """
 
     def __init__(
@@ -144,6 +148,7 @@ class Runtime:
         config: Config | None = None,
         handle_signals: bool = False,
         prepare_service: Callable[[ServiceContext], None] | None = None,
+        http: str | None = None,
     ) -> None:
         self.definitions = services
         self.config = config
@@ -158,6 +163,13 @@ class Runtime:
         self._resource_tg: TaskGroup | None = None
         self._release = anyio.Event()
         self.token: anyio.lowlevel.EventLoopToken | None = None
+        self.http = http
+        #: True once every service is ready (`/readyz` also asks each entrypoint).
+        self.ready = False
+        #: The operations endpoint, while it runs (`--http`, the `http` setting).
+        self.ops: OpsEndpoint | None = None
+        self._metrics: Metrics | None = None
+        self._entrypoints: list[tuple[Entrypoint, _Started]] = []
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -172,14 +184,41 @@ class Runtime:
             async with anyio.create_task_group() as root:
                 if self.handle_signals:
                     await root.start(self._watch_signals)
+                ops = self._ops_endpoint()
+                if ops is not None:
+                    # Up before the services start, down after they stopped: `/readyz`
+                    # says 503 while they start and drain.
+                    await root.start(ops.serve)
+                    self.ops = ops
                 async with anyio.create_task_group() as resources:
                     self._resource_tg = resources
                     await self._run_services(task_status)
                     self._release.set()
+                if ops is not None:
+                    await ops.aclose()
                 root.cancel_scope.cancel()
         finally:
             _runtime = None
             self._resource_tg = None
+
+    def _ops_endpoint(self) -> OpsEndpoint | None:
+        address = self.http or (self.config or current()).service("DEFAULT").http
+        if not address:
+            return None
+        # Imported only when asked for: the endpoint off costs no import.
+        from farine.ops._endpoint import OpsEndpoint
+        from farine.ops._metrics import Metrics
+
+        self._metrics = Metrics()
+        return OpsEndpoint(self, address, self._metrics)
+
+    def entrypoint_states(self) -> list[tuple[Entrypoint, bool]]:
+        """Every entrypoint started so far, and whether it reported ready yet."""
+        return [(entrypoint, started.done) for entrypoint, started in self._entrypoints]
+
+    def opened_resource(self, key: str) -> object | None:
+        """The resource `key` if it is open (see `resource()`), else None."""
+        return self._resources.get(key)
 
     def owns_current_loop(self) -> bool:
         """True when called on the runtime's event loop (its resources live there)."""
@@ -212,6 +251,7 @@ class Runtime:
                 logger.info("stop requested during start-up; services not started were skipped")
             else:
                 logger.info("ready: %s", ", ".join(self.services) or "no service")
+                self.ready = True
             task_status.started()
         logger.info("stopped")
 
@@ -241,6 +281,8 @@ class Runtime:
             stopping=self.stopping,
         )
         self.services[definition.name] = ctx
+        if self._metrics is not None:
+            ctx.metrics = self._metrics.service(ctx.name)
         if self.prepare_service is not None:
             self.prepare_service(ctx)
         logger.info("starting service %s", ctx.name)
@@ -324,6 +366,7 @@ class Runtime:
 
     async def _serve(self, entrypoint: Entrypoint, startup: _Startup) -> None:
         started = _Started(entrypoint, startup)
+        self._entrypoints.append((entrypoint, started))
         initial, factor, cap = RESTART_BACKOFF
         delay = initial
         with entrypoint.service.activate():
@@ -400,6 +443,8 @@ class Runtime:
                     os._exit(128 + signum)
 
 
-async def run(services: list[ServiceDefinition], *, handle_signals: bool = True) -> None:
-    """Run `services` until they all stop (the CLI's `farine start`)."""
-    await Runtime(services, handle_signals=handle_signals).run()
+async def run(
+    services: list[ServiceDefinition], *, handle_signals: bool = True, http: str | None = None
+) -> None:
+    """Run `services` until they all stop (the CLI's `farine start`; `http`: `--http`)."""
+    await Runtime(services, handle_signals=handle_signals, http=http).run()

@@ -171,6 +171,16 @@ def _parse_log_level(raw: str) -> str | None:
     return value
 
 
+def _parse_http_address(raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    host, colon, port = value.rpartition(":")
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError("expected HOST:PORT (e.g. 127.0.0.1:8081)")
+    return value
+
+
 def _parse_amqp_uri(raw: str) -> str:
     value = raw.strip()
     if not value.startswith(("amqp://", "amqps://", "memory://")):
@@ -238,6 +248,9 @@ KEYS: Final[tuple[Key, ...]] = (
         "decorator overrides it); unset: as many as its prefetch."),
     Key("log_level", _parse_log_level, None, "str",
         "Log level (DEBUG, INFO, ...); `--log-level` overrides it."),
+    Key("http", _parse_http_address, None, "str",
+        "`[DEFAULT]` only: serve the operations endpoint (`/livez`, `/readyz`, "
+        "`/metrics`) on `HOST:PORT`; unset: off. `--http` overrides it."),
     # -- AMQP ------------------------------------------------------------------------
     Key("prefetch", _parse_positive_int, 64, "int",
         "Messages a consumer may hold unacknowledged."),
@@ -354,6 +367,7 @@ class ServiceSettings(Mapping[str, Any]):
     handler_timeout: float | None = None
     max_concurrency: int | None = None
     log_level: str | None = None
+    http: str | None = None
     prefetch: int = 64
     max_body_size: int = 16 * 1024 * 1024
     body_max_depth: int = DEFAULT_BODY_MAX_DEPTH

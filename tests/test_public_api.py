@@ -23,6 +23,7 @@ MODULES = [
     "farine.extensions",
     "farine.discovery",
     "farine.asyncapi",
+    "farine.ops",
 ]
 
 

@@ -121,6 +121,7 @@ def test_loading_is_lazy_and_load_is_kept(write_config: Callable[[str], Path]) -
         ("type", "roundrobin", "expected one of direct, topic, fanout, headers"),
         ("amqp_uri", "http://x", "expected an amqp://"),
         ("log_level", "loud", "expected DEBUG"),
+        ("http", "localhost", "expected HOST:PORT"),
         ("db_port", "x", "expected an integer"),
         ("rpc_legacy_servers", "billing; stock", "expected service names separated by commas"),
         ("serializer", "pickle", "expected one of json, msgpack"),

@@ -175,6 +175,10 @@ class Consumer(abc.ABC):
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
 
+    async def not_ready(self) -> str | None:
+        """Why deliveries cannot flow now (reconnecting, blocked by the broker), or None."""
+        return None
+
     @abc.abstractmethod
     async def cancel(self) -> None:
         """Stop deliveries at the broker; messages received but not started are requeued."""
@@ -246,6 +250,15 @@ class Connection(abc.ABC):
     def connected(self) -> bool:
         """True while the connection to the broker is up (always, in memory)."""
         return True
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the connection was opened again after a loss."""
+        return 0
+
+    async def blocked(self) -> bool:
+        """True while the broker blocks the connection (`connection.blocked`: an alarm)."""
+        return False
 
     @abc.abstractmethod
     async def declare(self, topology: Topology) -> None:

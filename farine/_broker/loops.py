@@ -18,7 +18,7 @@ import logging
 import threading
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 import outcome
 import trio
@@ -34,6 +34,7 @@ __all__ = (
     "Wakeup",
     "defer_wakes_on",
     "now",
+    "running_backend",
     "stop_deferring_wakes",
     "wait_future",
 )
@@ -50,6 +51,11 @@ def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def running_backend() -> Literal["asyncio", "trio"]:
+    """The anyio backend of the calling task: `"asyncio"` or `"trio"`."""
+    return "trio" if _running_asyncio_loop() is None else "asyncio"
 
 
 class LoopHandle:

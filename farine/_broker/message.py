@@ -279,6 +279,7 @@ class Message:
         "_payload",
         "_properties",
         "_raw_properties",
+        "_requeued",
         "_settler",
         "body",
         "consumer_tag",
@@ -311,6 +312,7 @@ class Message:
         self.consumer_tag = consumer_tag
         self._settler = settler
         self._outcome: Outcome | None = None
+        self._requeued = False
 
     def __repr__(self) -> str:
         return (
@@ -423,6 +425,13 @@ class Message:
         return self._outcome is not None
 
     @property
+    def requeued(self) -> bool | None:
+        """After `nack()` or `reject()`: whether it asked for a requeue; else None."""
+        if self._outcome in (None, "ack"):
+            return None
+        return self._requeued
+
+    @property
     def acknowledged(self) -> bool:
         """True once settled (kombu's name, kept for code written for the seed)."""
         return self._outcome is not None
@@ -461,6 +470,7 @@ class Message:
                 f"message already settled ({self._outcome}); it cannot be {outcome}ed too"
             )
         self._outcome = outcome
+        self._requeued = requeue
         self._settler.settle(self.delivery_tag, outcome, requeue)
 
     def _alive(self) -> bool:

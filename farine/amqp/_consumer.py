@@ -34,15 +34,20 @@ from farine.entrypoints import (
     record_spec,
 )
 from farine.exceptions import ConfigurationError
+from farine.ops._outcomes import outcome_of
 
 from ._dead_letter import DeadLetter, restore_route
 from ._failures import FailurePath
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from anyio.abc import TaskStatus
 
     from farine._broker import Connection, Consumer
     from farine._broker.message import Message
+    from farine.ops._metrics import ServiceMetrics
+    from farine.ops._outcomes import MessageOutcome
     from farine.settings import ServiceSettings
 
 __all__ = ("ConsumeSpec", "consume")
@@ -347,6 +352,7 @@ class _ConsumerEntrypoint(Entrypoint):
         self.exchange_type = spec.exchange_type or "direct"
         self.queue = _queue_name(spec, service.name)
         self.prefetch = spec.prefetch or settings.prefetch
+        self._consumer: Consumer | None = None
         self.call_target = self._call_target(handler)
         service.name_handler(self.call_target, name)
         self.decoder = BodyDecoder(
@@ -428,11 +434,15 @@ class _ConsumerEntrypoint(Entrypoint):
         consumer = await connection.consume(
             self.queue, prefetch=self.prefetch, topology=self.topology
         )
+        self._consumer = consumer
+        handle = functools.partial(self._handle, connection=connection)
+        if self.service.metrics is not None:
+            handle = functools.partial(self._handle_counted, handle, self.service.metrics)
         try:
             async with anyio.create_task_group() as tg:
                 takers = Takers(
                     consumer,
-                    functools.partial(self._handle, connection=connection),
+                    handle,
                     limit=self.limits.tasks(self.prefetch),
                     # Set for every call a task makes; a transaction, if any, ends
                     # inside each call, before its message is settled.
@@ -444,45 +454,70 @@ class _ConsumerEntrypoint(Entrypoint):
                 # stream then ends, and each taker finishes the message it handles.
                 await self._cancel_on_stop(consumer)
         finally:
+            self._consumer = None
             # Shielded: the channel must close (requeueing what is unacked) even when the
             # service is being cancelled after its shutdown timeout.
             with anyio.CancelScope(shield=True), anyio.move_on_after(15):
                 await consumer.aclose()
+
+    async def not_ready(self) -> str | None:
+        consumer = self._consumer
+        if consumer is None:
+            return f"not consuming from queue {self.queue!r}"
+        return await consumer.not_ready()
+
+    async def _handle_counted(
+        self,
+        handle: Callable[[Message], Awaitable[MessageOutcome | None]],
+        metrics: ServiceMetrics,
+        message: Message,
+    ) -> None:
+        """`_handle()` with the metrics on: count how the message ended."""
+        outcome = await handle(message)
+        if outcome is None:
+            outcome = outcome_of(message)
+        if outcome is not None:
+            metrics.message_outcome(self.name, outcome)
 
     async def _cancel_on_stop(self, consumer: Consumer) -> None:
         await self.service.stopping.wait()
         logger.info("%s: cancelling the consumer of queue %s", self.qualname, self.queue)
         await consumer.cancel()
 
-    async def _handle(self, message: Message, connection: Connection) -> None:
+    async def _handle(self, message: Message, connection: Connection) -> MessageOutcome | None:
+        """Decode, call the handler, settle `message`.
+
+        Returns the outcome for `farine_messages_total` when the message's own state
+        does not tell it (`retried`, `dead_lettered`: a failure path that republishes
+        the message acks it), else None.
+        """
         if self.service.stopping.is_set():
             # Delivered while stopping, before the broker saw the cancel: not started.
             message.nack(requeue=True)
-            return
+            return None
         if not message.exchange:
             restore_route(message)  # back from a delay queue: as first published
         try:
             body = self.decoder.decode(message.body, message.content_type, message.content_encoding)
         except BadBody as exc:
-            await self.failures.failed(message, exc, connection)
-            return
+            return await self.failures.failed(message, exc, connection)
         try:
             if self.service.settings.debug and b"__debug__" in message.body:
                 await self._profiled(body, message, connection)
             elif await self.call(self.call_target, body, message) is _NOT_STARTED:
                 message.nack(requeue=True)
-                return
+                return None
         except Exception as exc:
             if message.settled:
                 logger.exception(
                     "%s raised after settling message %s (%s)",
                     self.qualname, message.message_id, message.outcome,
                 )  # fmt: skip
-            else:
-                await self.failures.failed(message, exc, connection)
-            return
+                return None
+            return await self.failures.failed(message, exc, connection)
         if not message.settled:
             message.ack()
+        return None
 
     async def _profiled(self, body: Any, message: Message, connection: Connection) -> None:
         """The seed's `__debug__`: profile the handler, publish the stats to `debug`."""

@@ -35,6 +35,7 @@ from ._dead_letter import (
 if TYPE_CHECKING:
     from farine._broker import Connection
     from farine._broker.message import Message, Properties
+    from farine.ops._outcomes import MessageOutcome
 
 __all__ = ("FailurePath",)
 
@@ -71,11 +72,18 @@ class FailurePath:
     publish_timeout: float = 30.0
     _declared: set[str] = field(default_factory=set[str])
 
-    async def failed(self, message: Message, exc: BaseException, connection: Connection) -> None:
-        """Retry `message` later, or dead-letter it, after `exc` ended its handling."""
+    async def failed(
+        self, message: Message, exc: BaseException, connection: Connection
+    ) -> MessageOutcome | None:
+        """Retry `message` later, or dead-letter it, after `exc` ended its handling.
+
+        Returns:
+            `retried` or `dead_lettered` when a copy went to a delay or dead-letter
+            queue (the original is then acked); None when `message` was rejected or
+            requeued (its own state says so).
+        """
         if isinstance(exc, BadBody):
-            await self._give_up(message, exc, 0, f"bad body: {exc}", connection)
-            return
+            return await self._give_up(message, exc, 0, f"bad body: {exc}", connection)
         spec = self.policy.spec
         if spec.requeue:
             attempt = 2 if message.redelivered else 1
@@ -83,15 +91,15 @@ class FailurePath:
             attempt = attempts_made(message, self.queue) + 1
         decision = self.policy.decide(exc, attempt)
         if not decision.retry:
-            await self._give_up(message, exc, attempt, decision.reason, connection)
-        elif spec.requeue:
+            return await self._give_up(message, exc, attempt, decision.reason, connection)
+        if spec.requeue:
             logger.warning(
                 "%s raised %s on message %s; requeueing it once",
                 self.entrypoint, _summary(exc), message.message_id,
             )  # fmt: skip
             message.nack(requeue=True)
-        else:
-            await self._retry_later(message, exc, attempt, decision, connection)
+            return None
+        return await self._retry_later(message, exc, attempt, decision, connection)
 
     async def _retry_later(
         self,
@@ -100,7 +108,7 @@ class FailurePath:
         attempt: int,
         decision: RetryDecision,
         connection: Connection,
-    ) -> None:
+    ) -> MessageOutcome | None:
         delay = min(decision.delay, DELAY_LEVELS[-1])
         limit = self.policy.spec.attempts
         logger.warning(
@@ -115,7 +123,8 @@ class FailurePath:
         headers.setdefault(ORIGINAL_ROUTING_KEY, routing_key)
         destination = delay_destination(self.queue, delay, durable=self.durable, quorum=self.quorum)
         properties = copy_properties(message, headers, str(round(delay * 1000)))
-        await self._move(message, destination, properties, connection, fallback_wait=delay)
+        moved = await self._move(message, destination, properties, connection, fallback_wait=delay)
+        return "retried" if moved else None
 
     async def _give_up(
         self,
@@ -124,7 +133,7 @@ class FailurePath:
         attempt: int,
         reason: str,
         connection: Connection,
-    ) -> None:
+    ) -> MessageOutcome | None:
         dead_letter = self.dead_letter
         if dead_letter is None:
             logger.error(
@@ -133,7 +142,7 @@ class FailurePath:
                 exc_info=None if isinstance(exc, BadBody | Permanent) else exc,
             )  # fmt: skip
             message.reject(requeue=False)
-            return
+            return None
         logger.error(
             "%s: dead-lettering message %s to queue %s (%s)",
             self.entrypoint, message.message_id, dead_letter.queue_name, reason,
@@ -148,7 +157,8 @@ class FailurePath:
             entrypoint=self.entrypoint,
         )
         properties = copy_properties(message, headers, None)
-        await self._move(message, dead_letter.destination(), properties, connection)
+        moved = await self._move(message, dead_letter.destination(), properties, connection)
+        return "dead_lettered" if moved else None
 
     async def _move(
         self,
@@ -157,8 +167,9 @@ class FailurePath:
         properties: Properties,
         connection: Connection,
         fallback_wait: float = 1.0,
-    ) -> None:
-        """Publish the copy (confirmed), then ack the original; requeue it on failure."""
+    ) -> bool:
+        """Publish the copy (confirmed), then ack the original and return True; requeue
+        the original on failure and return False."""
         outgoing = Outgoing(
             destination.exchange,
             destination.routing_key,
@@ -180,8 +191,9 @@ class FailurePath:
             await anyio.sleep(wait)
             if not message.settled:
                 message.nack(requeue=True)
-            return
+            return False
         message.ack()
+        return True
 
     async def _publish(
         self, outgoing: Outgoing, destination: Destination, connection: Connection

@@ -20,6 +20,7 @@ from farine.entrypoints import current_service
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
+    from farine.ops._metrics import ServiceMetrics
     from farine.settings import ServiceSettings
 
 __all__ = ("AsyncPublisher", "PublishSpec", "Publisher", "publish", "publish_specs")
@@ -60,6 +61,12 @@ def _settings_for(name: str) -> ServiceSettings:
     if service is not None and service.name == name:
         return service.settings
     return farine_settings.get(name)
+
+
+def _metrics() -> ServiceMetrics | None:
+    """The metrics of the service publishing, when the operations endpoint is on."""
+    service = current_service()
+    return None if service is None else service.metrics
 
 
 class _BasePublisher:
@@ -189,10 +196,16 @@ class Publisher(_BasePublisher):
         )  # fmt: skip
         connection = get_connection_blocking(self.settings)
         limit = self.settings.publish_timeout if timeout is None else timeout
+        metrics = _metrics()
         for key in keys:
-            connection.publish_blocking(
-                Outgoing(self.exchange, key, data, properties, mandatory, limit, self._declare)
+            outgoing = Outgoing(
+                self.exchange, key, data, properties, mandatory, limit, self._declare
             )
+            if metrics is None:
+                connection.publish_blocking(outgoing)
+            else:
+                with metrics.publishing():
+                    connection.publish_blocking(outgoing)
 
     __call__ = send
 
@@ -224,10 +237,16 @@ class AsyncPublisher(_BasePublisher):
         )  # fmt: skip
         connection = await get_connection(self.settings)
         limit = self.settings.publish_timeout if timeout is None else timeout
+        metrics = _metrics()
         for key in keys:
-            await connection.publish(
-                Outgoing(self.exchange, key, data, properties, mandatory, limit, self._declare)
+            outgoing = Outgoing(
+                self.exchange, key, data, properties, mandatory, limit, self._declare
             )
+            if metrics is None:
+                await connection.publish(outgoing)
+            else:
+                with metrics.publishing():
+                    await connection.publish(outgoing)
 
     __call__ = send
 

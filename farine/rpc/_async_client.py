@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import functools
 import sys
+import time
 from typing import TYPE_CHECKING, Any, Generic, overload
 
 import anyio
@@ -277,6 +278,32 @@ async def unary_call(
     plan: CallPlan,
 ) -> Any:
     """Make a call through `router` and return its (decoded) value."""
+    caller = current_service()
+    metrics = None if caller is None else caller.metrics
+    if metrics is None:
+        return await _unary_call(router, settings, service, method, args, kwargs, plan)
+    start = time.perf_counter()
+    outcome = "error"
+    try:
+        result = await _unary_call(router, settings, service, method, args, kwargs, plan)
+        outcome = "ok"
+    except RPCTimeout:
+        outcome = "timeout"
+        raise
+    finally:
+        metrics.rpc_called(service, method, outcome, time.perf_counter() - start)
+    return result
+
+
+async def _unary_call(
+    router: Router,
+    settings: ServiceSettings,
+    service: str,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    plan: CallPlan,
+) -> Any:
     message = await router.call(settings, service, method, args, kwargs, plan.limit, plan.headers)
     where = f"{service}.{method}"
     reply = decode_reply(message.body, settings.body_max_depth, plan.decoder, where)

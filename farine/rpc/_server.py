@@ -207,6 +207,7 @@ class _RpcMethod(Entrypoint):
         self.routing_key = routing_key(service.name, name)
         self.queue = self.routing_key
         self.prefetch = spec.prefetch or settings.prefetch
+        self._consumer: Consumer | None = None
         self.limits = CallLimits.resolve(
             self.qualname, settings, timeout=spec.timeout, max_concurrency=spec.max_concurrency
         )
@@ -259,6 +260,7 @@ class _RpcMethod(Entrypoint):
         control = await connection.consume(
             self.control_queue, prefetch=64, topology=self.control_topology
         )
+        self._consumer = consumer
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._cancel_on_stop, consumer)
@@ -278,9 +280,16 @@ class _RpcMethod(Entrypoint):
         finally:
             # Shielded: closing returns unacked requests to the queue, even when the
             # service is being cancelled after its shutdown timeout.
+            self._consumer = None
             with anyio.CancelScope(shield=True), anyio.move_on_after(15):
                 await consumer.aclose()
                 await control.aclose()
+
+    async def not_ready(self) -> str | None:
+        consumer = self._consumer
+        if consumer is None:
+            return f"not consuming from queue {self.queue!r}"
+        return await consumer.not_ready()
 
     async def _cancel_on_stop(self, consumer: Consumer) -> None:
         await self.service.stopping.wait()
@@ -337,6 +346,9 @@ class _RpcMethod(Entrypoint):
             if reply.flow is not None:
                 self._flows[correlation_id] = reply.flow
         result: Any = _NO_VALUE
+        metrics = self.service.metrics
+        start = 0.0 if metrics is None else time.perf_counter()
+        outcome = "ok"
         try:
             with scope, serving(self.service.name, self.name, message):
                 # The method's own time limit nests in the caller's deadline.
@@ -350,6 +362,7 @@ class _RpcMethod(Entrypoint):
                 logger.info("%s raised %s: %s", self.qualname, type(exc).__name__, exc)
             else:
                 logger.exception("%s raised", self.qualname)
+            outcome = "error"
             await reply.error(exc)
         finally:
             self._deadlines.discard(scope)
@@ -360,6 +373,9 @@ class _RpcMethod(Entrypoint):
             past = now() >= deadline
             reason = "its deadline passed" if past else "its caller stopped it"
             logger.info("%s: call %s cancelled: %s", self.qualname, correlation_id, reason)
+            outcome = "timeout" if past else "cancelled"
+        if metrics is not None:
+            metrics.rpc_served(self.name, outcome, time.perf_counter() - start)
         if not message.settled:
             message.ack()
 

@@ -392,6 +392,8 @@ class _HttpStream(Entrypoint):
                 failures,
             )
             await anyio.sleep(delay)
+            if self.service.metrics is not None:
+                self.service.metrics.sse_reconnected(self.name)
 
     async def _connect_once(self, client: httpx.AsyncClient) -> _Outcome:
         self._opened = False
@@ -492,6 +494,8 @@ class _HttpStream(Entrypoint):
                     continue
                 await self._dispatch(sse)
                 self._events += 1
+                if self.service.metrics is not None:
+                    self.service.metrics.sse_event(self.name)
                 if self._stop_requested:
                     return True
                 if self.spec.limit is not None and self._events >= self.spec.limit:

@@ -79,6 +79,14 @@ class _AmqpConsumer(Consumer):
         self.handoff = Handoff[Message](LoopHandle.current(), self.deliveries.put)
         self.engine_consumer: SupervisedConsumer | None = None
 
+    async def not_ready(self) -> str | None:
+        engine_consumer = self.engine_consumer
+        if engine_consumer is None or not engine_consumer.consuming:
+            return f"not consuming from queue {self.queue_name!r} (connecting)"
+        if await self._host.run(engine_consumer.engine.blocked()):  # as AmqpConnection.blocked
+            return "the broker blocked the connection (connection.blocked: a resource alarm)"
+        return None
+
     async def cancel(self) -> None:
         if self.engine_consumer is not None:
             await self._host.run(self.engine_consumer.cancel())
@@ -148,6 +156,15 @@ class AmqpConnection(Connection):
     def generation(self) -> int:
         """How many times the connection was opened (1 + reconnections)."""
         return self._engine.generation
+
+    @property
+    def reconnects(self) -> int:
+        return max(0, self._engine.generation - 1)
+
+    async def blocked(self) -> bool:
+        if self.closed:
+            return False
+        return await self._host.run(self._engine.blocked())
 
     async def declare(self, topology: Topology) -> None:
         await self._host.run(self._engine.declare(topology))

@@ -54,6 +54,11 @@ class SupervisedConsumer:
         self._task: asyncio.Task[None] | None = None
         self.attachments = 0
 
+    @property
+    def consuming(self) -> bool:
+        """True while attached to an open channel, receiving deliveries."""
+        return self._watching is not None and not self._stop.is_set()
+
     async def start(self) -> None:
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task = asyncio.get_running_loop().create_task(self._run(ready))

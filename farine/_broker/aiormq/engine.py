@@ -244,6 +244,22 @@ class Engine:
                     waiter.cancel()
         return None
 
+    async def blocked(self) -> bool:
+        """True while the broker blocks the connection (`connection.blocked`: an alarm).
+
+        aiormq has no public flag for it, only `ready()`, which waits while blocked: it
+        is probed, on demand, with one loop iteration.
+        """
+        connection = self.connection
+        if connection is None or connection.is_closed:
+            return False
+        probe = asyncio.ensure_future(connection.ready())
+        await asyncio.sleep(0)  # the probe's first step runs first: done unless it waits
+        if probe.done():
+            return False
+        probe.cancel()
+        return True
+
     @property
     def publish_channel(self) -> aiormq.abc.AbstractChannel | None:
         """The publishing channel, if opened yet (it may be closed)."""
