@@ -194,7 +194,7 @@ class Library(sql.WithDatabase):
 
 async def test_worker_factory_gives_a_database() -> None:
     db = sql.SqliteDatabase(":memory:")
-    with db.bind_ctx([Book]):
+    with db.connection_context(), db.bind_ctx([Book]):
         db.create_tables([Book])  # pyright: ignore[reportUnknownMemberType]
         worker = farine.testing.worker_factory(Library, db=db)
         assert json.loads(worker.add("Dune")) == {"id": 1, "title": "Dune"}

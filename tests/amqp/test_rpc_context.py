@@ -121,7 +121,9 @@ async def test_a_nested_call_times_out_at_its_callers_deadline(broker: Broker) -
     (front_deadline,) = found["front deadline"]
     (back_deadline,) = found["back deadline"]
     assert front_deadline is not None
-    assert back_deadline == pytest.approx(front_deadline, abs=0.01)
+    # The nested call's timeout is the time left when it is made; its deadline is then
+    # set as it is sent, a little later on a loaded machine.
+    assert back_deadline == pytest.approx(front_deadline, abs=0.5)
     kind, message = found["middle"]
     assert kind == "RPCTimeout"
     # Its deadline was what was left of its caller's 1.5 s, not its own 30 s.

@@ -98,7 +98,7 @@ async def test_an_empty_order_publishes_nothing() -> None:
 
 def test_receive_adds_to_the_stock() -> None:
     db = SqliteDatabase(":memory:")
-    with db.bind_ctx([Item]):
+    with db.connection_context(), db.bind_ctx([Item]):
         db.create_tables([Item])  # pyright: ignore[reportUnknownMemberType]
         worker = farine.testing.worker_factory(Stock, db=db)
         assert worker.receive("plum", 5) == 5
