@@ -16,7 +16,7 @@ import msgspec
 
 import farine
 from farine import settings
-from farine._logging import setup_logging
+from farine._logging import FORMATS, LogFormat, setup_logging
 from farine._redact import add_secret, redact
 from farine.entrypoints import running_sync_calls
 from farine.exceptions import FarineError, RPCError, ServiceNotFound
@@ -49,6 +49,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
         type=str.upper,
         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
         help="log level (default: the log_level setting, else INFO)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        help="text lines or JSON objects (default: the log_format setting, else text)",
     )
 
 
@@ -195,7 +200,10 @@ def _prepare(args: argparse.Namespace, default_level: str = "INFO") -> None:
     add_secret(defaults.db_password)
     for section in config.sections():
         add_secret(config.service(section).db_password)
-    setup_logging(cast(str | None, args.log_level) or defaults.log_level or default_level)
+    log_format = cast(LogFormat | None, args.log_format) or cast(LogFormat, defaults.log_format)
+    setup_logging(
+        cast(str | None, args.log_level) or defaults.log_level or default_level, log_format
+    )
     if config.path is None:
         logger.info("no configuration file at %s: using defaults", settings.DEFAULT_PATH)
     else:

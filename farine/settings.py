@@ -238,6 +238,10 @@ KEYS: Final[tuple[Key, ...]] = (
         "decorator overrides it); unset: as many as its prefetch."),
     Key("log_level", _parse_log_level, None, "str",
         "Log level (DEBUG, INFO, ...); `--log-level` overrides it."),
+    Key("log_format", _choice("text", "json"), "text", "str",
+        "`text` (one line per record) or `json` (one object per line, with the service, "
+        "entrypoint, message id, correlation id and trace id of the handler call it was "
+        "logged in); `--log-format` overrides it."),
     # -- AMQP ------------------------------------------------------------------------
     Key("prefetch", _parse_positive_int, 64, "int",
         "Messages a consumer may hold unacknowledged."),
@@ -334,6 +338,7 @@ class ServiceSettings(Mapping[str, Any]):
     handler_timeout: float | None = None
     max_concurrency: int | None = None
     log_level: str | None = None
+    log_format: str = "text"
     prefetch: int = 64
     max_body_size: int = 16 * 1024 * 1024
     body_max_depth: int = DEFAULT_BODY_MAX_DEPTH

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from farine import _telemetry as telemetry
+from farine import _tracing
 from farine._broker import Binding, ExchangeSpec, QueueSpec, Topology
 from farine._broker.errors import PublishError
 from farine._broker.interface import Outgoing
@@ -336,6 +338,18 @@ class _ConsumerEntrypoint(Entrypoint):
         await consumer.cancel()
 
     async def _handle(self, message: Message, connection: Connection) -> None:
+        if not telemetry.on():
+            await self._process(message, connection)
+            return
+        call = _tracing.consume_call(
+            self.qualname, self.service.name, self.queue, message.exchange,
+            message.routing_key, message.message_id, message.correlation_id,
+            message.headers, len(message.body),
+        )  # fmt: skip
+        with telemetry.handling(call):
+            await self._process(message, connection)
+
+    async def _process(self, message: Message, connection: Connection) -> None:
         if self.service.stopping.is_set():
             # Delivered while stopping, before the broker saw the cancel: not started.
             message.nack(requeue=True)
@@ -355,7 +369,8 @@ class _ConsumerEntrypoint(Entrypoint):
             elif await self.call(self.call_target, body, message) is _NOT_STARTED:
                 message.nack(requeue=True)
                 return
-        except Exception:
+        except Exception as exc:
+            _tracing.record_failure(exc)
             if message.settled:
                 logger.exception(
                     "%s raised after settling message %s (%s)",

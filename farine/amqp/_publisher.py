@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 
+from farine import _tracing
 from farine import settings as farine_settings
 from farine._broker import ExchangeSpec
 from farine._broker.interface import Outgoing
@@ -189,10 +190,17 @@ class Publisher(_BasePublisher):
         )  # fmt: skip
         connection = get_connection_blocking(self.settings)
         limit = self.settings.publish_timeout if timeout is None else timeout
+        tracer = _tracing.tracer()
         for key in keys:
-            connection.publish_blocking(
-                Outgoing(self.exchange, key, data, properties, mandatory, limit, self._declare)
-            )
+            if tracer is None:
+                connection.publish_blocking(
+                    Outgoing(self.exchange, key, data, properties, mandatory, limit, self._declare)
+                )
+                continue
+            with _tracing.publish_span(tracer, self.exchange, key, properties, len(data)) as traced:
+                connection.publish_blocking(
+                    Outgoing(self.exchange, key, data, traced, mandatory, limit, self._declare)
+                )
 
     __call__ = send
 
@@ -224,10 +232,17 @@ class AsyncPublisher(_BasePublisher):
         )  # fmt: skip
         connection = await get_connection(self.settings)
         limit = self.settings.publish_timeout if timeout is None else timeout
+        tracer = _tracing.tracer()
         for key in keys:
-            await connection.publish(
-                Outgoing(self.exchange, key, data, properties, mandatory, limit, self._declare)
-            )
+            if tracer is None:
+                await connection.publish(
+                    Outgoing(self.exchange, key, data, properties, mandatory, limit, self._declare)
+                )
+                continue
+            with _tracing.publish_span(tracer, self.exchange, key, properties, len(data)) as traced:
+                await connection.publish(
+                    Outgoing(self.exchange, key, data, traced, mandatory, limit, self._declare)
+                )
 
     __call__ = send
 

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from farine import _telemetry as telemetry
+from farine import _tracing
 from farine._limits import check_timeout
 from farine.entrypoints import (
     Entrypoint,
@@ -128,7 +130,12 @@ class _Execute(Entrypoint):
             runs += 1
             try:
                 with handler_transaction(self.spec.transaction):
-                    await self.service.call(self.handler)
+                    if not telemetry.on():
+                        await self.service.call(self.handler)
+                    else:
+                        call = _tracing.execute_call(self.qualname, self.service.name, runs)
+                        with telemetry.handling(call):
+                            await self.service.call(self.handler)
             except Exception:
                 if not self.spec.restart:
                     logger.exception("%s raised; not restarting (restart=False)", self.qualname)

@@ -7,6 +7,7 @@ crediting the server as the reader goes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, overload
 
 import anyio
 
+from farine import _tracing
 from farine import settings as farine_settings
 from farine._broker.errors import BrokerUnavailable
 from farine._broker.loops import now
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
     from typing import Self
 
     import msgspec
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span
 
     from farine._broker.message import Message
     from farine.rpc._router import Router
@@ -73,12 +77,14 @@ class CallPlan:
         limit: Seconds until its deadline (its own, or less, its caller's).
         headers: The headers it carries.
         decoder: Decodes its value or items (the API's return type); None: any JSON.
+        trace: The caller's trace context, when tracing is on (`farine._tracing`).
     """
 
     stream: bool
     limit: float
     headers: Mapping[str, str]
     decoder: msgspec.json.Decoder[Any] | None
+    trace: Context | None = None
 
 
 def settings_for(service: str) -> ServiceSettings:
@@ -161,7 +167,7 @@ class ClientBase(Generic[API]):
                 f"{self.service}.{method}: timeout: the deadline of the call being handled "
                 "passed before this one was made"
             )
-        return CallPlan(stream, limit, headers, typed.decoder)
+        return CallPlan(stream, limit, headers, typed.decoder, _tracing.capture())
 
 
 class AsyncClient(ClientBase[API]):
@@ -277,7 +283,29 @@ async def unary_call(
     plan: CallPlan,
 ) -> Any:
     """Make a call through `router` and return its (decoded) value."""
-    message = await router.call(settings, service, method, args, kwargs, plan.limit, plan.headers)
+    tracer = None if plan.trace is None else _tracing.tracer()
+    if tracer is None:
+        return await _unary_call(router, settings, service, method, args, kwargs, plan, None)
+    with _tracing.rpc_client_span(tracer, plan.trace, service, method) as (span, trace):
+        return await _unary_call(router, settings, service, method, args, kwargs, plan, trace, span)
+
+
+async def _unary_call(
+    router: Router,
+    settings: ServiceSettings,
+    service: str,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    plan: CallPlan,
+    trace: Mapping[str, Any] | None,
+    span: Span | None = None,
+) -> Any:
+    message = await router.call(
+        settings, service, method, args, kwargs, plan.limit, plan.headers, trace
+    )
+    if span is not None and message.correlation_id:
+        span.set_attribute("messaging.message.conversation_id", message.correlation_id)
     where = f"{service}.{method}"
     reply = decode_reply(message.body, settings.body_max_depth, plan.decoder, where)
     if reply.except_:
@@ -285,7 +313,7 @@ async def unary_call(
     return reply.body
 
 
-async def stream_call(
+def stream_call(
     get_router: Callable[[], Awaitable[Router]],
     settings: ServiceSettings,
     service: str,
@@ -296,14 +324,52 @@ async def stream_call(
 ) -> AsyncGenerator[Any]:
     """Make a streaming call through the router `get_router` returns, and yield its
     (decoded) items."""
+    if plan.trace is None:
+        return _stream_items(get_router, settings, service, method, args, kwargs, plan)
+    return _traced_stream(get_router, settings, service, method, args, kwargs, plan)
+
+
+async def _traced_stream(
+    get_router: Callable[[], Awaitable[Router]],
+    settings: ServiceSettings,
+    service: str,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    plan: CallPlan,
+) -> AsyncGenerator[Any]:
+    tracer = _tracing.tracer()
+    assert tracer is not None, "a plan has a trace context only while tracing is on"
+    with _tracing.rpc_client_span(tracer, plan.trace, service, method) as (span, trace):
+        items = _stream_items(
+            get_router, settings, service, method, args, kwargs, plan, trace, span
+        )
+        async with contextlib.aclosing(items):
+            async for item in items:
+                yield item
+
+
+async def _stream_items(
+    get_router: Callable[[], Awaitable[Router]],
+    settings: ServiceSettings,
+    service: str,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    plan: CallPlan,
+    trace: Mapping[str, Any] | None = None,
+    span: Span | None = None,
+) -> AsyncGenerator[Any]:
     router = await get_router()
     where = f"{service}.{method}"
     limit = plan.limit
     deadline = now() + limit
     ended = False
     async with router.open_stream(
-        settings, service, method, args, kwargs, limit, plan.headers
+        settings, service, method, args, kwargs, limit, plan.headers, trace
     ) as call:
+        if span is not None:
+            span.set_attribute("messaging.message.conversation_id", call.correlation_id)
         # Credit goes to the server each time the reader has taken half a window.
         read = credited = 0
         step = max(1, call.window // 2)

@@ -20,6 +20,8 @@ import anyio
 import httpx
 import httpx_sse
 
+from farine import _telemetry as telemetry
+from farine import _tracing
 from farine._limits import CallLimits, check_timeout
 from farine.codec import BadBody, BodyDecoder, annotation_of
 from farine.entrypoints import (
@@ -512,7 +514,14 @@ class _HttpStream(Entrypoint):
         self._busy = True
         try:
             with handler_transaction(self.spec.transaction):
-                await self._call(self.handler, *args)
+                if not telemetry.on():
+                    await self._call(self.handler, *args)
+                else:
+                    call = _tracing.sse_call(
+                        self.qualname, self.service.name, sse.event, self._last_event_id or None
+                    )
+                    with telemetry.handling(call):
+                        await self._call(self.handler, *args)
         except Exception:
             logger.exception(
                 "%s raised on event (type %r, id %r); the stream goes on",
