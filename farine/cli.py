@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     start = commands.add_parser("start", help="run the services of one or more modules")
     start.add_argument("modules", nargs="+", metavar="MODULE", help="imports MODULE.service")
+    start.add_argument(
+        "--workers", type=_positive_int, metavar="N",
+        help="run N supervised processes of the services (competing consumers)",
+    )  # fmt: skip
+    start.add_argument(
+        "--reload", action="store_true",
+        help="restart when a Python or INI file under a MODULE changes (development)",
+    )  # fmt: skip
     _common(start)
 
     migrate = commands.add_parser("migrate", help="create the tables of MODULE.models")
@@ -174,6 +182,16 @@ def _json_object(text: str) -> dict[str, Any]:
     return kwargs
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -224,6 +242,26 @@ def _start(modules: Sequence[str], backend: Backend) -> int:
     logger.info("starting %d service(s) from %s on %s", len(services), ", ".join(modules), backend)
     anyio.run(run, services, backend=backend)
     return 0
+
+
+def _start_processes(args: argparse.Namespace, backend: Backend) -> int:
+    """`farine start --workers N` / `--reload`: supervise `farine start` processes."""
+    from farine._processes import Supervisor, module_directories
+
+    modules = cast(list[str], args.modules)
+    command = [sys.executable, "-m", "farine", "start", *modules, "--backend", backend]
+    for option, value in (
+        ("--config", args.config),
+        ("--log-level", args.log_level),
+        ("--log-format", args.log_format),
+    ):
+        if value is not None:
+            command += [option, cast(str, value)]
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as the workers import the modules
+    watch = module_directories(modules) if args.reload else None
+    workers = cast(int | None, args.workers) or 1
+    return anyio.run(Supervisor(command, workers, watch).run, backend=backend)
 
 
 def _migrate(module: str) -> int:
@@ -347,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = _migrate(cast(str, args.module))
         elif command == "call":
             code = _call(args, backend)
+        elif command == "start" and (args.workers is not None or args.reload):
+            code = _start_processes(args, backend)
         else:
             code = _start(legacy or cast(list[str], args.modules), backend)
     except ServiceNotFound as exc:

@@ -513,24 +513,29 @@ class _HttpStream(Entrypoint):
             args = (data, event)
         self._busy = True
         try:
+            if not telemetry.on():
+                await self._handle(args, sse)
+            else:
+                event_id = self._last_event_id or None
+                with telemetry.handling(
+                    _tracing.sse_call(self.qualname, self.service.name, sse.event, event_id)
+                ):
+                    await self._handle(args, sse)
+        finally:
+            self._busy = False
+
+    async def _handle(self, args: tuple[Any, ...], sse: httpx_sse.ServerSentEvent) -> None:
+        try:
             with handler_transaction(self.spec.transaction):
-                if not telemetry.on():
-                    await self._call(self.handler, *args)
-                else:
-                    call = _tracing.sse_call(
-                        self.qualname, self.service.name, sse.event, self._last_event_id or None
-                    )
-                    with telemetry.handling(call):
-                        await self._call(self.handler, *args)
-        except Exception:
+                await self._call(self.handler, *args)
+        except Exception as exc:
+            _tracing.record_failure(exc)
             logger.exception(
                 "%s raised on event (type %r, id %r); the stream goes on",
                 self.qualname,
                 sse.event,
                 self._last_event_id,
             )
-        finally:
-            self._busy = False
 
 
 async def _abandon(
