@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from typing import TYPE_CHECKING, Any, Final
 
 try:
@@ -57,10 +58,17 @@ SYSTEM: Final = "rabbitmq"
 _SCOPE: Final = "farine"
 
 
+#: Seconds between two looks for a provider while none is configured: reading the
+#: global one costs a microsecond (an environment lookup), too much for every message.
+PROBE_INTERVAL: Final = 1.0
+
+
 class _State:
     tracer: Tracer | None = None
     #: A provider given by `use_tracer_provider()` (tests), else None: the global one.
     provider: TracerProvider | None = None
+    #: When to look for a provider again (`time.monotonic()`).
+    next_probe: float = 0.0
 
 
 _state = _State()
@@ -69,7 +77,7 @@ _state = _State()
 def tracer() -> Tracer | None:
     """The tracer of farine's spans, or None while no recording provider is configured."""
     found = _state.tracer
-    if found is not None or trace is None:
+    if found is not None or trace is None or time.monotonic() < _state.next_probe:
         return found
     return _probe()
 
@@ -79,6 +87,7 @@ def _probe() -> Tracer | None:
     provider = _state.provider or trace.get_tracer_provider()
     # Without an SDK the global provider is a proxy (or the no-op one): no span records.
     if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        _state.next_probe = time.monotonic() + PROBE_INTERVAL
         return None
     import farine
 
@@ -94,13 +103,14 @@ def use_tracer_provider(provider: TracerProvider | None) -> Generator[None]:
         provider: An SDK `TracerProvider` (with an in-memory exporter, say); None turns
             tracing off for the block.
     """
-    previous = (_state.provider, _state.tracer)
+    previous = (_state.provider, _state.tracer, _state.next_probe)
     _state.provider = provider
     _state.tracer = None if provider is None else provider.get_tracer(_SCOPE)
+    _state.next_probe = 0.0
     try:
         yield
     finally:
-        _state.provider, _state.tracer = previous
+        _state.provider, _state.tracer, _state.next_probe = previous
 
 
 def capture() -> Context | None:
