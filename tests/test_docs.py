@@ -188,3 +188,14 @@ def test_testing_guide_examples_pass_as_a_user_runs_them() -> None:
         assert f"{test}[trio] PASSED" in out, out
     assert "test_receive_adds_to_the_stock PASSED" in out, out
     assert re.search(r"\b17 passed\b", out), out
+
+
+# -- the production guide's tracing example (docs/production.md) --------------------------
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_tracing_example_prints_one_trace(backend: str) -> None:
+    out = run_example("traced", backend, r"pong: got ball 1", r'"name": "process ping"')
+    names = re.findall(r'"name": "([^"]+)"', out)
+    assert {"execute ping.serve", "publish ping", "process ping"} <= set(names), out
+    assert len(set(re.findall(r'"trace_id": "(0x[0-9a-f]+)"', out))) == 1, out
