@@ -100,7 +100,7 @@ class Supervisor:
         while not self._stopping.is_set():
             generation = self._generation
             began = anyio.current_time()
-            worker.code = code = await self._run_once(worker)
+            worker.code = code = await self._start_and_wait(worker)
             if self._stopping.is_set():
                 return
             if self._generation != generation:
@@ -148,7 +148,7 @@ class Supervisor:
             await event.wait()
             tg.cancel_scope.cancel()
 
-    async def _run_once(self, worker: _Worker) -> int:
+    async def _start_and_wait(self, worker: _Worker) -> int:
         env = {
             **os.environ,
             "FARINE_WORKER": str(worker.number),
