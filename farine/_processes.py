@@ -76,6 +76,7 @@ class Supervisor:
         """Supervise the workers; return 0 once all stopped with exit code 0, else 1 (2
         when a worker reported a bad command line or configuration)."""
         self._workers = [_Worker(number) for number in range(1, self.workers + 1)]
+        self._stopping, self._changed = anyio.Event(), anyio.Event()  # on this run's loop
         async with anyio.create_task_group() as tg:
             await tg.start(self._forward_signals)
             if self.watch:

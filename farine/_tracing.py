@@ -100,8 +100,8 @@ def use_tracer_provider(provider: TracerProvider | None) -> Generator[None]:
     """Trace with `provider` instead of the global one during the block (tests).
 
     Args:
-        provider: An SDK `TracerProvider` (with an in-memory exporter, say); None turns
-            tracing off for the block.
+        provider: An SDK `TracerProvider` (with an in-memory exporter, say); None: the
+            global provider's (tracing off while none is configured).
     """
     previous = (_state.provider, _state.tracer, _state.next_probe)
     _state.provider = provider
