@@ -12,7 +12,9 @@ the `watchfiles` library) stops the workers gracefully and starts them again; a 
 that fails (a syntax error, say) is then started again at the next change.
 
 Workers run in a session of their own, so that Ctrl-C in a terminal reaches the
-supervisor only, which passes it on once. Each worker gets `FARINE_WORKER` (its number,
+supervisor only, which passes it on once. Each holds the read end of a pipe (the
+lifeline) that the supervisor never writes to: when the supervisor dies, even killed,
+the pipe closes and the worker stops gracefully (`worker_main`). Each worker gets `FARINE_WORKER` (its number,
 from 1) and `FARINE_WORKERS` (how many there are) in its environment.
 """
 
@@ -23,6 +25,8 @@ import logging
 import os
 import signal
 import subprocess
+import sys
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -34,7 +38,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import Process, TaskStatus
 
-__all__ = ("RESTART_BACKOFF", "Supervisor")
+__all__ = ("RESTART_BACKOFF", "Supervisor", "module_directories", "worker_main")
 
 logger = logging.getLogger("farine.workers")
 
@@ -58,25 +62,36 @@ class Supervisor:
     """Run `command` as `workers` processes until they stop or a signal stops them.
 
     Args:
-        command: The worker's command line (`python -m farine start MODULE ...`).
+        arguments: The worker's `farine` arguments (`start MODULE ...`).
         workers: How many worker processes to run.
         watch: With `--reload`: the directories whose Python and INI files restart the
             workers when they change; None: no reload.
     """
 
-    command: Sequence[str]
+    arguments: Sequence[str]
     workers: int
     watch: Sequence[Path] | None = None
     _workers: list[_Worker] = field(default_factory=list[_Worker])
     _stopping: anyio.Event = field(default_factory=anyio.Event)
     _changed: anyio.Event = field(default_factory=anyio.Event)
     _generation: int = 0
+    _lifeline: int = -1
 
     async def run(self) -> int:
         """Supervise the workers; return 0 once all stopped with exit code 0, else 1 (2
         when a worker reported a bad command line or configuration)."""
         self._workers = [_Worker(number) for number in range(1, self.workers + 1)]
         self._stopping, self._changed = anyio.Event(), anyio.Event()  # on this run's loop
+        # The workers' lifeline: they hold its read end, and see it close (EOF) when the
+        # supervisor is gone, even killed; nothing is ever written to it.
+        self._lifeline, lifeline = os.pipe()
+        try:
+            return await self._run()
+        finally:
+            os.close(self._lifeline)
+            os.close(lifeline)
+
+    async def _run(self) -> int:
         async with anyio.create_task_group() as tg:
             await tg.start(self._forward_signals)
             if self.watch:
@@ -155,8 +170,12 @@ class Supervisor:
             "FARINE_WORKER": str(worker.number),
             "FARINE_WORKERS": str(self.workers),
         }
+        command = [
+            sys.executable, "-m", "farine._processes", str(self._lifeline), *self.arguments
+        ]  # fmt: skip
         process = await anyio.open_process(
-            list(self.command),
+            command,
+            pass_fds=(self._lifeline,),
             stdin=subprocess.DEVNULL,
             stdout=None,
             stderr=None,
@@ -249,3 +268,34 @@ def module_directories(modules: Sequence[str]) -> list[Path]:
         elif spec.origin:
             found.append(Path(spec.origin).parent)
     return found
+
+
+def worker_main(argv: Sequence[str]) -> None:
+    """Run one worker: `farine ARGS...`, stopped gracefully if its supervisor dies.
+
+    Args:
+        argv: The lifeline's file descriptor, then the `farine` arguments.
+    """
+    lifeline = int(argv[0])
+    threading.Thread(
+        target=_stop_when_orphaned, args=(lifeline,), name="farine-lifeline", daemon=True
+    ).start()
+    sys.argv = ["farine", *argv[1:]]
+    from farine.cli import run_main
+
+    run_main()
+
+
+def _stop_when_orphaned(lifeline: int) -> None:
+    try:
+        while os.read(lifeline, 1):
+            pass
+    except OSError:
+        return
+    # EOF: the supervisor is gone (killed, say); a graceful stop, as if it had sent SIGTERM.
+    logger.warning("the supervisor is gone: stopping")
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+if __name__ == "__main__":
+    worker_main(sys.argv[1:])

@@ -249,19 +249,19 @@ def _start_processes(args: argparse.Namespace, backend: Backend) -> int:
     from farine._processes import Supervisor, module_directories
 
     modules = cast(list[str], args.modules)
-    command = [sys.executable, "-m", "farine", "start", *modules, "--backend", backend]
+    arguments = ["start", *modules, "--backend", backend]
     for option, value in (
         ("--config", args.config),
         ("--log-level", args.log_level),
         ("--log-format", args.log_format),
     ):
         if value is not None:
-            command += [option, cast(str, value)]
+            arguments += [option, cast(str, value)]
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as the workers import the modules
     watch = module_directories(modules) if args.reload else None
     workers = cast(int | None, args.workers) or 1
-    return anyio.run(Supervisor(command, workers, watch).run, backend=backend)
+    return anyio.run(Supervisor(arguments, workers, watch).run, backend=backend)
 
 
 def _migrate(module: str) -> int:

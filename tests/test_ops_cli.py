@@ -46,8 +46,8 @@ def test_reload_restarts_the_services_when_a_file_changes(backend: str, tmp_path
     proc = FarineProcess("start", "reloadapp", "--reload", "--backend", backend, cwd=tmp_path)
     try:
         proc.wait_for(r"reload: watching Python and INI files under .*reloadapp")
-        proc.wait_for(r"running version 1")
-        proc.wait_for(r"ready: reloadapp")
+        proc.wait_for(r"runtime: ready: reloadapp")
+        proc.expect(r"running version 1")  # logged from a worker thread: maybe before
         service.write_text(SERVICE.replace("VERSION = 1", "VERSION = 2"))
         proc.wait_for(r"reload: .*service\.py changed; restarting the worker\(s\)")
         proc.wait_for(r"farine\.runtime: stopped")  # drained first
@@ -104,3 +104,22 @@ def test_log_format_option_overrides_the_setting(tmp_path: Path) -> None:
     assert code == 0, out
     assert "once ran" in out
     assert not any(line.startswith("{") for line in out.splitlines())
+
+
+def test_workers_stop_gracefully_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    package = tmp_path / "reloadapp"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "service.py").write_text(SERVICE)
+    proc = FarineProcess("start", "reloadapp", "--workers", "2", cwd=tmp_path)
+    try:
+        proc.wait_for(r"runtime: ready: reloadapp")
+        proc.wait_for(r"runtime: ready: reloadapp")
+        proc.proc.kill()  # the supervisor only: its workers outlive it, for a moment
+        proc.wait_for(r"the supervisor is gone: stopping")
+        proc.wait_for(r"the supervisor is gone: stopping")
+        code = proc.wait(30)  # returns once both workers closed their output too
+    finally:
+        proc.kill()
+    assert code == -9
+    assert proc.output.count("farine.runtime: stopped") == 2, proc.output

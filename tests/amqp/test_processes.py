@@ -61,8 +61,8 @@ def test_workers_share_a_queue_are_restarted_and_drain_on_sigterm(
             assert match is not None
             pids[match[1]] = int(match[2])
         assert sorted(pids) == ["1", "2"]
-        proc.wait_for(r"ready: workerapp")
-        proc.wait_for(r"ready: workerapp")
+        proc.wait_for(r"runtime: ready: workerapp")
+        proc.wait_for(r"runtime: ready: workerapp")
 
         _publish_jobs(exchange, 0, JOBS)
         done = _done_by(proc, JOBS)
@@ -73,7 +73,7 @@ def test_workers_share_a_queue_are_restarted_and_drain_on_sigterm(
         proc.wait_for(r"worker 1 exited with code -9; restarting it in 0\.5s")
         restarted = proc.wait_for(r"worker 1 started \(pid \d+\)")
         assert f"(pid {pids['1']})" not in restarted
-        proc.wait_for(r"ready: workerapp")
+        proc.wait_for(r"runtime: ready: workerapp")
         _publish_jobs(exchange, JOBS, JOBS)
         assert sorted(_done_by(proc, JOBS)) == list(range(JOBS, 2 * JOBS))
 
