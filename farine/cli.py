@@ -17,7 +17,7 @@ import msgspec
 
 import farine
 from farine import _dlq_cli, settings
-from farine._logging import setup_logging
+from farine._logging import FORMATS, LogFormat, setup_logging
 from farine._redact import add_secret, redact
 from farine.entrypoints import running_sync_calls
 from farine.exceptions import FarineError, RPCError, ServiceNotFound
@@ -51,6 +51,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
         help="log level (default: the log_level setting, else INFO)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        help="text lines or JSON objects (default: the log_format setting, else text)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     start = commands.add_parser("start", help="run the services of one or more modules")
     start.add_argument("modules", nargs="+", metavar="MODULE", help="imports MODULE.service")
+    start.add_argument(
+        "--workers", type=_positive_int, metavar="N",
+        help="run N supervised processes of the services (competing consumers)",
+    )  # fmt: skip
+    start.add_argument(
+        "--reload", action="store_true",
+        help="restart when a Python or INI file under a MODULE changes (development)",
+    )  # fmt: skip
     _common(start)
     start.add_argument(
         "--http", metavar="HOST:PORT", type=_http_address,
@@ -175,6 +188,16 @@ def _json_object(text: str) -> dict[str, Any]:
     return kwargs
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -211,7 +234,10 @@ def _prepare(args: argparse.Namespace, default_level: str = "INFO") -> None:
     add_secret(defaults.db_password)
     for section in config.sections():
         add_secret(config.service(section).db_password)
-    setup_logging(cast(str | None, args.log_level) or defaults.log_level or default_level)
+    log_format = cast(LogFormat | None, args.log_format) or cast(LogFormat, defaults.log_format)
+    setup_logging(
+        cast(str | None, args.log_level) or defaults.log_level or default_level, log_format
+    )
     if config.path is None:
         logger.info("no configuration file at %s: using defaults", settings.DEFAULT_PATH)
     else:
@@ -232,6 +258,27 @@ def _start(modules: Sequence[str], backend: Backend, http: str | None = None) ->
     logger.info("starting %d service(s) from %s on %s", len(services), ", ".join(modules), backend)
     anyio.run(functools.partial(run, services, http=http), backend=backend)
     return 0
+
+
+def _start_processes(args: argparse.Namespace, backend: Backend) -> int:
+    """`farine start --workers N` / `--reload`: supervise `farine start` processes."""
+    from farine._processes import Supervisor, module_directories
+
+    modules = cast(list[str], args.modules)
+    arguments = ["start", *modules, "--backend", backend]
+    for option, value in (
+        ("--config", args.config),
+        ("--log-level", args.log_level),
+        ("--log-format", args.log_format),
+        ("--http", args.http),  # each worker on its own port: see farine.ops
+    ):
+        if value is not None:
+            arguments += [option, cast(str, value)]
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as the workers import the modules
+    watch = module_directories(modules) if args.reload else None
+    workers = cast(int | None, args.workers) or 1
+    return anyio.run(Supervisor(arguments, workers, watch).run, backend=backend)
 
 
 def _migrate(module: str) -> int:
@@ -358,6 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = _call(args, backend)
         elif command == "dlq":
             code = _dlq_cli.run(args, backend)
+        elif command == "start" and (args.workers is not None or args.reload):
+            code = _start_processes(args, backend)
         else:
             http = cast(str | None, getattr(args, "http", None))  # `start` has --http
             code = _start(legacy or cast(list[str], args.modules), backend, http)

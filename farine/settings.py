@@ -251,6 +251,10 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("http", _parse_http_address, None, "str",
         "`[DEFAULT]` only: serve the operations endpoint (`/livez`, `/readyz`, "
         "`/metrics`) on `HOST:PORT`; unset: off. `--http` overrides it."),
+    Key("log_format", _choice("text", "json"), "text", "str",
+        "`text` (one line per record) or `json` (one object per line, with the service, "
+        "entrypoint, message id, correlation id and trace id of the handler call it was "
+        "logged in); `--log-format` overrides it."),
     # -- AMQP ------------------------------------------------------------------------
     Key("prefetch", _parse_positive_int, 64, "int",
         "Messages a consumer may hold unacknowledged."),
@@ -368,6 +372,7 @@ class ServiceSettings(Mapping[str, Any]):
     max_concurrency: int | None = None
     log_level: str | None = None
     http: str | None = None
+    log_format: str = "text"
     prefetch: int = 64
     max_body_size: int = 16 * 1024 * 1024
     body_max_depth: int = DEFAULT_BODY_MAX_DEPTH

@@ -202,3 +202,14 @@ def test_delivery_guide_example_runs(backend: str) -> None:
     assert "(attempt 1/4); retrying in 0." in out
     assert "dead-lettering message" in out
     assert "to queue placed.dead (permanent (Permanent))" in out
+
+
+# -- the production guide's tracing example (docs/production.md) --------------------------
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_tracing_example_prints_one_trace(backend: str) -> None:
+    out = run_example("traced", backend, r"pong: got ball 1", r'"name": "process ping"')
+    names = re.findall(r'"name": "([^"]+)"', out)
+    assert {"execute ping.serve", "publish ping", "process ping"} <= set(names), out
+    assert len(set(re.findall(r'"trace_id": "(0x[0-9a-f]+)"', out))) == 1, out

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from farine import _telemetry as telemetry
+from farine import _tracing
 from farine._broker import Binding, ExchangeSpec, QueueSpec, Topology
 from farine._broker.errors import PublishError
 from farine._broker.interface import Outgoing
@@ -485,12 +487,23 @@ class _ConsumerEntrypoint(Entrypoint):
         await consumer.cancel()
 
     async def _handle(self, message: Message, connection: Connection) -> MessageOutcome | None:
-        """Decode, call the handler, settle `message`.
+        """Decode, call the handler, settle `message`, in a span when tracing is on.
 
         Returns the outcome for `farine_messages_total` when the message's own state
         does not tell it (`retried`, `dead_lettered`: a failure path that republishes
         the message acks it), else None.
         """
+        if not telemetry.on():
+            return await self._process(message, connection)
+        call = _tracing.consume_call(
+            self.qualname, self.service.name, self.queue, message.exchange,
+            message.routing_key, message.message_id, message.correlation_id,
+            message.headers, len(message.body),
+        )  # fmt: skip
+        with telemetry.handling(call):
+            return await self._process(message, connection)
+
+    async def _process(self, message: Message, connection: Connection) -> MessageOutcome | None:
         if self.service.stopping.is_set():
             # Delivered while stopping, before the broker saw the cancel: not started.
             message.nack(requeue=True)
@@ -508,6 +521,7 @@ class _ConsumerEntrypoint(Entrypoint):
                 message.nack(requeue=True)
                 return None
         except Exception as exc:
+            _tracing.record_failure(exc)
             if message.settled:
                 logger.exception(
                     "%s raised after settling message %s (%s)",

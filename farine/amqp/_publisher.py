@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 
+from farine import _tracing
 from farine import settings as farine_settings
 from farine._broker import ExchangeSpec
 from farine._broker.interface import Outgoing
@@ -197,15 +199,24 @@ class Publisher(_BasePublisher):
         connection = get_connection_blocking(self.settings)
         limit = self.settings.publish_timeout if timeout is None else timeout
         metrics = _metrics()
+        tracer = _tracing.tracer()
         for key in keys:
-            outgoing = Outgoing(
-                self.exchange, key, data, properties, mandatory, limit, self._declare
-            )
-            if metrics is None:
-                connection.publish_blocking(outgoing)
-            else:
-                with metrics.publishing():
-                    connection.publish_blocking(outgoing)
+            if tracer is None and metrics is None:
+                connection.publish_blocking(
+                    Outgoing(self.exchange, key, data, properties, mandatory, limit, self._declare)
+                )
+                continue
+            with contextlib.ExitStack() as observed:
+                sent = properties
+                if tracer is not None:
+                    sent = observed.enter_context(
+                        _tracing.publish_span(tracer, self.exchange, key, properties, len(data))
+                    )
+                if metrics is not None:
+                    observed.enter_context(metrics.publishing())
+                connection.publish_blocking(
+                    Outgoing(self.exchange, key, data, sent, mandatory, limit, self._declare)
+                )
 
     __call__ = send
 
@@ -238,15 +249,24 @@ class AsyncPublisher(_BasePublisher):
         connection = await get_connection(self.settings)
         limit = self.settings.publish_timeout if timeout is None else timeout
         metrics = _metrics()
+        tracer = _tracing.tracer()
         for key in keys:
-            outgoing = Outgoing(
-                self.exchange, key, data, properties, mandatory, limit, self._declare
-            )
-            if metrics is None:
-                await connection.publish(outgoing)
-            else:
-                with metrics.publishing():
-                    await connection.publish(outgoing)
+            if tracer is None and metrics is None:
+                await connection.publish(
+                    Outgoing(self.exchange, key, data, properties, mandatory, limit, self._declare)
+                )
+                continue
+            with contextlib.ExitStack() as observed:
+                sent = properties
+                if tracer is not None:
+                    sent = observed.enter_context(
+                        _tracing.publish_span(tracer, self.exchange, key, properties, len(data))
+                    )
+                if metrics is not None:
+                    observed.enter_context(metrics.publishing())
+                await connection.publish(
+                    Outgoing(self.exchange, key, data, sent, mandatory, limit, self._declare)
+                )
 
     __call__ = send
 

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from farine import _telemetry as telemetry
+from farine import _tracing
 from farine._limits import check_timeout
 from farine.entrypoints import (
     Entrypoint,
@@ -126,16 +128,15 @@ class _Execute(Entrypoint):
         runs = 0
         while not stopping.is_set():
             runs += 1
-            try:
-                with handler_transaction(self.spec.transaction):
-                    await self.service.call(self.handler)
-            except Exception:
+            if not telemetry.on():
+                failed = await self._run(runs, delay)
+            else:
+                call = _tracing.execute_call(self.qualname, self.service.name, runs)
+                with telemetry.handling(call):
+                    failed = await self._run(runs, delay)
+            if failed:
                 if not self.spec.restart:
-                    logger.exception("%s raised; not restarting (restart=False)", self.qualname)
                     return
-                logger.exception(
-                    "%s raised (run %d); restarting in %.1fs", self.qualname, runs, delay
-                )
                 with anyio.move_on_after(delay):
                     await stopping.wait()
                 delay = min(max(delay, 0.001) * 2, self.spec.backoff_max)
@@ -146,3 +147,19 @@ class _Execute(Entrypoint):
             logger.debug("%s returned (run %d); restarting", self.qualname, runs)
             # A method that returns at once must not starve the event loop.
             await anyio.lowlevel.checkpoint()
+
+    async def _run(self, runs: int, delay: float) -> bool:
+        """Run the method once; True when it raised (the error is logged)."""
+        try:
+            with handler_transaction(self.spec.transaction):
+                await self.service.call(self.handler)
+        except Exception as exc:
+            _tracing.record_failure(exc)
+            if not self.spec.restart:
+                logger.exception("%s raised; not restarting (restart=False)", self.qualname)
+            else:
+                logger.exception(
+                    "%s raised (run %d); restarting in %.1fs", self.qualname, runs, delay
+                )
+            return True
+        return False

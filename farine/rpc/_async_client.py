@@ -7,6 +7,7 @@ crediting the server as the reader goes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, overload
 
 import anyio
 
+from farine import _tracing
 from farine import settings as farine_settings
 from farine._broker.errors import BrokerUnavailable
 from farine._broker.loops import now
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from typing import Self
 
     import msgspec
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span
 
     from farine._broker.message import Message
     from farine.rpc._router import Router
@@ -74,12 +78,14 @@ class CallPlan:
         limit: Seconds until its deadline (its own, or less, its caller's).
         headers: The headers it carries.
         decoder: Decodes its value or items (the API's return type); None: any JSON.
+        trace: The caller's trace context, when tracing is on (`farine._tracing`).
     """
 
     stream: bool
     limit: float
     headers: Mapping[str, str]
     decoder: msgspec.json.Decoder[Any] | None
+    trace: Context | None = None
 
 
 def settings_for(service: str) -> ServiceSettings:
@@ -162,7 +168,7 @@ class ClientBase(Generic[API]):
                 f"{self.service}.{method}: timeout: the deadline of the call being handled "
                 "passed before this one was made"
             )
-        return CallPlan(stream, limit, headers, typed.decoder)
+        return CallPlan(stream, limit, headers, typed.decoder, _tracing.capture())
 
 
 class AsyncClient(ClientBase[API]):
@@ -280,18 +286,26 @@ async def unary_call(
     """Make a call through `router` and return its (decoded) value."""
     caller = current_service()
     metrics = None if caller is None else caller.metrics
-    if metrics is None:
-        return await _unary_call(router, settings, service, method, args, kwargs, plan)
+    tracer = None if plan.trace is None else _tracing.tracer()
+    if metrics is None and tracer is None:
+        return await _unary_call(router, settings, service, method, args, kwargs, plan, None)
     start = time.perf_counter()
     outcome = "error"
     try:
-        result = await _unary_call(router, settings, service, method, args, kwargs, plan)
+        if tracer is None:
+            result = await _unary_call(router, settings, service, method, args, kwargs, plan, None)
+        else:
+            with _tracing.rpc_client_span(tracer, plan.trace, service, method) as (span, trace):
+                result = await _unary_call(
+                    router, settings, service, method, args, kwargs, plan, trace, span
+                )
         outcome = "ok"
     except RPCTimeout:
         outcome = "timeout"
         raise
     finally:
-        metrics.rpc_called(service, method, outcome, time.perf_counter() - start)
+        if metrics is not None:
+            metrics.rpc_called(service, method, outcome, time.perf_counter() - start)
     return result
 
 
@@ -303,8 +317,14 @@ async def _unary_call(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     plan: CallPlan,
+    trace: Mapping[str, Any] | None,
+    span: Span | None = None,
 ) -> Any:
-    message = await router.call(settings, service, method, args, kwargs, plan.limit, plan.headers)
+    message = await router.call(
+        settings, service, method, args, kwargs, plan.limit, plan.headers, trace
+    )
+    if span is not None and message.correlation_id:
+        span.set_attribute("messaging.message.conversation_id", message.correlation_id)
     where = f"{service}.{method}"
     reply = decode_reply(message.body, settings.body_max_depth, plan.decoder, where)
     if reply.except_:
@@ -312,7 +332,7 @@ async def _unary_call(
     return reply.body
 
 
-async def stream_call(
+def stream_call(
     get_router: Callable[[], Awaitable[Router]],
     settings: ServiceSettings,
     service: str,
@@ -323,14 +343,52 @@ async def stream_call(
 ) -> AsyncGenerator[Any]:
     """Make a streaming call through the router `get_router` returns, and yield its
     (decoded) items."""
+    if plan.trace is None:
+        return _stream_items(get_router, settings, service, method, args, kwargs, plan)
+    return _traced_stream(get_router, settings, service, method, args, kwargs, plan)
+
+
+async def _traced_stream(
+    get_router: Callable[[], Awaitable[Router]],
+    settings: ServiceSettings,
+    service: str,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    plan: CallPlan,
+) -> AsyncGenerator[Any]:
+    tracer = _tracing.tracer()
+    assert tracer is not None, "a plan has a trace context only while tracing is on"
+    with _tracing.rpc_client_span(tracer, plan.trace, service, method) as (span, trace):
+        items = _stream_items(
+            get_router, settings, service, method, args, kwargs, plan, trace, span
+        )
+        async with contextlib.aclosing(items):
+            async for item in items:
+                yield item
+
+
+async def _stream_items(
+    get_router: Callable[[], Awaitable[Router]],
+    settings: ServiceSettings,
+    service: str,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    plan: CallPlan,
+    trace: Mapping[str, Any] | None = None,
+    span: Span | None = None,
+) -> AsyncGenerator[Any]:
     router = await get_router()
     where = f"{service}.{method}"
     limit = plan.limit
     deadline = now() + limit
     ended = False
     async with router.open_stream(
-        settings, service, method, args, kwargs, limit, plan.headers
+        settings, service, method, args, kwargs, limit, plan.headers, trace
     ) as call:
+        if span is not None:
+            span.set_attribute("messaging.message.conversation_id", call.correlation_id)
         # Credit goes to the server each time the reader has taken half a window.
         read = credited = 0
         step = max(1, call.window // 2)

@@ -304,6 +304,7 @@ class Router:
         kwargs: dict[str, Any],
         limit: float,
         headers: Mapping[str, str] | None = None,
+        trace: Mapping[str, Any] | None = None,
     ) -> Message:
         """Publish the request of a unary call and return its first reply.
 
@@ -321,8 +322,9 @@ class Router:
         self._deadlines.add(call, now() + limit)
         try:
             await self._publish(
-                correlation_id, settings, service, method, args, kwargs, limit, headers=headers
-            )
+                correlation_id, settings, service, method, args, kwargs, limit,
+                headers=headers, trace=trace,
+            )  # fmt: skip
             await call.arrived.wait()
         finally:
             del self.calls[correlation_id]
@@ -344,6 +346,7 @@ class Router:
         kwargs: dict[str, Any],
         limit: float,
         headers: Mapping[str, str] | None = None,
+        trace: Mapping[str, Any] | None = None,
     ) -> AsyncGenerator[StreamCall]:
         """Publish the request of a stream and yield the call whose replies arrive on
         `call.receive`."""
@@ -353,7 +356,7 @@ class Router:
         try:
             await self._publish(
                 correlation_id, settings, service, method, args, kwargs, limit,
-                stream=call, headers=headers,
+                stream=call, headers=headers, trace=trace,
             )  # fmt: skip
             yield call
         finally:
@@ -373,6 +376,7 @@ class Router:
         *,
         stream: StreamCall | None = None,
         headers: Mapping[str, str] | None = None,
+        trace: Mapping[str, Any] | None = None,
     ) -> None:
         assert self.channel is not None, "the router is not running"
         where = f"{service}.{method}"
@@ -393,6 +397,8 @@ class Router:
             table[HEADER_WINDOW] = stream.window
         if headers:
             table[HEADER_CONTEXT] = dict(headers)
+        if trace:
+            table.update(trace)  # the caller's span (`traceparent`...), for the server's
         properties = Properties(
             content_type=CONTENT_TYPE,
             correlation_id=correlation_id,

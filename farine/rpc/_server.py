@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import msgspec
 
+from farine import _telemetry as telemetry
+from farine import _tracing
 from farine._broker import (
     Binding,
     ExchangeSpec,
@@ -317,6 +319,16 @@ class _RpcMethod(Entrypoint):
     # -- one call ---------------------------------------------------------------------
 
     async def _handle(self, message: Message, connection: Connection) -> None:
+        if not telemetry.on():
+            await self._answer(message, connection)
+            return
+        call = _tracing.rpc_server_call(
+            self.qualname, self.service.name, self.name, message.correlation_id, message.headers
+        )
+        with telemetry.handling(call):
+            await self._answer(message, connection)
+
+    async def _answer(self, message: Message, connection: Connection) -> None:
         if self.service.stopping.is_set():
             message.nack(requeue=True)  # delivered while stopping: let another instance answer
             return
@@ -358,6 +370,7 @@ class _RpcMethod(Entrypoint):
                 # cut the publish short, without shielding it.
                 await reply.value(result)
         except Exception as exc:
+            _tracing.record_failure(exc)
             if isinstance(exc, self.spec.expected + self.spec.errors):
                 logger.info("%s raised %s: %s", self.qualname, type(exc).__name__, exc)
             else:

@@ -20,6 +20,8 @@ import anyio
 import httpx
 import httpx_sse
 
+from farine import _telemetry as telemetry
+from farine import _tracing
 from farine._limits import CallLimits, check_timeout
 from farine._retry import Retry, RetryPolicy
 from farine.codec import BadBody, BodyDecoder, annotation_of
@@ -525,11 +527,22 @@ class _HttpStream(Entrypoint):
             args = (data, event)
         self._busy = True
         try:
-            attempt = 1
-            while not await self._call(args, sse, attempt):
-                attempt += 1
+            if not telemetry.on():
+                await self._handle(args, sse)
+            else:
+                event_id = self._last_event_id or None
+                with telemetry.handling(
+                    _tracing.sse_call(self.qualname, self.service.name, sse.event, event_id)
+                ):
+                    await self._handle(args, sse)
         finally:
             self._busy = False
+
+    async def _handle(self, args: tuple[Any, ...], sse: httpx_sse.ServerSentEvent) -> None:
+        """Call the handler with one event, and again while its retry policy says so."""
+        attempt = 1
+        while not await self._call(args, sse, attempt):
+            attempt += 1
 
     async def _call(
         self, args: tuple[Any, ...], sse: httpx_sse.ServerSentEvent, attempt: int
@@ -542,6 +555,7 @@ class _HttpStream(Entrypoint):
             policy = self._policy
             decision = policy.decide(exc, attempt) if policy is not None else None
             if decision is None or not decision.retry or self._stop_requested:
+                _tracing.record_failure(exc)
                 logger.exception(
                     "%s raised on event (type %r, id %r); the stream goes on",
                     self.qualname,
