@@ -19,7 +19,7 @@ from farine import settings
 from farine._logging import setup_logging
 from farine._redact import add_secret, redact
 from farine.entrypoints import running_sync_calls
-from farine.exceptions import FarineError, RPCError, ServiceNotFound
+from farine.exceptions import ConfigurationError, FarineError, RPCError, ServiceNotFound
 
 __all__ = ("main",)
 
@@ -28,10 +28,13 @@ logger = logging.getLogger("farine.cli")
 Backend = Literal["asyncio", "trio"]
 BACKENDS: Final[tuple[Backend, ...]] = ("asyncio", "trio")
 
-#: Exit codes: 1 = a service failed or the user's code raised; 2 = bad command line or
-#: configuration (argparse's own convention).
+#: Exit codes (docs/running.md): 1 = a runtime failure (a service failed, the broker or
+#: a call failed, the user's code raised); 2 = the command line, the configuration or the
+#: code's declarations must change, or the module is not found (argparse's convention);
+#: 130 = interrupted again while stopping.
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="call an RPC method and print its result as JSON",
         description="Call SERVICE.METHOD over RPC and print the result as JSON on stdout "
         "(a stream: one JSON document per line). A remote error or a timeout is printed "
-        "on stderr, with exit code 1. The SERVICE section of the configuration gives "
+        "on stderr as one line, with exit code 1. The SERVICE section of the configuration gives "
         "amqp_uri and rpc_timeout.",
     )
     call.add_argument(
@@ -101,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_positive_float, metavar="S",
         help="deadline of the call in seconds (default: the rpc_timeout setting of SERVICE)",
     )  # fmt: skip
+    call.add_argument(
+        "--traceback", action="store_true",
+        help="print the remote traceback too, when the server sends one (rpc_send_traceback)",
+    )  # fmt: skip
     _common(call)
 
     asyncapi = commands.add_parser(
@@ -109,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Describe every service of MODULE (imports MODULE.service, as `farine "
         "start` does) as one AsyncAPI 3.0.0 document: consumers, publishers, RPC methods "
         "and SSE listeners, with the JSON Schemas of their messages. Exit codes: 0 written; "
-        "1 the output cannot be written, or the services' code fails; 2 no such module, or "
-        "YAML without PyYAML installed.",
+        "1 the output cannot be written, or the services' code fails; 2 no such module, "
+        "two services of one name, or YAML without PyYAML installed.",
     )
     asyncapi.add_argument(
         "modules",
@@ -211,8 +218,12 @@ def _start(modules: Sequence[str], backend: Backend) -> int:
         sys.path.insert(0, os.getcwd())
     services = [service for module in modules for service in discover(module)]
     if not services:
-        logger.error("nothing to run: no service found in %s", ", ".join(modules))
-        return EXIT_FAILURE
+        print(
+            f"farine: error: nothing to run: no service in {', '.join(modules)} "
+            "(a service is a class with a decorated method, in MODULE/service.py)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     logger.info("starting %d service(s) from %s on %s", len(services), ", ".join(modules), backend)
     anyio.run(run, services, backend=backend)
     return 0
@@ -221,8 +232,11 @@ def _start(modules: Sequence[str], backend: Backend) -> int:
 def _migrate(module: str) -> int:
     import importlib
 
+    from farine.discovery import import_package
+
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    import_package(module)  # a missing module reads as with `farine start`
     # Imported by name: the database connector is optional at this stage of the project.
     sql = importlib.import_module("farine.connectors.sql")
     migrate = cast(Callable[[str], None], sql.migrate)
@@ -265,7 +279,7 @@ def _call(args: argparse.Namespace, backend: Backend) -> int:
             for item in items:
                 _print_json(item)
     except RPCError as exc:
-        if exc.remote_traceback:
+        if exc.remote_traceback and args.traceback:
             print(exc.remote_traceback.rstrip(), file=sys.stderr)
         print(f"farine: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
@@ -310,6 +324,16 @@ def _only_interrupts(exc: BaseException) -> bool:
     return isinstance(exc, KeyboardInterrupt)
 
 
+def exit_code(exc: FarineError) -> int:
+    """The exit code of a command that failed with `exc` (see docs/running.md)."""
+    # ConfigurationError includes a login, a virtual host or a certificate the broker
+    # refuses: trying again changes nothing until the settings change. An unreachable
+    # broker (BrokerUnavailable) may come back: a runtime failure.
+    if isinstance(exc, settings.SettingsError | ServiceNotFound | ConfigurationError):
+        return EXIT_USAGE
+    return EXIT_FAILURE
+
+
 def _unwrap(exc: BaseException) -> BaseException:
     """The single error inside (nested) exception groups, else the group itself."""
     if isinstance(exc, BaseExceptionGroup):
@@ -341,20 +365,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = _call(args, backend)
         else:
             code = _start(legacy or cast(list[str], args.modules), backend)
-    except ServiceNotFound as exc:
-        print(f"farine: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except FarineError as exc:
         print(f"farine: error: {redact(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, settings.SettingsError) else EXIT_FAILURE
+        return exit_code(exc)
     except BaseException as exc:
         if _only_interrupts(exc):
             print("farine: interrupted", file=sys.stderr)
-            return 130
+            return EXIT_INTERRUPTED
         inner = _unwrap(exc)
         if isinstance(inner, FarineError):
             print(f"farine: error: {redact(str(inner))}", file=sys.stderr)
-            return EXIT_FAILURE
+            return exit_code(inner)
         if inner is not exc and isinstance(inner, Exception):
             raise inner from None
         raise

@@ -250,8 +250,9 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("heartbeat", _parse_positive_int, 60, "int", "AMQP heartbeat interval in seconds."),
     Key("connect_timeout", _parse_non_negative_float, 10.0, "float",
         "Seconds one connection attempt (AMQP or HTTP) may take."),
-    Key("connect_retry_timeout", _parse_non_negative_float, 60.0, "float",
-        "Seconds to keep retrying the first broker connection before giving up."),
+    Key("connect_retry_timeout", _parse_non_negative_float, 10.0, "float",
+        "Seconds to keep retrying the first broker connection (refused, or no answer) "
+        "before giving up; raise it when the broker starts alongside the services."),
     Key("publish_timeout", _parse_non_negative_float, 30.0, "float",
         "Seconds a publish may wait for the connection and the broker's confirm."),
     Key("amqp_fast_path", _choice("auto", "on", "off"), "auto", "str",
@@ -339,7 +340,7 @@ class ServiceSettings(Mapping[str, Any]):
     body_max_depth: int = DEFAULT_BODY_MAX_DEPTH
     heartbeat: int = 60
     connect_timeout: float = 10.0
-    connect_retry_timeout: float = 60.0
+    connect_retry_timeout: float = 10.0
     publish_timeout: float = 30.0
     amqp_fast_path: str = "auto"
     amqp_tls_ca: str | None = None

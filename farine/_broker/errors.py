@@ -18,7 +18,17 @@ __all__ = (
 
 
 class BrokerUnavailable(FarineError):
-    """The broker could not be reached within `connect_retry_timeout` at start-up."""
+    """The broker could not be reached within `connect_retry_timeout` at start-up.
+
+    Args:
+        message: The error, with the limit that was reached.
+        failure: What failed, without the limit (default: `message`), for callers that
+            bound the connection by a limit of their own, such as an RPC call's timeout.
+    """
+
+    def __init__(self, message: str, *, failure: str | None = None) -> None:
+        super().__init__(message)
+        self.failure = message if failure is None else failure
 
 
 class PublishError(FarineError):
