@@ -6,6 +6,7 @@ import logging
 import sys
 
 from farine._redact import RedactingFilter
+from farine._tracebacks import TrimmingFilter
 
 __all__ = ("setup_logging",)
 
@@ -16,6 +17,7 @@ def setup_logging(level: str | int = "INFO") -> None:
     """Log to stderr at `level`, masking URI passwords and configured secrets."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(TrimmingFilter())  # before redacting: the traceback text is redacted too
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -10,7 +10,13 @@ from typing import cast
 from farine.entrypoints import EntrypointSpec, entrypoint_specs
 from farine.exceptions import ServiceNotFound
 
-__all__ = ("ServiceDefinition", "discover", "find_entrypoints", "import_service_module")
+__all__ = (
+    "ServiceDefinition",
+    "discover",
+    "find_entrypoints",
+    "import_package",
+    "import_service_module",
+)
 
 logger = logging.getLogger("farine.discovery")
 

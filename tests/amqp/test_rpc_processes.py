@@ -319,7 +319,8 @@ def test_call_prints_the_remote_traceback_only_with_the_option(
             done = farine_call(app, f"{name}.fail", '["boom"]', "--traceback")
             assert done.returncode == 1
             assert done.stderr.startswith("Traceback (most recent call last):\n")
-            assert 'methods.py", line' in done.stderr  # the user's frame
+            assert 'methods.py", line' in done.stderr  # the user's frame, not farine's
+            assert f"{os.sep}farine{os.sep}" not in done.stderr
             assert done.stderr.endswith(f"farine: error: {name}.fail failed: ValueError: boom\n")
         finally:
             stop(process)
