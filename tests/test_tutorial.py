@@ -122,3 +122,21 @@ def test_the_pages_code_is_the_tested_files() -> None:
     }  # fmt: skip
     for path, code in blocks:
         assert code == (TUTORIAL / path).read_text(), f"docs/tutorial.md shows an old {path}"
+
+
+def test_the_readme_tour_is_the_example_that_runs() -> None:
+    """The README's tour is examples/pingpong/service.py as it is (a ball a second)."""
+    readme = (ROOT / "README.md").read_text()
+    [tour] = re.findall(r"```python\n(.*?)```\n", readme, flags=re.DOTALL)
+    source = (ROOT / "examples" / "pingpong" / "service.py").read_text()
+    assert source.endswith(tour)
+    assert "time.sleep(1)" in tour
+    proc = FarineProcess("start", "pingpong", cwd=ROOT / "examples")
+    try:
+        proc.wait_for(r"pingpong\.service: ping: sent ball 1$")
+        proc.wait_for(r"pingpong\.service: pong: received ball 1 from ping$")
+        proc.signal(signal.SIGINT)
+        code = proc.wait(20)
+    finally:
+        proc.kill()
+    assert code == 0, proc.output
