@@ -1,5 +1,6 @@
-"""The `farine` command: `farine start MODULE ...` (and the seed's `farine --start=MODULE`),
-`farine migrate MODULE`, `farine call SERVICE.METHOD ...`, `farine asyncapi MODULE`."""
+"""The `farine` command: `farine start MODULE ...` (and baguette-messaging's
+`farine --start=MODULE`), `farine migrate MODULE`, `farine call SERVICE.METHOD ...`,
+`farine asyncapi MODULE`."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="farine",
         description="Run farine services, or call their RPC methods.",
-        epilog="The seed's form `farine --start=MODULE` (or -s MODULE) still works.",
+        epilog="baguette-messaging's form `farine --start=MODULE` (or -s MODULE) still works.",
     )
     parser.add_argument("--version", action="version", version=f"farine {farine.__version__}")
     parser.add_argument(
@@ -383,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def legacy_migrate(argv: Sequence[str] | None = None) -> int:
-    """The seed's `farine-migrate --service MODULE`."""
+    """baguette-messaging's `farine-migrate --service MODULE`."""
     parser = argparse.ArgumentParser(prog="farine-migrate")
     parser.add_argument("-s", "--service", required=True, metavar="MODULE")
     parser.add_argument("--config", metavar="PATH")

@@ -100,7 +100,7 @@ def _parse_dict(raw: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except ValueError:
-        # The seed wrote Python literals (`{'max_retries': 5}`); accept those too.
+        # baguette-messaging wrote Python literals (`{'max_retries': 5}`); accept those too.
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
@@ -192,7 +192,7 @@ class Key:
 
 
 KEYS: Final[tuple[Key, ...]] = (
-    # -- the seed's keys ------------------------------------------------------------
+    # -- baguette-messaging's keys ------------------------------------------------------------
     Key("type", _choice("direct", "topic", "fanout", "headers"), "direct", "str",
         "Exchange type publishers declare (consumers declare `direct` unless given "
         "`exchange_type=`, as baguette-messaging did)."),
@@ -223,7 +223,7 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("endpoint", _parse_optional_str, None, "str",
         "URL of the Server-Sent-Events stream of `farine.stream.http` entrypoints."),
     Key("debug", _parse_bool, False, "bool",
-        "Allow the seed's `__debug__` profiling of consumed messages."),
+        "Allow baguette-messaging's `__debug__` profiling of consumed messages."),
     # -- runtime ---------------------------------------------------------------------
     Key("shutdown_timeout", _parse_non_negative_float, 30.0, "float",
         "Seconds in-flight handlers get to finish after SIGINT/SIGTERM (an entrypoint's "
