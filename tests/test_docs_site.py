@@ -43,3 +43,19 @@ def test_the_reference_shows_consumes_parameters_one_a_line(tmp_path: Path) -> N
     for name in inspect.signature(farine.amqp.consume).parameters:
         assert any(line.strip().startswith(f"{name}:") for line in lines), (name, signature)
     assert max(len(line) for line in lines) <= 80, signature  # nothing cut off
+    # The decorators come first, and no private base class shows.
+    assert page.index('id="farine.amqp.consume"') < page.index('id="farine.amqp.ConsumeSpec"')
+    rpc_page = (site / "reference" / "rpc" / "index.html").read_text()
+    for base in ("_BasePublisher", "ClientBase"):
+        assert base not in page + rpc_page
+
+
+def test_the_reference_pages_list_every_public_name() -> None:
+    """The pages that order their members by hand still show every public name."""
+    import importlib
+
+    for page, module in (("amqp", "farine.amqp"), ("rpc", "farine.rpc")):
+        text = (ROOT / "docs" / "reference" / f"{page}.md").read_text()
+        listed = re.findall(rf"^::: {re.escape(module)}\.(\w+)$", text, flags=re.MULTILINE)
+        assert sorted(listed) == sorted(importlib.import_module(module).__all__), page
+        assert listed[0] in ("consume", "method"), "the decorators come first"
