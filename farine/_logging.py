@@ -20,6 +20,7 @@ import msgspec
 
 from farine import _tracing
 from farine._redact import RedactingFilter
+from farine._tracebacks import TrimmingFilter
 
 if TYPE_CHECKING:
     from collections.abc import Generator
@@ -97,6 +98,7 @@ def setup_logging(level: str | int = "INFO", log_format: LogFormat = "text") -> 
     configured secrets."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(FORMAT))
+    handler.addFilter(TrimmingFilter())  # before redacting: the traceback text is redacted too
     # The filter renders each record, masked, before the formatter sees it.
     handler.addFilter(RedactingFilter())
     state.json = log_format == "json"

@@ -1,5 +1,6 @@
-"""The `farine` command: `farine start MODULE ...` (and the seed's `farine --start=MODULE`),
-`farine migrate MODULE`, `farine call SERVICE.METHOD ...`, `farine asyncapi MODULE`."""
+"""The `farine` command: `farine start MODULE ...` (and baguette-messaging's
+`farine --start=MODULE`), `farine migrate MODULE`, `farine call SERVICE.METHOD ...`,
+`farine asyncapi MODULE`."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from farine import _dlq_cli, settings
 from farine._logging import FORMATS, LogFormat, setup_logging
 from farine._redact import add_secret, redact
 from farine.entrypoints import running_sync_calls
-from farine.exceptions import FarineError, RPCError, ServiceNotFound
+from farine.exceptions import ConfigurationError, FarineError, RPCError, ServiceNotFound
 
 __all__ = ("main",)
 
@@ -29,10 +30,13 @@ logger = logging.getLogger("farine.cli")
 Backend = Literal["asyncio", "trio"]
 BACKENDS: Final[tuple[Backend, ...]] = ("asyncio", "trio")
 
-#: Exit codes: 1 = a service failed or the user's code raised; 2 = bad command line or
-#: configuration (argparse's own convention).
+#: Exit codes (docs/running.md): 1 = a runtime failure (a service failed, the broker or
+#: a call failed, the user's code raised); 2 = the command line, the configuration or the
+#: code's declarations must change, or the module is not found (argparse's convention);
+#: 130 = interrupted again while stopping.
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -62,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the `farine` command."""
     parser = argparse.ArgumentParser(
         prog="farine",
-        description="Run farine services, call their RPC methods, operate dead-letter queues.",
-        epilog="The seed's form `farine --start=MODULE` (or -s MODULE) still works.",
+        description="Run farine services, call their RPC methods, operate dead-letter queues, "
+        "describe services in AsyncAPI.",
+        epilog="baguette-messaging's form `farine --start=MODULE` (or -s MODULE) still works.",
     )
     parser.add_argument("--version", action="version", version=f"farine {farine.__version__}")
     parser.add_argument(
@@ -98,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="call an RPC method and print its result as JSON",
         description="Call SERVICE.METHOD over RPC and print the result as JSON on stdout "
         "(a stream: one JSON document per line). A remote error or a timeout is printed "
-        "on stderr, with exit code 1. The SERVICE section of the configuration gives "
+        "on stderr as one line, with exit code 1. The SERVICE section of the configuration gives "
         "amqp_uri and rpc_timeout.",
     )
     call.add_argument(
@@ -119,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_positive_float, metavar="S",
         help="deadline of the call in seconds (default: the rpc_timeout setting of SERVICE)",
     )  # fmt: skip
+    call.add_argument(
+        "--traceback", action="store_true",
+        help="print the remote traceback too, when the server sends one (rpc_send_traceback)",
+    )  # fmt: skip
     _common(call)
 
     asyncapi = commands.add_parser(
@@ -127,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Describe every service of MODULE (imports MODULE.service, as `farine "
         "start` does) as one AsyncAPI 3.0.0 document: consumers, publishers, RPC methods "
         "and SSE listeners, with the JSON Schemas of their messages. Exit codes: 0 written; "
-        "1 the output cannot be written, or the services' code fails; 2 no such module, or "
-        "YAML without PyYAML installed.",
+        "1 the output cannot be written, or the services' code fails; 2 no such module, "
+        "two services of one name, or YAML without PyYAML installed.",
     )
     asyncapi.add_argument(
         "modules",
@@ -253,8 +262,12 @@ def _start(modules: Sequence[str], backend: Backend, http: str | None = None) ->
         sys.path.insert(0, os.getcwd())
     services = [service for module in modules for service in discover(module)]
     if not services:
-        logger.error("nothing to run: no service found in %s", ", ".join(modules))
-        return EXIT_FAILURE
+        print(
+            f"farine: error: nothing to run: no service in {', '.join(modules)} "
+            "(a service is a class with a decorated method, in MODULE/service.py)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     logger.info("starting %d service(s) from %s on %s", len(services), ", ".join(modules), backend)
     anyio.run(functools.partial(run, services, http=http), backend=backend)
     return 0
@@ -284,8 +297,11 @@ def _start_processes(args: argparse.Namespace, backend: Backend) -> int:
 def _migrate(module: str) -> int:
     import importlib
 
+    from farine.discovery import import_package
+
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    import_package(module)  # a missing module reads as with `farine start`
     # Imported by name: the database connector is optional at this stage of the project.
     sql = importlib.import_module("farine.connectors.sql")
     migrate = cast(Callable[[str], None], sql.migrate)
@@ -328,7 +344,7 @@ def _call(args: argparse.Namespace, backend: Backend) -> int:
             for item in items:
                 _print_json(item)
     except RPCError as exc:
-        if exc.remote_traceback:
+        if exc.remote_traceback and args.traceback:
             print(exc.remote_traceback.rstrip(), file=sys.stderr)
         print(f"farine: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
@@ -373,6 +389,16 @@ def _only_interrupts(exc: BaseException) -> bool:
     return isinstance(exc, KeyboardInterrupt)
 
 
+def exit_code(exc: FarineError) -> int:
+    """The exit code of a command that failed with `exc` (see docs/running.md)."""
+    # ConfigurationError includes a login, a virtual host or a certificate the broker
+    # refuses: trying again changes nothing until the settings change. An unreachable
+    # broker (BrokerUnavailable) may come back: a runtime failure.
+    if isinstance(exc, settings.SettingsError | ServiceNotFound | ConfigurationError):
+        return EXIT_USAGE
+    return EXIT_FAILURE
+
+
 def _unwrap(exc: BaseException) -> BaseException:
     """The single error inside (nested) exception groups, else the group itself."""
     if isinstance(exc, BaseExceptionGroup):
@@ -410,20 +436,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             http = cast(str | None, getattr(args, "http", None))  # `start` has --http
             code = _start(legacy or cast(list[str], args.modules), backend, http)
-    except ServiceNotFound as exc:
-        print(f"farine: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except FarineError as exc:
         print(f"farine: error: {redact(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, settings.SettingsError) else EXIT_FAILURE
+        return exit_code(exc)
     except BaseException as exc:
         if _only_interrupts(exc):
             print("farine: interrupted", file=sys.stderr)
-            return 130
+            return EXIT_INTERRUPTED
         inner = _unwrap(exc)
         if isinstance(inner, FarineError):
             print(f"farine: error: {redact(str(inner))}", file=sys.stderr)
-            return EXIT_FAILURE
+            return exit_code(inner)
         if inner is not exc and isinstance(inner, Exception):
             raise inner from None
         raise
@@ -431,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def legacy_migrate(argv: Sequence[str] | None = None) -> int:
-    """The seed's `farine-migrate --service MODULE`."""
+    """baguette-messaging's `farine-migrate --service MODULE`."""
     parser = argparse.ArgumentParser(prog="farine-migrate")
     parser.add_argument("-s", "--service", required=True, metavar="MODULE")
     parser.add_argument("--config", metavar="PATH")

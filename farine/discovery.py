@@ -10,7 +10,13 @@ from typing import cast
 from farine.entrypoints import EntrypointSpec, entrypoint_specs
 from farine.exceptions import ServiceNotFound
 
-__all__ = ("ServiceDefinition", "discover", "find_entrypoints", "import_service_module")
+__all__ = (
+    "ServiceDefinition",
+    "discover",
+    "find_entrypoints",
+    "import_package",
+    "import_service_module",
+)
 
 logger = logging.getLogger("farine.discovery")
 
@@ -29,6 +35,24 @@ class ServiceDefinition:
         return self.cls.__name__.lower()
 
 
+def import_package(module: str) -> object:
+    """Import the user's package `module` (`farine migrate`, before its models).
+
+    Raises:
+        ServiceNotFound: `module` does not exist.
+        ImportError: Raised by the user's code while importing (kept as is).
+    """
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (module == missing or module.startswith(missing + ".")):
+            raise ServiceNotFound(
+                f"no module named {module!r} (is {module!r} importable from here?)"
+            ) from None
+        raise
+
+
 def import_service_module(module: str) -> object:
     """Import `<module>.service`.
 
@@ -43,7 +67,12 @@ def import_service_module(module: str) -> object:
         # Only a missing *target* is "not found"; a missing import inside the user's code
         # is their bug and keeps its traceback.
         missing = exc.name or ""
-        if missing and (target == missing or target.startswith(missing + ".")):
+        if missing == target:
+            raise ServiceNotFound(
+                f"no module named {target!r}: {module!r} has no service module "
+                f"(put the services in {module.replace('.', '/')}/service.py)"
+            ) from None
+        if missing and target.startswith(missing + "."):
             raise ServiceNotFound(
                 f"no module named {target!r} (is {module!r} importable from here?)"
             ) from None

@@ -100,7 +100,7 @@ def _parse_dict(raw: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except ValueError:
-        # The seed wrote Python literals (`{'max_retries': 5}`); accept those too.
+        # baguette-messaging wrote Python literals (`{'max_retries': 5}`); accept those too.
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
@@ -202,7 +202,7 @@ class Key:
 
 
 KEYS: Final[tuple[Key, ...]] = (
-    # -- the seed's keys ------------------------------------------------------------
+    # -- baguette-messaging's keys ------------------------------------------------------------
     Key("type", _choice("direct", "topic", "fanout", "headers"), "direct", "str",
         "Exchange type publishers declare (consumers declare `direct` unless given "
         "`exchange_type=`, as baguette-messaging did)."),
@@ -233,7 +233,7 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("endpoint", _parse_optional_str, None, "str",
         "URL of the Server-Sent-Events stream of `farine.stream.http` entrypoints."),
     Key("debug", _parse_bool, False, "bool",
-        "Allow the seed's `__debug__` profiling of consumed messages."),
+        "Allow baguette-messaging's `__debug__` profiling of consumed messages."),
     # -- runtime ---------------------------------------------------------------------
     Key("shutdown_timeout", _parse_non_negative_float, 30.0, "float",
         "Seconds in-flight handlers get to finish after SIGINT/SIGTERM (an entrypoint's "
@@ -267,8 +267,9 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("heartbeat", _parse_positive_int, 60, "int", "AMQP heartbeat interval in seconds."),
     Key("connect_timeout", _parse_non_negative_float, 10.0, "float",
         "Seconds one connection attempt (AMQP or HTTP) may take."),
-    Key("connect_retry_timeout", _parse_non_negative_float, 60.0, "float",
-        "Seconds to keep retrying the first broker connection before giving up."),
+    Key("connect_retry_timeout", _parse_non_negative_float, 10.0, "float",
+        "Seconds to keep retrying the first broker connection (refused, or no answer) "
+        "before giving up; raise it when the broker starts alongside the services."),
     Key("publish_timeout", _parse_non_negative_float, 30.0, "float",
         "Seconds a publish may wait for the connection and the broker's confirm."),
     Key("amqp_fast_path", _choice("auto", "on", "off"), "auto", "str",
@@ -378,7 +379,7 @@ class ServiceSettings(Mapping[str, Any]):
     body_max_depth: int = DEFAULT_BODY_MAX_DEPTH
     heartbeat: int = 60
     connect_timeout: float = 10.0
-    connect_retry_timeout: float = 60.0
+    connect_retry_timeout: float = 10.0
     publish_timeout: float = 30.0
     amqp_fast_path: str = "auto"
     amqp_tls_ca: str | None = None

@@ -357,7 +357,7 @@ def test_migrate_with_bad_credentials_exits_with_a_clear_error(
         encoding="utf-8",
     )
     result = _farine("migrate", APP, config=config)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a refused connection is a setting to check
     assert "farine: error: cannot connect to PostgreSQL farine_nobody@127.0.0.1/" in result.stderr
     assert PASSWORD not in result.stderr + result.stdout
 
@@ -366,7 +366,7 @@ def test_migrate_without_models_module_is_an_error(tmp_path: Path) -> None:
     config = tmp_path / "farine.ini"
     config.write_text(f"[DEFAULT]\ndb_connector = sqlite\ndb_name = {tmp_path / 'x.db'}\n")
     result = _farine("migrate", "tests", config=config)
-    assert result.returncode == 1
+    assert result.returncode == 2  # module not found
     assert "no module named 'tests.models'" in result.stderr
 
 

@@ -21,11 +21,25 @@ __all__ = (
 
 
 class BrokerUnavailable(FarineError):
-    """The broker could not be reached within `connect_retry_timeout` at start-up."""
+    """The broker could not be reached within `connect_retry_timeout` at start-up.
+
+    Args:
+        message: The error, with the limit that was reached.
+        failure: What failed, without the limit (default: `message`), for callers that
+            bound the connection by a limit of their own, such as an RPC call's timeout.
+    """
+
+    __module__ = "farine.amqp"  # where users import it from, as tracebacks show it
+
+    def __init__(self, message: str, *, failure: str | None = None) -> None:
+        super().__init__(message)
+        self.failure = message if failure is None else failure
 
 
 class PublishError(FarineError):
     """A message could not be published: the broker refused it or the publish failed."""
+
+    __module__ = "farine.amqp"  # where users import it from, as tracebacks show it
 
 
 class AccessRefused(ConfigurationError):
@@ -35,6 +49,8 @@ class AccessRefused(ConfigurationError):
     both kinds below.
     """
 
+    __module__ = "farine.amqp"  # where users import it from, as tracebacks show it
+
 
 class LoginRefused(AccessRefused, BrokerUnavailable):
     """The broker refused the login or the virtual host, so no connection opened.
@@ -43,12 +59,16 @@ class LoginRefused(AccessRefused, BrokerUnavailable):
     may not use. Also a `BrokerUnavailable`, so code catching that keeps working.
     """
 
+    __module__ = "farine.amqp"  # where users import it from, as tracebacks show it
+
 
 class ResourceRefused(AccessRefused, PublishError):
     """The user may not use an exchange or a queue: its permissions do not cover it.
 
     Also a `PublishError` when a publish was refused.
     """
+
+    __module__ = "farine.amqp"  # where users import it from, as tracebacks show it
 
 
 class TLSVerificationError(BrokerUnavailable, ConfigurationError):
@@ -58,17 +78,25 @@ class TLSVerificationError(BrokerUnavailable, ConfigurationError):
     to, or it has expired. farine never falls back to plain AMQP.
     """
 
+    __module__ = "farine.amqp"  # where users import it from, as tracebacks show it
+
 
 class UnroutableError(PublishError):
     """The broker returned a `mandatory` message: no queue is bound to receive it."""
+
+    __module__ = "farine.amqp"  # where users import it from, as tracebacks show it
 
 
 class PublishTimeout(PublishError):
     """A publish was not confirmed within `publish_timeout` (broker down or too slow)."""
 
+    __module__ = "farine.amqp"  # where users import it from, as tracebacks show it
+
 
 class MessageStateError(FarineError):
     """A message was acknowledged, rejected or requeued twice."""
+
+    __module__ = "farine.amqp"  # where users import it from, as tracebacks show it
 
 
 def _shown(value: Any) -> str:

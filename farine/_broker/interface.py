@@ -117,7 +117,7 @@ class ConnectionOptions:
 
     heartbeat: int = 60
     connect_timeout: float = 10.0
-    connect_retry_timeout: float = 60.0
+    connect_retry_timeout: float = 10.0
     publish_timeout: float = 30.0
     retry: bool = True
     max_retries: int = 5

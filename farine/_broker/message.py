@@ -120,7 +120,7 @@ class MessageProperties(Mapping[str, Any]):
 
     As attributes they have farine's names (`properties.content_type`,
     `properties.headers`, `properties.message_type`); as a read-only mapping they have
-    the keys of kombu's `message.properties` (and so the seed's): only the properties
+    the keys of kombu's `message.properties` (and so baguette-messaging's): only the properties
     that are set, with `application_headers` for the headers, `type` for the message
     type and `timestamp` in whole seconds since the epoch.
 
@@ -387,17 +387,17 @@ class Message:
 
     @property
     def content_type(self) -> str | None:
-        """The `content_type` property (`application/json` from farine and the seed)."""
+        """The `content_type` property (`application/json` from farine and baguette-messaging)."""
         return self._raw_properties.content_type
 
     @property
     def content_encoding(self) -> str | None:
-        """The `content_encoding` property (`utf-8` from farine and the seed)."""
+        """The `content_encoding` property (`utf-8` from farine and baguette-messaging)."""
         return self._raw_properties.content_encoding
 
     @property
     def delivery_info(self) -> dict[str, Any]:
-        """Delivery fields as a dict, with the keys of kombu's (and so the seed's)."""
+        """Delivery fields as a dict, with the keys of kombu's (and so baguette-messaging's)."""
         return {
             "consumer_tag": self.consumer_tag,
             "delivery_tag": self.delivery_tag,
@@ -433,7 +433,7 @@ class Message:
 
     @property
     def acknowledged(self) -> bool:
-        """True once settled (kombu's name, kept for code written for the seed)."""
+        """True once settled (kombu's name, kept for code written for baguette-messaging)."""
         return self._outcome is not None
 
     def ack(self) -> None:

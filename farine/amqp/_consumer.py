@@ -150,10 +150,10 @@ def consume(
             Default: none, which binds with the service name.
         queue: The queue name. Default: the routing key, or the service name when there
             is no routing key or there are several. Services consuming one routing key
-            therefore share its queue and compete for its messages, as in the seed: give
+            therefore share its queue and compete for its messages, as in baguette-messaging: give
             each its own `queue=` for a copy per service.
         exchange_type: `direct`, `topic`, `fanout` or `headers` (default: `direct`, as
-            the seed's consumers declared whatever the `type` setting says).
+            baguette-messaging's consumers declared whatever the `type` setting says).
         prefetch: Messages in flight at once (default: the `prefetch` setting).
         durable: Declare the queue durable (default: the `durable` setting).
         auto_delete: Delete the queue with its last consumer (default: the setting).
@@ -534,7 +534,7 @@ class _ConsumerEntrypoint(Entrypoint):
         return None
 
     async def _profiled(self, body: Any, message: Message, connection: Connection) -> None:
-        """The seed's `__debug__`: profile the handler, publish the stats to `debug`."""
+        """baguette-messaging's `__debug__`: profile the handler, publish the stats to `debug`."""
         try:
             raw = _RAW.decode(message.body)
         except BadBody:

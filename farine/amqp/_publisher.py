@@ -145,7 +145,7 @@ class Publisher(_BasePublisher):
     Args:
         exchange: The exchange to publish to (default: the service name).
         routing_key: The default routing key, or several (default: the service name).
-        service: Whose settings to use (default: `exchange`), as in the seed.
+        service: Whose settings to use (default: `exchange`), as in baguette-messaging.
         exchange_type: The exchange type to declare (default: the `type` setting).
         settings: Explicit settings, instead of reading them for `service`.
 

@@ -16,6 +16,8 @@ Format = Literal["json", "yaml"]
 class YamlUnavailable(FarineError):
     """YAML output was asked for, and PyYAML is not installed."""
 
+    __module__ = "farine.asyncapi"  # where users import it from, as tracebacks show it
+
 
 def render(document: Any, format: Format = "json") -> str:
     """Return `document` as text: indented JSON, or YAML (block style, keys in order).

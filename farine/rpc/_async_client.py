@@ -111,14 +111,27 @@ class ClientBase(Generic[API]):
         self._api: type | None = _UNRESOLVED
         self.settings = settings if settings is not None else settings_for(service)
         self.timeout = timeout if timeout is not None else self.settings.rpc_timeout
+        #: The limit an unreachable broker is blamed on, when it is the call's timeout.
+        self._connect_limit: str | None = None
         if settings is None and current_runtime() is None:
             # A script opens its own connection: the call's deadline covers connecting
             # too, so an unreachable broker is not retried for longer than that.
+            if self.timeout < self.settings.connect_retry_timeout:
+                source = "the call's timeout" if timeout is not None else "rpc_timeout"
+                self._connect_limit = f"{source} = {self.timeout:g}s"
             connect_for = min(self.settings.connect_retry_timeout, self.timeout)
             self.settings = dataclasses.replace(self.settings, connect_retry_timeout=connect_for)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} service={self.service!r} timeout={self.timeout}>"
+
+    def _unreachable(self, exc: BrokerUnavailable) -> ServiceUnavailable:
+        """The error of a call whose connection to the broker could not be opened."""
+        if self._connect_limit is None:
+            return ServiceUnavailable(f"timeout: cannot reach the broker: {exc}")
+        return ServiceUnavailable(
+            f"timeout: cannot reach the broker: {exc.failure}; {self._connect_limit})"
+        )
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
         if method.startswith("__"):
@@ -243,7 +256,7 @@ class AsyncClient(ClientBase[API]):
             try:
                 self._router = await router_in_runtime(self.settings)
             except BrokerUnavailable as exc:
-                raise ServiceUnavailable(f"timeout: cannot reach the broker: {exc}") from None
+                raise self._unreachable(exc) from None
         if self._router is None:
             raise RPCError(
                 "outside a running farine service, use `async with farine.rpc.Client(...)` "

@@ -105,8 +105,15 @@ def use_script_backend(backend: str) -> None:
     ScriptLoop.backend = backend
 
 
-def run_blocking(settings: ServiceSettings, fn: Callable[[Router], Awaitable[R]]) -> R:
-    """Run `fn(router)` on the right event loop from blocking code and return its result."""
+def run_blocking(
+    settings: ServiceSettings,
+    fn: Callable[[Router], Awaitable[R]],
+    unreachable: Callable[[BrokerUnavailable], ServiceUnavailable] | None = None,
+) -> R:
+    """Run `fn(router)` on the right event loop from blocking code and return its result.
+
+    `unreachable` makes the error raised when no connection to the broker opens.
+    """
     runtime = current_runtime()
     # Blocking code on the runtime's loop thread itself cannot wait for that loop (it
     # would deadlock): like a script, it uses a loop of its own.
@@ -122,6 +129,8 @@ def run_blocking(settings: ServiceSettings, fn: Callable[[Router], Awaitable[R]]
     try:
         router = loop.router(settings)
     except BrokerUnavailable as exc:
+        if unreachable is not None:
+            raise unreachable(exc) from None
         raise ServiceUnavailable(f"timeout: cannot reach the broker: {exc}") from None
     return loop.portal.call(fn, router)
 
@@ -205,7 +214,7 @@ class Client(ClientBase[API]):
         async def run(router: Router) -> Any:
             return await unary_call(router, self.settings, self.service, method, args, kwargs, plan)
 
-        return run_blocking(self.settings, run)
+        return run_blocking(self.settings, run, self._unreachable)
 
     def _stream(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], plan: CallPlan
@@ -229,7 +238,7 @@ class Client(ClientBase[API]):
         async def close(_: Router) -> None:
             await items[0].aclose()
 
-        run_blocking(self.settings, start)
+        run_blocking(self.settings, start, self._unreachable)
         finished = False
         try:
             while True:
@@ -250,7 +259,7 @@ class Client(ClientBase[API]):
             try:
                 connection = await get_connection(self.settings)
             except BrokerUnavailable as exc:
-                raise ServiceUnavailable(f"timeout: cannot reach the broker: {exc}") from None
+                raise self._unreachable(exc) from None
             router = await self._exit.enter_async_context(open_router(connection))
         return AsyncClient(
             self.service, self.timeout, router=router, settings=self.settings, headers=self._headers

@@ -33,12 +33,12 @@ header (a baguette-messaging caller), the server sends items as fast as it makes
 from __future__ import annotations
 
 import inspect
-import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from farine._tracebacks import format_user_exception
 from farine.codec import (
     DEFAULT_BODY_MAX_DEPTH,
     BadBody,
@@ -180,7 +180,7 @@ def encode_error(
     name = type(exc).__name__
     if send_traceback:
         message = str(exc)
-        text = "".join(traceback.format_exception(exc))
+        text = format_user_exception(exc)
     else:
         message = safe_message(exc)
         text = f"{name}: {message}" if message else name

@@ -118,7 +118,7 @@ def method(
 ) -> Callable[[F], F]:
     """Serve the decorated method over RPC, as `<service>.<method>`.
 
-    The method takes the call's arguments (`(self, *args, **kwargs)` in the seed's
+    The method takes the call's arguments (`(self, *args, **kwargs)` in baguette-messaging's
     style, or named, annotated parameters: each argument is decoded into its parameter's
     annotation with msgspec). It may be `def` (run in a worker thread) or `async def`,
     and may return a value, or be a generator or an async generator to stream items.

@@ -265,7 +265,9 @@ class _Decode:
     def __init__(self, annotation: Any, *, where: str, max_size: int, max_depth: int) -> None:
         self.max_size = max_size
         if annotation is Any:
-            self._mode = "auto"  # JSON when it parses, else the raw string (the seed's way)
+            self._mode = (
+                "auto"  # JSON when it parses, else the raw string (baguette-messaging's way)
+            )
         elif annotation is str:
             self._mode = "raw"  # SSE data is text: `data: str` asks for it as is
         else:

@@ -18,6 +18,8 @@ class CallsNotSeen(FarineError, AssertionError):
     """`App.wait_for()` timed out: fewer calls than expected finished (the message says
     how many did). An `AssertionError` too, so pytest shows it as a failed check."""
 
+    __module__ = "farine.testing"  # where users import it from, as tracebacks show it
+
 
 @dataclass(frozen=True, slots=True)
 class CallRecord:

@@ -299,3 +299,30 @@ def test_script_whose_call_failed_to_connect_still_exits() -> None:
         "ServiceUnavailable: timeout: cannot reach the broker: cannot connect to the AMQP broker"
         in done.stderr
     )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_call_prints_the_remote_traceback_only_with_the_option(
+    backend: str, tmp_path: Path
+) -> None:
+    name = unique_name()
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + "rpc_send_traceback = true\n")
+    try:
+        process = start(name, config, backend)
+        try:
+            app = App(name, config, backend, process)
+            done = farine_call(app, f"{name}.fail", '["boom"]')
+            assert done.returncode == 1
+            # The server sent its traceback; by default only the type and message show.
+            assert done.stderr == f"farine: error: {name}.fail failed: ValueError: boom\n"
+            done = farine_call(app, f"{name}.fail", '["boom"]', "--traceback")
+            assert done.returncode == 1
+            assert done.stderr.startswith("Traceback (most recent call last):\n")
+            assert 'methods.py", line' in done.stderr  # the user's frame, not farine's
+            assert f"{os.sep}farine{os.sep}" not in done.stderr
+            assert done.stderr.endswith(f"farine: error: {name}.fail failed: ValueError: boom\n")
+        finally:
+            stop(process)
+    finally:
+        delete_service(name)

@@ -14,10 +14,12 @@ from farine._broker.aiormq.deadlines import PublishDeadlines, PublishWatch
 from farine._broker.aiormq.errors import (
     REFUSALS,
     RETRYABLE,
+    TransportEchoFilter,
     check_confirm,
     describe,
     not_retried,
     refused,
+    unreachable_kind,
 )
 from farine._broker.aiormq.tls import client_context, verifies
 from farine._broker.aiormq.topology import (
@@ -45,6 +47,8 @@ if TYPE_CHECKING:
     from farine._broker.aiormq.reply import DirectReplyChannel
 
 logger = logging.getLogger("farine.amqp")
+# aiormq logs each failed or closed connection at ERROR; farine logs it once, with why.
+logging.getLogger("aiormq.connection").addFilter(TransportEchoFilter())
 
 
 def _connection_url(uri: str, options: ConnectionOptions) -> str:
@@ -187,15 +191,20 @@ class Engine:
                 if not first.done():
                     elapsed = loop.time() - started
                     limit = self.options.connect_retry_timeout
-                    if elapsed + delay > limit:
+                    if elapsed >= limit:
+                        kind = unreachable_kind(exc, self.options.connect_timeout)
+                        what = (
+                            f"cannot connect to the AMQP broker at {self.shown_uri}: {kind} "
+                            f"({attempts} attempt(s) in {elapsed:.1f}s"
+                        )
                         first.set_exception(
                             BrokerUnavailable(
-                                f"cannot connect to the AMQP broker at {self.shown_uri}: "
-                                f"{reason} ({attempts} attempt(s) in {elapsed:.1f}s; "
-                                f"connect_retry_timeout = {limit:g}s)"
+                                f"{what}; connect_retry_timeout = {limit:g}s)", failure=what
                             )
                         )
                         return
+                    # The last attempt is made when the limit is reached, not before.
+                    delay = min(delay, max(limit - elapsed, 0.0))
                 logger.warning(
                     "cannot connect to %s (%s); retrying in %.1fs", self.shown_uri, reason, delay
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 from typing import Any, Final
@@ -53,6 +54,54 @@ def describe(exc: BaseException | None) -> str:
         return "closed"
     text = str(exc) or type(exc).__name__
     return redact(f"{type(exc).__name__}: {text}" if str(exc) else text)
+
+
+def unreachable_kind(exc: BaseException, connect_timeout: float) -> str:
+    """What a failed connection attempt means for the user, in a few words.
+
+    A refused connection (nothing listens on the port: the broker is down, or the port in
+    `amqp_uri` is wrong) reads differently from an attempt that got no answer within
+    `connect_timeout` (a wrong host, a firewall dropping packets, an overloaded broker).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError) or (
+            isinstance(current, aiormq.AMQPConnectionError)
+            and current.args
+            and current.args[0] == errno.ECONNREFUSED
+        ):
+            return (
+                "connection refused (nothing listens there: is the broker running, and is "
+                "the port in amqp_uri right?)"
+            )
+        if isinstance(current, TimeoutError):
+            return (
+                f"no answer within connect_timeout = {connect_timeout:g}s (is the host in "
+                "amqp_uri right, or is a firewall dropping the packets?)"
+            )
+        current = current.__cause__ or current.__context__
+    return describe(exc)
+
+
+class TransportEchoFilter(logging.Filter):
+    """Drop aiormq's own ERROR records of a failed or closed connection.
+
+    farine logs the same event once, with its reason, on the `farine.amqp` logger (a
+    WARNING per retried attempt, the error when it gives up), so aiormq's line would only
+    repeat it. At DEBUG level on `aiormq.connection`, aiormq's records are kept.
+    """
+
+    ECHOES: Final = (
+        "error when creating transport",
+        "Unexpected connection close from remote",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.msg, str) or not record.msg.startswith(self.ECHOES):
+            return True
+        return logging.getLogger(record.name).getEffectiveLevel() <= logging.DEBUG
 
 
 def login_refusal(exc: BaseException) -> str | None:

@@ -110,6 +110,7 @@ def migrate(module: str) -> list[type[peewee.Model]]:
         check_connection(db, service_settings)
         db.bind(models, bind_refs=False, bind_backrefs=False)
         with db.connection_context():
+            existed = set(db.get_tables())  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
             # safe=True is CREATE TABLE IF NOT EXISTS: a second run changes nothing.
             db.create_tables(models, safe=True)  # pyright: ignore[reportUnknownMemberType]
             if inbox:
@@ -119,8 +120,18 @@ def migrate(module: str) -> list[type[peewee.Model]]:
                 models.append(Inbox)
     finally:
         close(db)
-    tables = ", ".join(model._meta.table_name for model in models) or "none"  # pyright: ignore[reportPrivateUsage]
-    logger.info("migrated %s on %s: tables %s", module, describe(service_settings), tables)
+    names: list[str] = [model._meta.table_name for model in models]  # pyright: ignore[reportPrivateUsage]
+    created = [name for name in names if name not in existed]
+    kept = [name for name in names if name in existed]
+    if not created:
+        outcome = (
+            f"nothing changed: tables {', '.join(kept)} already exist" if kept else "no models"
+        )
+    else:
+        outcome = f"tables {', '.join(created)} created"
+        if kept:
+            outcome += f"; {', '.join(kept)} already existed"
+    logger.info("migrated %s on %s: %s", module, describe(service_settings), outcome)
     return models
 
 

@@ -55,6 +55,8 @@ _current_db: ContextVar[peewee.Database] = ContextVar("farine_sql_database")
 class DatabaseUnavailable(FarineError, AttributeError):
     """`self.db` was used where no connection is open (on the event loop, say)."""
 
+    __module__ = "farine.connectors.sql"  # where users import it from, as tracebacks show it
+
 
 @contextlib.contextmanager
 def _call_scope(entry: _Shared, transaction: bool) -> Generator[None]:

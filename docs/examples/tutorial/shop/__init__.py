@@ -1,0 +1,1 @@
+"""The tutorial's shop: an `orders` service and a `kitchen` service."""

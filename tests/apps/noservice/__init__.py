@@ -1,0 +1,1 @@
+"""A package without `service.py`: `farine start noservice` names what is missing."""

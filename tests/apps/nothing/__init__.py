@@ -1,0 +1,1 @@
+"""A service module that defines no service (no class with entrypoints)."""
