@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,17 @@ from tests._db import pg_database as pg_database
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`FARINE_SLOW_TESTS=0` skips the tests marked `slow` (.ci/run runs them in the
+    Python 3.11 jobs only, on both AMQP paths; a plain `pytest` runs them)."""
+    if os.environ.get("FARINE_SLOW_TESTS") != "0":
+        return
+    skip = pytest.mark.skip(reason="slow: run in .ci/run's Python 3.11 jobs (FARINE_SLOW_TESTS)")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(params=["asyncio", "trio"])

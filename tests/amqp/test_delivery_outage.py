@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from farine.amqp import Message
 
-pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres, pytest.mark.slow]
 
 #: Seconds PostgreSQL refuses connections.
 OUTAGE: Final = 10.0

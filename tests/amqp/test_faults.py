@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from farine.settings import Config
 
-pytestmark = [pytest.mark.anyio, pytest.mark.rabbitmq]
+pytestmark = [pytest.mark.anyio, pytest.mark.rabbitmq, pytest.mark.slow]
 
 #: The heartbeat of the proxied connections, in seconds.
 HEARTBEAT = 1
