@@ -59,6 +59,11 @@ def _connection_url(uri: str, options: ConnectionOptions) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+def _shown(url: str) -> str:
+    """A node's URL as logs show it: password masked, without farine's query."""
+    return redact(url.partition("?")[0])
+
+
 class Engine:
     """The aiormq side: connection, supervision, publishing. Runs on one asyncio loop."""
 
@@ -110,8 +115,8 @@ class Engine:
         """Connect to the first node that answers, in the order given.
 
         Raises:
-            Exception: The last node's error when none answers, or at once the error of a
-                node that refused the login (see `login_refusal`).
+            Exception: The last node's error when none answers, or at once an error that
+                trying again will not fix (see `not_retried`).
         """
         error: Exception | None = None
         for url in self.urls:
@@ -123,11 +128,11 @@ class Engine:
                 if not_retried(exc, self.shown_uri) is not None:
                     raise
                 if len(self.urls) > 1:
-                    logger.info("cannot connect to node %s (%s)", redact(url), describe(exc))
+                    logger.info("cannot connect to node %s (%s)", _shown(url), describe(exc))
                 error = exc
                 continue
             if len(self.urls) > 1:
-                logger.info("connected to node %s", redact(url))
+                logger.info("connected to node %s", _shown(url))
             return connection
         assert error is not None
         raise error
@@ -160,7 +165,7 @@ class Engine:
         if not verifies(url, self.options):
             logger.warning(
                 "TLS verification is off for %s: the broker's certificate and host name "
-                "are not checked", redact(url.partition("?")[0]),
+                "are not checked", _shown(url),
             )  # fmt: skip
         return context
 
