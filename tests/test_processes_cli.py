@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import signal
+import urllib.error
+import urllib.request
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -123,3 +126,43 @@ def test_workers_stop_gracefully_when_their_supervisor_is_killed(tmp_path: Path)
         proc.kill()
     assert code == -9
     assert proc.output.count("farine.runtime: stopped") == 2, proc.output
+
+
+def test_each_worker_serves_the_operations_endpoint_of_its_own(tmp_path: Path) -> None:
+    package = tmp_path / "reloadapp"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "service.py").write_text(SERVICE)
+    # Port 0: each worker picks a free port (with a fixed one, worker N takes port + N - 1).
+    proc = FarineProcess(
+        "start", "reloadapp", "--workers", "2", "--http", "127.0.0.1:0", cwd=tmp_path
+    )
+    try:
+        urls = {
+            _endpoint(proc.wait_for(r"operations endpoint: http://")),
+            _endpoint(proc.wait_for(r"operations endpoint: http://")),
+        }
+        proc.wait_for(r"runtime: ready: reloadapp")
+        proc.wait_for(r"runtime: ready: reloadapp")
+        answers = [_status(url + "/readyz") for url in sorted(urls)]
+        proc.signal(signal.SIGTERM)
+        code = proc.wait(30)
+    finally:
+        proc.kill()
+    assert len(urls) == 2, proc.output
+    assert answers == [200, 200]
+    assert code == 0, proc.output
+
+
+def _endpoint(line: str) -> str:
+    found = re.search(r"(http://[^\s(]+)", line)
+    assert found is not None, line
+    return found.group(1).rstrip("/")
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
