@@ -48,6 +48,22 @@ def _value(
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
+def _outcomes(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], service: str, entrypoint: str
+) -> dict[str, float]:
+    """`farine_messages_total` of one entrypoint, by outcome."""
+    return {
+        outcome: _value(
+            samples,
+            "farine_messages_total",
+            service=service,
+            entrypoint=entrypoint,
+            outcome=outcome,
+        )
+        for outcome in ("acked", "rejected", "requeued", "retried", "dead_lettered")
+    }
+
+
 async def _wait_status(client: httpx.AsyncClient, url: str, status: int) -> dict[str, Any]:
     """Ask `url` until it answers `status` (a state the test waits for); its JSON body."""
     with anyio.fail_after(20):
@@ -116,16 +132,7 @@ async def test_metrics_count_each_outcome_and_time_the_calls(broker: Broker) -> 
         with anyio.fail_after(10):
             while True:  # a message is counted once settled, just after its call
                 samples = _samples((await client.get(url)).text)
-                counts = {
-                    outcome: _value(
-                        samples,
-                        "farine_messages_total",
-                        service="counted",
-                        entrypoint="on_message",
-                        outcome=outcome,
-                    )
-                    for outcome in ("acked", "rejected", "requeued", "retried", "dead_lettered")
-                }
+                counts = _outcomes(samples, "counted", "on_message")
                 if counts == {**expected, "retried": 0, "dead_lettered": 0}:
                     break
                 await anyio.sleep(0.02)
@@ -159,16 +166,7 @@ async def test_metrics_count_retried_and_dead_lettered_messages(broker: Broker) 
         with anyio.fail_after(10):
             while True:  # a message is counted once moved, just after its call
                 samples = _samples((await client.get(url)).text)
-                counts = {
-                    outcome: _value(
-                        samples,
-                        "farine_messages_total",
-                        service="failing",
-                        entrypoint="on_message",
-                        outcome=outcome,
-                    )
-                    for outcome in ("acked", "rejected", "requeued", "retried", "dead_lettered")
-                }
+                counts = _outcomes(samples, "failing", "on_message")
                 if counts["dead_lettered"] == 2:
                     break
                 await anyio.sleep(0.02)
