@@ -138,12 +138,13 @@ def test_each_worker_serves_the_operations_endpoint_of_its_own(tmp_path: Path) -
         "start", "reloadapp", "--workers", "2", "--http", "127.0.0.1:0", cwd=tmp_path
     )
     try:
-        urls = {
-            _endpoint(proc.wait_for(r"operations endpoint: http://")),
-            _endpoint(proc.wait_for(r"operations endpoint: http://")),
-        }
-        proc.wait_for(r"runtime: ready: reloadapp")
-        proc.wait_for(r"runtime: ready: reloadapp")
+        # Each worker logs its endpoint, then that it is ready; the workers' lines
+        # interleave in any order, so read them all with one pattern.
+        lines = [
+            proc.wait_for(r"operations endpoint: http://|runtime: ready: reloadapp")
+            for _ in range(4)
+        ]
+        urls = {_endpoint(line) for line in lines if "operations endpoint" in line}
         answers = [_status(url + "/readyz") for url in sorted(urls)]
         proc.signal(signal.SIGTERM)
         code = proc.wait(30)
