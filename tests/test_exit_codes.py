@@ -80,7 +80,7 @@ def test_1_start_with_a_refused_port_fails_within_15s(backend: str, tmp_path: Pa
     assert "connection refused (nothing listens there" in error
     assert error.endswith("connect_retry_timeout = 10s)")
     # farine's WARNING per attempt, and no ERROR line of aiormq's repeating it.
-    assert "aiormq" not in out
+    assert " aiormq." not in out  # no line of aiormq's own loggers
     assert "retrying in" in out
     assert "Traceback" not in out
 
@@ -97,7 +97,7 @@ def test_1_call_with_a_refused_port_blames_connect_retry_timeout(tmp_path: Path)
     )
     assert "connection refused" in error
     assert error.endswith("connect_retry_timeout = 10s)")
-    assert "aiormq" not in out
+    assert " aiormq." not in out  # no line of aiormq's own loggers
 
 
 def test_1_call_with_a_refused_port_blames_the_calls_timeout(tmp_path: Path) -> None:
