@@ -20,7 +20,9 @@ from farine.codec import CONTENT_TYPES, encode
 from farine.entrypoints import current_service
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Generator, Mapping, Sequence
+
+    from opentelemetry.trace import Tracer
 
     from farine.ops._metrics import ServiceMetrics
     from farine.settings import ServiceSettings
@@ -69,6 +71,28 @@ def _metrics() -> ServiceMetrics | None:
     """The metrics of the service publishing, when the operations endpoint is on."""
     service = current_service()
     return None if service is None else service.metrics
+
+
+@contextlib.contextmanager
+def _observed(
+    exchange: str,
+    key: str,
+    properties: Properties,
+    size: int,
+    tracer: Tracer | None,
+    metrics: ServiceMetrics | None,
+) -> Generator[Properties]:
+    """One publish observed: in a span (yields the properties carrying its trace context)
+    and timed until confirmed, for whichever of tracing and metrics is on."""
+    with contextlib.ExitStack() as observed:
+        sent = properties
+        if tracer is not None:
+            sent = observed.enter_context(
+                _tracing.publish_span(tracer, exchange, key, properties, size)
+            )
+        if metrics is not None:
+            observed.enter_context(metrics.publishing())
+        yield sent
 
 
 class _BasePublisher:
@@ -206,14 +230,7 @@ class Publisher(_BasePublisher):
                     Outgoing(self.exchange, key, data, properties, mandatory, limit, self._declare)
                 )
                 continue
-            with contextlib.ExitStack() as observed:
-                sent = properties
-                if tracer is not None:
-                    sent = observed.enter_context(
-                        _tracing.publish_span(tracer, self.exchange, key, properties, len(data))
-                    )
-                if metrics is not None:
-                    observed.enter_context(metrics.publishing())
+            with _observed(self.exchange, key, properties, len(data), tracer, metrics) as sent:
                 connection.publish_blocking(
                     Outgoing(self.exchange, key, data, sent, mandatory, limit, self._declare)
                 )
@@ -256,14 +273,7 @@ class AsyncPublisher(_BasePublisher):
                     Outgoing(self.exchange, key, data, properties, mandatory, limit, self._declare)
                 )
                 continue
-            with contextlib.ExitStack() as observed:
-                sent = properties
-                if tracer is not None:
-                    sent = observed.enter_context(
-                        _tracing.publish_span(tracer, self.exchange, key, properties, len(data))
-                    )
-                if metrics is not None:
-                    observed.enter_context(metrics.publishing())
+            with _observed(self.exchange, key, properties, len(data), tracer, metrics) as sent:
                 await connection.publish(
                     Outgoing(self.exchange, key, data, sent, mandatory, limit, self._declare)
                 )
