@@ -13,6 +13,8 @@ import time
 from typing import TYPE_CHECKING, Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from farine._broker.errors import (
     AccessRefused,
@@ -24,7 +26,7 @@ from farine._broker.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Generator
+    from collections.abc import Generator, Iterator
 
     from farine.ops._outcomes import MessageOutcome
 
@@ -33,6 +35,8 @@ __all__ = (
     "METRIC_NAMES",
     "CallTimer",
     "ConnectionState",
+    "InFlight",
+    "MessageCounts",
     "Metrics",
     "ServiceMetrics",
     "publish_error_kind",
@@ -77,6 +81,48 @@ def publish_error_kind(exc: PublishError) -> str:
     return "error"
 
 
+class MessageCounts(Collector):
+    """`farine_messages_total`: how many messages each consumer ended with each outcome.
+
+    The counts are plain integers, incremented on the event loop's thread by
+    `ServiceMetrics.message_outcome()` (a handled message costs no lock) and read when
+    the registry is collected.
+    """
+
+    name: Final = "farine_messages"
+    documentation: Final = (
+        "Messages consumed, by how they ended (acked, rejected, requeued, retried, dead_lettered)."
+    )
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str], int] = {}
+
+    def add(self, service: str, entrypoint: str, outcome: MessageOutcome) -> None:
+        """Count one message of `service.entrypoint` that ended with `outcome`."""
+        key = (service, entrypoint, outcome)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            self.name, self.documentation, labels=[*_ENTRYPOINT, "outcome"]
+        )
+        for labels, count in self.counts.copy().items():
+            family.add_metric(labels, count)
+        yield family
+
+
+class InFlight:
+    """Handler calls of one entrypoint running now, read by its gauge when scraped."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def value(self) -> float:
+        return self.count
+
+
 class Metrics:
     """The metrics of one runtime, in a registry of their own.
 
@@ -90,13 +136,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
-        self.messages = Counter(
-            "farine_messages",
-            "Messages consumed, by how they ended (acked, rejected, requeued, retried, "
-            "dead_lettered).",
-            [*_ENTRYPOINT, "outcome"],
-            registry=registry,
-        )
+        self.messages = MessageCounts()
+        registry.register(self.messages)
         self.handler_seconds = Histogram(
             "farine_handler_seconds",
             "Seconds a handler call took (waiting for a worker thread included).",
@@ -183,15 +224,15 @@ class CallTimer:
 
     __slots__ = ("_in_flight", "_seconds", "_start")
 
-    def __init__(self, in_flight: Gauge, seconds: Histogram) -> None:
+    def __init__(self, in_flight: InFlight, seconds: Histogram) -> None:
         self._in_flight = in_flight
         self._seconds = seconds
-        in_flight.inc()
+        in_flight.count += 1
         self._start = time.perf_counter()
 
     def finished(self) -> None:
         """The call returned or raised: no longer in flight; observe its duration."""
-        self._in_flight.dec()
+        self._in_flight.count -= 1
         self._seconds.observe(time.perf_counter() - self._start)
 
 
@@ -207,8 +248,7 @@ class ServiceMetrics:
         self.name = service
         self._reconnects_seen = 0
         # Labelled children, looked up once: `labels()` costs a lock and a dict lookup.
-        self._calls: dict[str, tuple[Gauge, Histogram]] = {}
-        self._outcomes: dict[tuple[str, str], Counter] = {}
+        self._calls: dict[str, tuple[InFlight, Histogram]] = {}
 
     def message_outcome(self, entrypoint: str, outcome: MessageOutcome) -> None:
         """Count one message of consumer `entrypoint` that ended with `outcome`.
@@ -217,11 +257,7 @@ class ServiceMetrics:
         republishes a message for a later retry says `retried`, one that sends it to a
         dead-letter queue says `dead_lettered`.
         """
-        counter = self._outcomes.get((entrypoint, outcome))
-        if counter is None:
-            counter = self.metrics.messages.labels(self.name, entrypoint, outcome)
-            self._outcomes[entrypoint, outcome] = counter
-        counter.inc()
+        self.metrics.messages.add(self.name, entrypoint, outcome)
 
     def call_started(self, entrypoint: str | None) -> CallTimer:
         """Count a handler call of `entrypoint` in flight; `finished()` times it."""
@@ -229,10 +265,9 @@ class ServiceMetrics:
         children = self._calls.get(name)
         if children is None:
             metrics = self.metrics
-            children = (
-                metrics.handlers_in_flight.labels(self.name, name),
-                metrics.handler_seconds.labels(self.name, name),
-            )
+            in_flight = InFlight()
+            metrics.handlers_in_flight.labels(self.name, name).set_function(in_flight.value)
+            children = (in_flight, metrics.handler_seconds.labels(self.name, name))
             self._calls[name] = children
         return CallTimer(*children)
 

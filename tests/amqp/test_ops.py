@@ -143,6 +143,37 @@ async def test_metrics_count_each_outcome_and_time_the_calls(broker: Broker) -> 
     assert _value(samples, "farine_handlers_in_flight", **labels) == 0
 
 
+async def test_metrics_show_the_handler_calls_in_flight(broker: Broker) -> None:
+    exchange = broker.exchange()
+    started = anyio.Event()
+    release = anyio.Event()
+
+    class Held:
+        @farine.amqp.consume(exchange=exchange, routing_key="k", queue=broker.queue())
+        async def on_message(self, body: Any, message: Message) -> None:
+            started.set()
+            await release.wait()
+
+    config = broker.config(http="127.0.0.1:0")
+    labels = {"service": "held", "entrypoint": "on_message"}
+    async with farine.testing.running(Held, config=config) as app, httpx.AsyncClient() as client:
+        url = _url(app.runtime, "/metrics")
+        await app.publish(exchange, "k", {"n": 1})
+        with anyio.fail_after(10):
+            await started.wait()
+        during = _samples((await client.get(url)).text)
+        release.set()
+        await app.wait_for("held.on_message")
+        with anyio.fail_after(10):
+            while True:  # the call ends just after the handler returns
+                after = _samples((await client.get(url)).text)
+                if _value(after, "farine_handlers_in_flight", **labels) == 0:
+                    break
+                await anyio.sleep(0.02)
+    assert _value(during, "farine_handlers_in_flight", **labels) == 1
+    assert _value(after, "farine_handler_seconds_count", **labels) == 1
+
+
 async def test_metrics_count_retried_and_dead_lettered_messages(broker: Broker) -> None:
     exchange = broker.exchange()
 
