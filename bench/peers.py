@@ -35,8 +35,8 @@ Python of `--peer-python` (default: the base interpreter of this one) and create
 when a requirement file changes.
 
     python bench/peers.py [--messages 20000] [--batch 2000] [--calls 1000]
-        [--concurrent 10000] [--inflight 64] [--repeat 3] [--only nameko]
-        [--uri amqp://guest:guest@127.0.0.1:5672/]
+        [--concurrent 10000] [--inflight 64] [--repeat 3] [--workload consume|rpc|both]
+        [--only nameko] [--peer-python python3.11] [--uri amqp://guest:guest@127.0.0.1:5672/]
 
 All rows are set up at once, then take turns, a batch each (the first row of each turn
 moving on by one), so that load from elsewhere on the machine weighs on every row
@@ -99,6 +99,13 @@ RPC_LABELS = {
     RAW: "raw aiormq (asyncio)",
     "farine (asyncio)": "farine asyncio auto, async def",
     "farine (trio)": "farine trio auto, async def",
+}
+
+
+#: The packages of each peer's virtualenv that the JSON line reports.
+PEER_PACKAGES = {
+    "faststream": ("faststream", "aio-pika", "aiormq", "pydantic"),
+    "nameko": ("nameko", "eventlet", "kombu", "amqp"),
 }
 
 
@@ -470,10 +477,10 @@ def versions(peer_python: str) -> dict[str, str]:
         "peer_python": peer_python,
         **{name: metadata.version(name) for name in ("farine", "aiormq", "pamqp", "msgspec")},
     }
-    for peer in ("faststream", "nameko"):
+    for peer, names in PEER_PACKAGES.items():
         for line in (PEERS / f"{peer}.txt").read_text().splitlines():
             name, _, version = line.partition("==")
-            if version and not line.startswith("#"):
+            if name.split("[")[0] in names:
                 found[f"{peer}: {name.split('[')[0]}"] = version
     return found
 
