@@ -32,6 +32,7 @@ __all__ = (
     "LoopHandle",
     "Reply",
     "Wakeup",
+    "call_in_task",
     "defer_wakes_on",
     "now",
     "running_backend",
@@ -51,6 +52,29 @@ def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def call_in_task(callback: Callable[[], object]) -> None:
+    """Call `callback()` in a task of the running loop: now, or in a new asyncio task.
+
+    For code that needs a task (starting one in an anyio task group tells the backend
+    by the current task) but may run in a plain callback of an asyncio loop. trio runs
+    its callbacks in a task of its own: there, and in any task, the call is immediate.
+    """
+    loop = _running_asyncio_loop()
+    if loop is None or asyncio.current_task(loop) is not None:
+        callback()
+        return
+
+    async def call() -> None:
+        callback()
+
+    task = loop.create_task(call())
+    _calling.add(task)  # the loop holds tasks weakly
+    task.add_done_callback(_calling.discard)
+
+
+_calling: set[asyncio.Task[None]] = set()
 
 
 def running_backend() -> Literal["asyncio", "trio"]:
@@ -245,7 +269,7 @@ class Handoff(Generic[T]):
     def __init__(self, home: LoopHandle, sink: Callable[[list[T]], None]) -> None:
         self.home = home
         self.sink = sink
-        self._items: deque[T] = deque()
+        self._items: list[T] = []
         self._lock = threading.Lock()
         self._scheduled = False
 
@@ -269,8 +293,7 @@ class Handoff(Generic[T]):
 
     def _drain(self) -> None:
         with self._lock:
-            batch = list(self._items)
-            self._items.clear()
+            batch, self._items = self._items, []
             self._scheduled = False
         if batch:
             self.sink(batch)
