@@ -24,8 +24,8 @@ class Takers(Generic[M]):
     Each task takes the next message once it has handled one: no task is started per
     message. A task starts only when a message arrives while no other task is waiting
     for one (and fewer than `limit` run), and stays for the next ones: a consumer holds
-    as many tasks as it has handled messages at once (one until its first message), not
-    one per prefetch slot.
+    as many tasks as it has handled messages at once (one until its first message, or
+    none with `start_in(group, on_demand=True)`), not one per prefetch slot.
 
     Args:
         messages: The consumer's messages; the takers end when it does.
@@ -68,10 +68,30 @@ class Takers(Generic[M]):
         async with anyio.create_task_group() as group:
             self.start_in(group)
 
-    def start_in(self, group: anyio.abc.TaskGroup) -> None:
-        """Take and handle messages in tasks of `group`, which waits for them to end."""
+    def start_in(self, group: anyio.abc.TaskGroup, *, on_demand: bool = False) -> None:
+        """Take and handle messages in tasks of `group`, which waits for them to end.
+
+        Args:
+            group: The task group the tasks run in.
+            on_demand: Start no task now: the first starts at the first call of
+                `wanted()`, which the source of the messages makes when one arrives.
+        """
         self._group = group
-        self._start_task()
+        if not on_demand:
+            self._start_task()
+
+    def wanted(self) -> None:
+        """Start a task if a message arrived that no task waits for (and fewer than `limit` run).
+
+        Called by the source of the messages (on the takers' event loop), with
+        `start_in(group, on_demand=True)`.
+        """
+        if self.wants_task():
+            self._start_task()
+
+    def wants_task(self) -> bool:
+        """True when `wanted()` would start a task now."""
+        return self._group is not None and not self._waiting and self._tasks < self._limit
 
     def _start_task(self) -> None:
         # Counted as waiting from now, before it first runs: a message taken meanwhile

@@ -132,3 +132,27 @@ def test_a_limit_below_one_is_refused() -> None:
     send, receive = anyio.create_memory_object_stream[int]()
     with send, receive, pytest.raises(ValueError, match="limit must be >= 1"):
         Takers(receive, lambda _: anyio.lowlevel.checkpoint(), limit=0)
+
+
+async def test_on_demand_takers_hold_no_task_until_a_message_is_wanted() -> None:
+    send, receive = anyio.create_memory_object_stream[int](10)
+    done: list[int] = []
+
+    async def handle(n: int) -> None:
+        done.append(n)
+
+    takers = Takers(receive, handle, limit=4)
+    with send, receive, anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            takers.start_in(tg, on_demand=True)
+            await anyio.wait_all_tasks_blocked()
+            assert takers.tasks == 0
+            await send.send(1)
+            takers.wanted()
+            takers.wanted()  # one task is already on its way: no second one
+            assert takers.tasks == 1
+            await anyio.wait_all_tasks_blocked()
+            assert done == [1]
+            assert takers.tasks == 2  # the one that took it, and one started to wait
+            send.close()
+    assert takers.tasks == 0

@@ -10,12 +10,12 @@ import abc
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import anyio
 import anyio.lowlevel
 
-from farine._broker.loops import Wakeup
+from farine._broker.loops import Wakeup, call_in_task
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -159,6 +159,18 @@ class Outgoing:
     declare: ExchangeSpec | None = None
 
 
+class TaskStarter(Protocol):
+    """What starts the tasks that take a consumer's messages (`farine._takers.Takers`)."""
+
+    def wants_task(self) -> bool:
+        """True when a message that no task waits for needs a new task."""
+        ...
+
+    def wanted(self) -> None:
+        """Start a task for a message that no task waits for (in a task of the loop)."""
+        ...
+
+
 class Consumer(abc.ABC):
     """Deliveries of one queue on one channel, received on the consumer's event loop."""
 
@@ -168,6 +180,15 @@ class Consumer(abc.ABC):
 
     def __aiter__(self) -> Consumer:
         return self
+
+    def on_unclaimed(self, starter: TaskStarter | None) -> None:
+        """Have `starter` start a task whenever messages arrive that no task waits for.
+
+        `starter.wanted()` runs in a task of the consumer's event loop, at once if such
+        messages wait already, when `starter.wants_task()` is true. None removes it.
+        With it, a consumer needs no task waiting while idle.
+        """
+        self.deliveries.set_on_unclaimed(starter)
 
     async def __anext__(self) -> Message:
         try:
@@ -317,15 +338,25 @@ class DeliveryQueue:
     skipped: the broker redelivers them on the new channel.
 
     `put()` and `close()` run on the consumer's loop thread (transports hand messages
-    over with a `Handoff`).
+    over with a `Handoff`). Messages that no task waits for call the `on_unclaimed`
+    callback, if any, so that a task can be started for them.
     """
 
-    __slots__ = ("_closed", "_items", "_waiters")
+    __slots__ = ("_closed", "_items", "_on_unclaimed", "_waiters")
 
     def __init__(self) -> None:
-        self._items: deque[Message] = deque()
-        self._waiters: deque[Wakeup] = deque()
+        # The deque is made by the first `put()` (an empty one costs most of a KiB, and
+        # a service may hold hundreds of idle consumers); the waiters are few: a list.
+        self._items: deque[Message] | None = None
+        self._waiters: list[Wakeup] = []
         self._closed = False
+        self._on_unclaimed: TaskStarter | None = None
+
+    def set_on_unclaimed(self, starter: TaskStarter | None) -> None:
+        """Start tasks with `starter` for messages no task waits for (see `Consumer`)."""
+        self._on_unclaimed = starter
+        if starter is not None and self._items and not self._closed:
+            self._wake(self._items)
 
     @property
     def closed(self) -> bool:
@@ -338,14 +369,24 @@ class DeliveryQueue:
             for message in messages:
                 _requeue_quietly(message)
             return
-        self._items.extend(messages)
-        self._wake()
+        items = self._items
+        if items is None:
+            items = self._items = deque(messages)
+        else:
+            items.extend(messages)
+        self._wake(items)
 
-    def _wake(self) -> None:
-        """Wake one waiting task per queued message."""
+    def _wake(self, items: deque[Message] | None) -> None:
+        """Wake one waiting task per queued message; tell `on_unclaimed` of the others."""
+        if not items:
+            return
         waiters = self._waiters
-        for _ in range(min(len(waiters), len(self._items))):
-            waiters.popleft().set()
+        woken = min(len(waiters), len(items))
+        for _ in range(woken):
+            waiters.pop(0).set()
+        starter = self._on_unclaimed
+        if len(items) > woken and starter is not None and starter.wants_task():
+            call_in_task(starter.wanted)
 
     async def receive(self) -> Message:
         """Return the next live message.
@@ -353,8 +394,8 @@ class DeliveryQueue:
         Raises:
             anyio.EndOfStream: The queue was closed.
         """
-        items = self._items
         while True:
+            items = self._items
             if items:
                 # A checkpoint first, as any receive: a task finding messages ready
                 # each time must still let the others run.
@@ -368,10 +409,11 @@ class DeliveryQueue:
                     await woken.wait()
                 except BaseException:
                     if woken.is_set():
-                        self._wake()  # woken, then cancelled: another task takes it
+                        self._wake(self._items)  # woken, then cancelled: another task takes it
                     else:
                         self._waiters.remove(woken)
                     raise
+                items = self._items
             if items:
                 message = items.popleft()
                 if message._alive():  # pyright: ignore[reportPrivateUsage]
@@ -384,10 +426,12 @@ class DeliveryQueue:
         if self._closed:
             return
         self._closed = True
-        while self._items:
-            _requeue_quietly(self._items.popleft())
-        while self._waiters:
-            self._waiters.popleft().set()
+        items = self._items
+        while items:
+            _requeue_quietly(items.popleft())
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.set()
 
 
 def _requeue_quietly(message: Message) -> None:

@@ -1,4 +1,4 @@
-"""The few backend-specific lines: reaching an event loop (asyncio or trio) from any thread.
+"""Reaching an event loop (asyncio or trio) from any thread, in code that serves both.
 
 Deliveries come from a broker connection that may run elsewhere (aiormq on its own
 asyncio loop in a thread, for scripts with no runtime; the in-memory broker called
@@ -6,24 +6,27 @@ from a worker thread) and must land on the loop of the consumer that waits for t
 the results of `def` handlers come back from worker threads (`farine._workers`).
 `LoopHandle` schedules a callback on one loop from any thread; `Handoff` batches items
 for it, so a burst of deliveries (or acks) costs one crossing, not one per item;
-`Reply` is one result, waited for by one task.
+`Reply` is one result, waited for by one task; `Wakeup` wakes one task.
+
+The backend-specific lines live in `asyncio_loop` and `trio_loop`, which offer the
+same small interface: a `Waker` (schedule a callback on its loop from any thread), a
+`Parked` task (wait, resume with an outcome, cancel), `wait_future()`, `now()`,
+`call_in_task()`. This module picks one by the loop running in the calling thread.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import logging
 import threading
-import weakref
-from collections import deque
-from typing import TYPE_CHECKING, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
 import outcome
-import trio
+
+from farine._broker import asyncio_loop, trio_loop
 
 if TYPE_CHECKING:
+    import asyncio
     import concurrent.futures
     from collections.abc import Callable
 
@@ -32,6 +35,7 @@ __all__ = (
     "LoopHandle",
     "Reply",
     "Wakeup",
+    "call_in_task",
     "defer_wakes_on",
     "now",
     "running_backend",
@@ -43,19 +47,37 @@ logger = logging.getLogger("farine.amqp")
 
 T = TypeVar("T")
 
+#: `defer_wakes_on()`, `stop_deferring_wakes()`: engine threads batch their wake-ups.
+defer_wakes_on = asyncio_loop.defer_wakes_on
+stop_deferring_wakes = asyncio_loop.stop_deferring_wakes
 
-def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio loop, or None (in a trio task: the engine loop of the trio
-    backend runs only in steps of its own)."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+
+class _Waker(Protocol):
+    """What `LoopHandle` needs of a backend: schedule a callback on one loop."""
+
+    @property
+    def thread_id(self) -> int: ...
+
+    def schedule(self, callback: Callable[[], object]) -> bool: ...
 
 
 def running_backend() -> Literal["asyncio", "trio"]:
     """The anyio backend of the calling task: `"asyncio"` or `"trio"`."""
-    return "trio" if _running_asyncio_loop() is None else "asyncio"
+    return "trio" if asyncio_loop.running_loop() is None else "asyncio"
+
+
+def call_in_task(callback: Callable[[], object]) -> None:
+    """Call `callback()` in a task of the running loop: now, or in a new asyncio task.
+
+    For code that needs a task (starting one in an anyio task group tells the backend
+    by the current task) but may run in a plain callback of an asyncio loop. trio runs
+    its callbacks in a task of its own: there, and in any task, the call is immediate.
+    """
+    loop = asyncio_loop.running_loop()
+    if loop is None:
+        trio_loop.call_in_task(callback)
+    else:
+        asyncio_loop.call_in_task(loop, callback)
 
 
 class LoopHandle:
@@ -71,32 +93,17 @@ class LoopHandle:
     When the posting thread is the AMQP engine's (see `defer_wakes_on()`), the wake-up
     waits until the engine loop has run the callbacks it has ready, so everything one
     batch of frames produces (confirms, deliveries) crosses at once.
+
+    Args:
+        waker: The backend's `Waker` of the loop (`asyncio_loop` or `trio_loop`).
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_asyncio_loop_ref",
-        "_lock",
-        "_pending",
-        "_scheduled",
-        "_stopped",
-        "_trio_token",
-        "thread_id",
-    )
+    __slots__ = ("__weakref__", "_lock", "_pending", "_scheduled", "_stopped", "waker")
 
-    def __init__(
-        self,
-        *,
-        asyncio_loop: asyncio.AbstractEventLoop | None = None,
-        trio_token: trio.lowlevel.TrioToken | None = None,
-        thread_id: int,
-    ) -> None:
-        # A weak reference: handles are cached per loop, and must not keep it alive.
-        self._asyncio_loop_ref = None if asyncio_loop is None else weakref.ref(asyncio_loop)
-        self._trio_token = trio_token
-        self.thread_id = thread_id
+    def __init__(self, waker: _Waker) -> None:
+        self.waker = waker
         self._lock = threading.Lock()
-        self._pending: deque[Callable[[], object]] = deque()
+        self._pending: list[Callable[[], object]] = []
         self._scheduled = False
         self._stopped = False
 
@@ -107,40 +114,32 @@ class LoopHandle:
         Raises:
             RuntimeError: No asyncio or trio loop runs in this thread.
         """
+        loop = asyncio_loop.running_loop()
+        if loop is not None:
+            return asyncio_loop.handle_of_loop(loop, threading.get_ident(), cls)
         try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
-            return cls.of_asyncio_loop(loop, threading.get_ident())
-        try:
-            return _trio_handle.get()
-        except LookupError:
-            pass
+            return trio_loop.handle_of_run(cls)
         except RuntimeError:
             raise RuntimeError("no asyncio or trio event loop runs in this thread") from None
-        handle = cls(trio_token=trio.lowlevel.current_trio_token(), thread_id=threading.get_ident())
-        _trio_handle.set(handle)
-        return handle
 
     @classmethod
     def of_asyncio_loop(cls, loop: asyncio.AbstractEventLoop, thread_id: int) -> LoopHandle:
         """Return the handle of an asyncio loop running in thread `thread_id`."""
-        with _asyncio_handles_lock:
-            handle = _asyncio_handles.get(loop)
-            if handle is None:
-                handle = cls(asyncio_loop=loop, thread_id=thread_id)
-                _asyncio_handles[loop] = handle
-            return handle
+        return asyncio_loop.handle_of_loop(loop, thread_id, cls)
 
     @property
     def is_asyncio(self) -> bool:
         """True for an asyncio loop."""
-        return self._asyncio_loop_ref is not None
+        return isinstance(self.waker, asyncio_loop.Waker)
+
+    @property
+    def thread_id(self) -> int:
+        """The thread running the loop."""
+        return self.waker.thread_id
 
     def in_loop_thread(self) -> bool:
         """True when called from the thread running this loop."""
-        return threading.get_ident() == self.thread_id
+        return threading.get_ident() == self.waker.thread_id
 
     def call_soon(self, callback: Callable[[], object]) -> bool:
         """Schedule `callback()` on the loop; return False if the loop has stopped.
@@ -154,12 +153,10 @@ class LoopHandle:
             if self._scheduled:
                 return True
             self._scheduled = True
-        thread_id = threading.get_ident()
-        poster = _deferring_loops.get(thread_id)
-        if poster is not None and thread_id != self.thread_id:
-            loop = poster()
-            if loop is not None and not loop.is_closed():
-                loop.call_soon(self._wake)
+        if not self.in_loop_thread():
+            poster = asyncio_loop.deferring_loop()
+            if poster is not None:
+                poster.call_soon(self._wake)
                 return True
         return self._wake()
 
@@ -176,57 +173,23 @@ class LoopHandle:
         return True
 
     def _wake(self) -> bool:
-        try:
-            if self._asyncio_loop_ref is not None:
-                loop = self._asyncio_loop_ref()
-                if loop is None:
-                    raise RuntimeError("event loop collected")
-                if threading.get_ident() == self.thread_id:
-                    loop.call_soon(self._run_pending)
-                else:
-                    loop.call_soon_threadsafe(self._run_pending)
-            else:
-                assert self._trio_token is not None
-                self._trio_token.run_sync_soon(self._run_pending)
-        except (RuntimeError, trio.RunFinishedError):  # the loop is closed: nobody to run them
-            with self._lock:
-                self._stopped = True
-                self._pending.clear()
-                self._scheduled = False
-            return False
-        return True
+        if self.waker.schedule(self._run_pending):
+            return True
+        with self._lock:  # the loop is closed: nobody to run them
+            self._stopped = True
+            self._pending.clear()
+            self._scheduled = False
+        return False
 
     def _run_pending(self) -> None:
         with self._lock:
-            batch = self._pending
-            self._pending = deque()
+            batch, self._pending = self._pending, []
             self._scheduled = False
         for callback in batch:
             try:
                 callback()
             except Exception:  # one failing callback must not lose the others (nor kill trio)
                 logger.exception("callback %r failed", callback)
-
-
-_trio_handle: trio.lowlevel.RunVar[LoopHandle] = trio.lowlevel.RunVar("farine_loop_handle")
-_asyncio_handles: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopHandle] = (
-    weakref.WeakKeyDictionary()
-)
-_asyncio_handles_lock = threading.Lock()
-# Threads whose asyncio loop batches the wake-ups it sends to other loops (thread id ->
-# loop): the AMQP engine threads. Other threads wake at once: a thread that blocks right
-# after scheduling a callback must not delay (or deadlock) it.
-_deferring_loops: dict[int, weakref.ref[asyncio.AbstractEventLoop]] = {}
-
-
-def defer_wakes_on(loop: asyncio.AbstractEventLoop) -> None:
-    """Batch the wake-ups sent from this thread, which runs `loop`, until it stops."""
-    _deferring_loops[threading.get_ident()] = weakref.ref(loop)
-
-
-def stop_deferring_wakes() -> None:
-    """Undo `defer_wakes_on()` for this thread (its loop is stopping)."""
-    _deferring_loops.pop(threading.get_ident(), None)
 
 
 class Handoff(Generic[T]):
@@ -245,7 +208,7 @@ class Handoff(Generic[T]):
     def __init__(self, home: LoopHandle, sink: Callable[[list[T]], None]) -> None:
         self.home = home
         self.sink = sink
-        self._items: deque[T] = deque()
+        self._items: list[T] = []
         self._lock = threading.Lock()
         self._scheduled = False
 
@@ -269,11 +232,15 @@ class Handoff(Generic[T]):
 
     def _drain(self) -> None:
         with self._lock:
-            batch = list(self._items)
-            self._items.clear()
+            batch, self._items = self._items, []
             self._scheduled = False
         if batch:
             self.sink(batch)
+
+
+def _parked() -> asyncio_loop.Parked[T] | trio_loop.Parked[T]:
+    """A parked task of the running backend, created by the task that will wait."""
+    return trio_loop.Parked() if asyncio_loop.running_loop() is None else asyncio_loop.Parked()
 
 
 class Reply(Generic[T]):
@@ -285,17 +252,12 @@ class Reply(Generic[T]):
     in between; on asyncio through one future).
     """
 
-    __slots__ = ("_done", "_future", "_home", "_task")
+    __slots__ = ("_done", "_home", "_parked")
 
     def __init__(self) -> None:
-        self._home = home = LoopHandle.current()
+        self._home = LoopHandle.current()
         self._done = False
-        if home.is_asyncio:
-            self._future: asyncio.Future[T] | None = asyncio.get_running_loop().create_future()
-            self._task: trio.lowlevel.Task | None = None
-        else:
-            self._future = None
-            self._task = trio.lowlevel.current_task()
+        self._parked: asyncio_loop.Parked[T] | trio_loop.Parked[T] = _parked()
 
     @property
     def home(self) -> LoopHandle:
@@ -314,68 +276,40 @@ class Reply(Generic[T]):
         if self._done:  # the wait was cancelled: nobody wants the result
             return
         self._done = True
-        future = self._future
-        if future is None:
-            assert self._task is not None
-            trio.lowlevel.reschedule(self._task, result)
-        elif future.done():
-            return  # cancelled with its task, which has not run its `except` yet
-        elif isinstance(result, outcome.Error):
-            future.set_exception(result.error)
-        else:
-            future.set_result(result.unwrap())
+        self._parked.resume(result)
 
     async def wait(self, on_cancel: Callable[[], object]) -> T:
         """Wait for the result; when cancelled, call `on_cancel()` and raise at once."""
-        future = self._future
-        if future is not None:
-            try:
-                return await future
-            except asyncio.CancelledError:
-                if not self._done:
-                    self._done = True
-                    on_cancel()
-                raise
 
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._done = True
-            on_cancel()
-            return trio.lowlevel.Abort.SUCCEEDED
+        def cancelled() -> None:
+            if not self._done:
+                self._done = True
+                on_cancel()
 
-        result: T = await trio.lowlevel.wait_task_rescheduled(abort)
-        return result
+        return await self._parked.wait(cancelled)
 
 
 class Wakeup:
     """A one-shot wake-up of one task, set by code on the same loop (asyncio or trio).
 
-    What `anyio.Event` does for one waiter, for less: a flag, and an asyncio future or
-    a trio task parked until it is set. `set()` may come before, during or after the
-    wait, even after the wait was cancelled (`is_set()` then tells). `wait()` returns at
-    once, with no checkpoint, when already set.
+    What `anyio.Event` does for one waiter, for less: a flag, and a task parked until
+    it is set. `set()` may come before, during or after the wait, even after the wait
+    was cancelled (`is_set()` then tells). `wait()` returns at once, with no
+    checkpoint, when already set.
     """
 
-    __slots__ = ("_flag", "_future", "_task")
+    __slots__ = ("_flag", "_parked")
 
     def __init__(self) -> None:
         self._flag = False
-        self._task: trio.lowlevel.Task | None = None
-        # None on trio (its asyncio engine loop only runs in steps of its own), cheaply.
-        loop = _running_asyncio_loop()
-        self._future: asyncio.Future[None] | None = None if loop is None else loop.create_future()
+        self._parked: asyncio_loop.Parked[None] | trio_loop.Parked[None] = _parked()
 
     def set(self) -> None:
         """Wake the waiting task, if any (no-op once set)."""
         if self._flag:
             return
         self._flag = True
-        future = self._future
-        if future is not None:
-            if not future.done():  # else its wait was cancelled
-                future.set_result(None)
-        elif self._task is not None:
-            task, self._task = self._task, None
-            trio.lowlevel.reschedule(task)
+        self._parked.resume(outcome.Value(None))  # an outcome is used once: a new one
 
     def is_set(self) -> bool:
         """True once `set()` was called."""
@@ -385,42 +319,18 @@ class Wakeup:
         """Return once set."""
         if self._flag:
             return
-        future = self._future
-        if future is not None:
-            await future
-            return
-        self._task = trio.lowlevel.current_task()
+        await self._parked.wait(_nothing)
 
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._task = None
-            return trio.lowlevel.Abort.SUCCEEDED
 
-        await trio.lowlevel.wait_task_rescheduled(abort)
+def _nothing() -> None:
+    return None
 
 
 async def wait_future(future: concurrent.futures.Future[T]) -> T:
     """Await a `concurrent.futures.Future` from asyncio or trio; cancelling cancels it."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        return await asyncio.wrap_future(future)
-    token = trio.lowlevel.current_trio_token()
-    done = trio.Event()
-
-    def wake(_: concurrent.futures.Future[T]) -> None:
-        # The caller's loop may be gone: then nobody waits any more.
-        with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(done.set)
-
-    future.add_done_callback(wake)
-    try:
-        await done.wait()
-    except trio.Cancelled:
-        future.cancel()
-        raise
-    return future.result()
+    if asyncio_loop.running_loop() is None:
+        return await trio_loop.wait_future(future)
+    return await asyncio_loop.wait_future(future)
 
 
 def now() -> float:
@@ -430,5 +340,5 @@ def now() -> float:
     trio task (where no asyncio loop is running: the engine loop of the trio backend
     runs only in steps of its own).
     """
-    loop = _running_asyncio_loop()
-    return loop.time() if loop is not None else trio.current_time()
+    loop = asyncio_loop.running_loop()
+    return trio_loop.now() if loop is None else asyncio_loop.now(loop)

@@ -450,12 +450,15 @@ class _ConsumerEntrypoint(Entrypoint):
                     # inside each call, before its message is settled.
                     scope=functools.partial(handler_transaction, self.spec.transaction),
                 )
-                takers.start_in(tg)
+                # No task waits while the consumer is idle: the first message starts one.
+                takers.start_in(tg, on_demand=True)
+                consumer.on_unclaimed(takers)
                 task_status.started()
                 # This task waits for the stop itself (no task of its own for it): the
                 # stream then ends, and each taker finishes the message it handles.
                 await self._cancel_on_stop(consumer)
         finally:
+            consumer.on_unclaimed(None)  # the task group is gone: no taker can start
             self._consumer = None
             # Shielded: the channel must close (requeueing what is unacked) even when the
             # service is being cancelled after its shutdown timeout.

@@ -176,3 +176,42 @@ async def test_messages_of_a_lost_channel_are_skipped() -> None:
         got = await queue.receive()
     assert got.delivery_tag == 1
     assert got._settler is current  # pyright: ignore[reportPrivateUsage]
+
+
+async def test_messages_no_task_waits_for_start_a_task_when_one_is_wanted() -> None:
+    queue = DeliveryQueue()
+    channel = Channel()
+    calls: list[int] = []
+
+    class Starter:
+        wants = True
+
+        def wants_task(self) -> bool:
+            return self.wants
+
+        def wanted(self) -> None:
+            calls.append(len(calls))
+
+    starter = Starter()
+    queue.put([message(1, channel)])  # before the starter: told once it is set
+    queue.set_on_unclaimed(starter)
+    await anyio.wait_all_tasks_blocked()  # on asyncio, called in a task of its own
+    assert calls == [0]
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+
+            async def take() -> None:
+                await queue.receive()
+                await queue.receive()
+
+            tg.start_soon(take)
+            await anyio.wait_all_tasks_blocked()
+            queue.put([message(2, channel)])  # a task waits for it: nobody is told
+            assert calls == [0]
+    queue.put([message(3, channel)])
+    assert calls == [0, 1]
+    starter.wants = False  # enough tasks: none is started
+    queue.put([message(4, channel)])
+    queue.set_on_unclaimed(None)
+    queue.put([message(5, channel)])
+    assert calls == [0, 1]

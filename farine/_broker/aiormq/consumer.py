@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
@@ -30,8 +29,36 @@ if TYPE_CHECKING:
 logger = logging.getLogger("farine.amqp")
 
 
+class _Attachment:
+    """One channel a consumer is attached to: its settler, and whether the broker cancelled."""
+
+    __slots__ = ("cancelled", "channel", "settler")
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel, settler: ChannelSettler) -> None:
+        self.channel = channel
+        self.settler = settler
+        self.cancelled = False
+
+
 class SupervisedConsumer:
     """One consumer: its channel, re-opened and re-declared whenever it is lost."""
+
+    # Slots, and flags with one future rather than events: a service may hold hundreds.
+    __slots__ = (
+        "_stop_waiter",
+        "_stopped",
+        "_task",
+        "_watching",
+        "attachments",
+        "channel",
+        "consumer_tag",
+        "engine",
+        "prefetch",
+        "push",
+        "queue",
+        "settler",
+        "topology",
+    )
 
     def __init__(
         self,
@@ -49,7 +76,9 @@ class SupervisedConsumer:
         self.settler: ChannelSettler | None = None
         self.channel: aiormq.abc.AbstractChannel | None = None
         self.consumer_tag: str | None = None
-        self._stop = asyncio.Event()
+        self._stopped = False
+        # Resolved by `_request_stop()`; created on the engine loop by `start()`.
+        self._stop_waiter: asyncio.Future[None] | None = None
         self._watching: asyncio.Future[None] | None = None  # resolved to end `_watch()`
         self._task: asyncio.Task[None] | None = None
         self.attachments = 0
@@ -57,34 +86,42 @@ class SupervisedConsumer:
     @property
     def consuming(self) -> bool:
         """True while attached to an open channel, receiving deliveries."""
-        return self._watching is not None and not self._stop.is_set()
+        return self._watching is not None and not self._stopped
 
     async def start(self) -> None:
-        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._task = asyncio.get_running_loop().create_task(self._run(ready))
+        loop = asyncio.get_running_loop()
+        self._stop_waiter = loop.create_future()
+        if self._stopped:
+            self._stop_waiter.set_result(None)
+        ready: asyncio.Future[None] = loop.create_future()
+        self._task = loop.create_task(self._run(ready))
         try:
             await ready
         except BaseException:
-            self._stop.set()
-            self._wake_watch()
+            self._request_stop()
             await self._finish_task()
             raise
 
-    async def _attach(
-        self, connection: aiormq.abc.AbstractConnection
-    ) -> tuple[aiormq.abc.AbstractChannel, asyncio.Event, ChannelSettler]:
+    def _request_stop(self) -> None:
+        self._stopped = True
+        self._wake_watch()
+        waiter = self._stop_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _attach(self, connection: aiormq.abc.AbstractConnection) -> _Attachment:
         channel = await connection.channel(publisher_confirms=False)
         try:
             await channel.basic_qos(prefetch_count=self.prefetch)
             await declare_topology(channel, self.topology)
-            cancelled = asyncio.Event()
+            settler = ChannelSettler(channel, asyncio.get_running_loop(), self.engine.calls)
+            attachment = _Attachment(channel, settler)
 
             def on_cancel(_: spec.Basic.Cancel) -> None:
-                cancelled.set()
+                attachment.cancelled = True
                 self._wake_watch()
 
             channel.on_consumer_cancel_callbacks.add(on_cancel)
-            settler = ChannelSettler(channel, asyncio.get_running_loop(), self.engine.calls)
 
             def on_message(delivered: aiormq.abc.DeliveredMessage) -> None:
                 delivery = delivered.delivery
@@ -109,17 +146,17 @@ class SupervisedConsumer:
             await close_quietly(channel)
             raise
         self.consumer_tag = ok.consumer_tag
-        return channel, cancelled, settler
+        return attachment
 
     async def _run(self, ready: asyncio.Future[None]) -> None:
         initial, factor, cap = BACKOFF
         delay = initial
-        while not self._stop.is_set():
-            connection = await self.engine.wait_connection(self._stop)
+        while not self._stopped:
+            connection = await self.engine.wait_connection(self._stop_waiter)
             if connection is None:
                 break
             try:
-                channel, cancelled, settler = await self._attach(connection)
+                attachment = await self._attach(connection)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -147,6 +184,7 @@ class SupervisedConsumer:
                 await self._pause(delay)
                 delay = min(delay * factor, cap)
                 continue
+            channel, settler = attachment.channel, attachment.settler
             self.channel, self.settler = channel, settler
             self.attachments += 1
             if not ready.done():
@@ -154,13 +192,13 @@ class SupervisedConsumer:
                 logger.debug("consuming from queue %s on channel %s", self.queue, channel.number)
             else:
                 logger.info("consumer of queue %s resumed", self.queue)
-            reason = await self._watch(channel, cancelled)
-            if self._stop.is_set():
+            reason = await self._watch(attachment)
+            if self._stopped:
                 return
             settler.lost = True
             logger.warning("consumer of queue %s lost (%s); re-attaching", self.queue, reason)
             await close_quietly(channel)
-            if cancelled.is_set():
+            if attachment.cancelled:
                 # The queue was deleted under us: redeclare at once, then back off if it
                 # keeps happening.
                 await self._pause(delay)
@@ -168,12 +206,12 @@ class SupervisedConsumer:
             else:
                 delay = initial
 
-    async def _watch(self, channel: aiormq.abc.AbstractChannel, cancelled: asyncio.Event) -> str:
+    async def _watch(self, attachment: _Attachment) -> str:
         """Wait until the channel closes, the broker cancels the consumer, or `cancel()`.
 
         One future, resolved by whichever comes first: no task per thing waited for.
         """
-        closing = cast("asyncio.Future[Any]", channel.closing)  # pyright: ignore[reportUnknownMemberType]
+        closing = cast("asyncio.Future[Any]", attachment.channel.closing)  # pyright: ignore[reportUnknownMemberType]
         watching = asyncio.get_running_loop().create_future()
 
         def wake(_: object = None) -> None:
@@ -182,14 +220,14 @@ class SupervisedConsumer:
 
         closing.add_done_callback(wake)
         self._watching = watching
-        if cancelled.is_set() or self._stop.is_set():
+        if attachment.cancelled or self._stopped:
             wake()
         try:
             await watching
         finally:
             self._watching = None
             closing.remove_done_callback(wake)
-        if cancelled.is_set():
+        if attachment.cancelled:
             return "cancelled by the broker: its queue was deleted?"
         if closing.done():
             return "channel closed: " + describe(
@@ -204,13 +242,16 @@ class SupervisedConsumer:
             watching.set_result(None)
 
     async def _pause(self, delay: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), delay)
+        """Sleep `delay` seconds, or until stopped."""
+        if self._stop_waiter is not None:
+            # `asyncio.wait` leaves the future alone on timeout (`wait_for` would cancel it).
+            await asyncio.wait([self._stop_waiter], timeout=delay)
+        else:
+            await asyncio.sleep(delay)
 
     async def cancel(self) -> None:
         """Stop deliveries at the broker; the channel stays open for the last acks."""
-        self._stop.set()
-        self._wake_watch()
+        self._request_stop()
         await self._finish_task()
         channel, tag = self.channel, self.consumer_tag
         if channel is not None and tag is not None and not channel.is_closed:

@@ -238,24 +238,23 @@ class Engine:
             logger.warning("connection to %s lost (%s); reconnecting", self.shown_uri, reason)
 
     async def wait_connection(
-        self, stop: asyncio.Event | None = None
+        self, stop: asyncio.Future[None] | None = None
     ) -> aiormq.abc.AbstractConnection | None:
-        """Return an open connection, waiting for one; None once closing or `stop` is set."""
-        while not self.closing and not (stop is not None and stop.is_set()):
+        """Return an open connection, waiting for one; None once closing or `stop` is done."""
+        while not self.closing and not (stop is not None and stop.done()):
             connection = self.connection
             if self.connected.is_set() and connection is not None and not connection.is_closed:
                 return connection
             if connection is not None and connection.is_closed:
                 # The supervisor has not noticed yet; it sets the event again once reconnected.
                 self.connected.clear()
-            waiters = [asyncio.ensure_future(self.connected.wait())]
-            if stop is not None:
-                waiters.append(asyncio.ensure_future(stop.wait()))
+            connected = asyncio.ensure_future(self.connected.wait())
+            # `stop` itself is waited for, never cancelled: it belongs to the caller.
+            waiters: list[asyncio.Future[Any]] = [connected] if stop is None else [connected, stop]
             try:
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for waiter in waiters:
-                    waiter.cancel()
+                connected.cancel()
         return None
 
     async def blocked(self) -> bool:

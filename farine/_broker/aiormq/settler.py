@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import deque
 from typing import TYPE_CHECKING, Final
 
 import aiormq
@@ -101,7 +100,7 @@ class ChannelSettler:
         # waiting to be written; the one task writing them, in order (a `multiple` ack
         # must not overtake an older nack).
         self._in_flight: set[int] = set()
-        self._outbox: deque[list[SettleFrame]] = deque()
+        self._outbox: list[list[SettleFrame]] = []  # rarely more than one: a list
         self._sender: asyncio.Task[None] | None = None
         self.lost = False
 
@@ -185,7 +184,7 @@ class ChannelSettler:
     async def _send_all(self) -> None:
         try:
             while self._outbox:
-                await self._send(self._outbox.popleft())
+                await self._send(self._outbox.pop(0))
         finally:
             self._sender = None
 
