@@ -7,9 +7,13 @@ annotation msgspec cannot decode is reported then, naming the handler.
 
 A message's `content_type` picks the format: JSON when it has none or says JSON, msgpack
 when it says msgpack; text (`text/*`) for a `str` or unannotated body and raw bytes
-(`application/octet-stream`) for a `bytes` or unannotated one, as kombu handed such
-bodies to baguette-messaging's handlers (text for any other annotation is read as JSON:
-some tools label JSON as text). Anything else is a bad body.
+(`application/data`, kombu's name for them, or `application/octet-stream`) for a `bytes`
+or unannotated one, as kombu handed such bodies to baguette-messaging's handlers (text for
+any other annotation is read as JSON: some tools label JSON as text). Anything else is a
+bad body.
+
+Publishing, `encode_body` sends a `bytes`, `bytearray` or `memoryview` body as it is,
+labelled `RAW_BYTES`; any other body is encoded with the serializer.
 """
 
 from __future__ import annotations
@@ -31,12 +35,14 @@ if typing.TYPE_CHECKING:
 
 __all__ = (
     "CONTENT_TYPES",
+    "RAW_BYTES",
     "BadBody",
     "BodyDecoder",
     "annotation_of",
     "check_decodable",
     "check_depth",
     "encode",
+    "encode_body",
     "to_builtins",
 )
 
@@ -61,6 +67,12 @@ CONTENT_TYPES: Final = {
     "msgpack": ("application/x-msgpack", "binary"),
 }
 
+#: The content type and content encoding of a body published as raw bytes: kombu's own
+#: (what its `dumps` gives a `bytes` body), which kombu consumers trust without an
+#: accept list naming it.
+RAW_BYTES: Final = ("application/data", "binary")
+
+_RAW_TYPES: Final = frozenset({"application/data", "application/octet-stream"})
 _JSON_TYPES: Final = frozenset({"application/json", "text/json", "application/x-json"})
 _MSGPACK_TYPES: Final = frozenset(
     {"application/x-msgpack", "application/msgpack", "application/vnd.msgpack"}
@@ -209,6 +221,31 @@ def encode(value: object, serializer: str = "json") -> bytes:
         raise TypeError(f"cannot encode a {type(value).__name__} as {name}: {exc}") from None
 
 
+def encode_body(value: object, serializer: str = "json") -> tuple[bytes, str, str]:
+    """Encode a body to publish: its data, content type and content encoding.
+
+    `bytes`, `bytearray` and `memoryview` bodies go as they are, labelled `RAW_BYTES`;
+    anything else is encoded with `serializer` and labelled as `CONTENT_TYPES` says.
+
+    Raises:
+        TypeError: `value` cannot be encoded with `serializer`.
+
+    Example:
+        >>> encode_body(b"\\x00\\x01")
+        (b'\\x00\\x01', 'application/data', 'binary')
+        >>> encode_body({"id": 1})
+        (b'{"id":1}', 'application/json', 'utf-8')
+    """
+    if type(value) is bytes:
+        return value, *RAW_BYTES
+    if isinstance(value, bytes | bytearray):
+        return bytes(value), *RAW_BYTES
+    if isinstance(value, memoryview):
+        return cast("memoryview[int]", value).tobytes(), *RAW_BYTES
+    content_type, content_encoding = CONTENT_TYPES[serializer]
+    return encode(value, serializer), content_type, content_encoding
+
+
 def to_builtins(value: object) -> Any:
     """Convert Structs, dataclasses and friends into JSON-compatible builtins."""
     return msgspec.to_builtins(value)
@@ -349,14 +386,14 @@ class BodyDecoder:
                 return raw.decode(charset)
             except (LookupError, UnicodeDecodeError) as exc:
                 raise BadBody(f"undecodable {media} text: {exc}") from None
-        if media == "application/octet-stream" and self.type in (bytes, Any):
+        if media in _RAW_TYPES and self.type in (bytes, Any):
             return raw
         if media.startswith("text/"):
             return self._json(data)  # some tools label JSON as text
         wants = _type_name(self.type)
         raise BadBody(
             f"unsupported content type {content_type!r} for a {wants} body (farine reads "
-            "JSON, msgpack and text; application/octet-stream into bytes)"
+            "JSON, msgpack and text; application/data and application/octet-stream into bytes)"
         )
 
     def _msgpack_decode(self, data: bytes | bytearray | memoryview | str) -> Any:

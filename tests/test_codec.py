@@ -11,10 +11,12 @@ from farine.codec import (
     BODY_MAX_DEPTH_LIMIT,
     CONTENT_TYPES,
     DEFAULT_BODY_MAX_DEPTH,
+    RAW_BYTES,
     BadBody,
     BodyDecoder,
     check_depth,
     encode,
+    encode_body,
 )
 
 
@@ -39,6 +41,7 @@ def test_what_a_serializer_encodes_decodes_under_its_content_type(serializer: st
         ("application/problem+json", b"{", "invalid JSON"),
         ("text/plain", b"words", "invalid JSON"),
         ("application/octet-stream", b"{}", "unsupported content type 'application/octet"),
+        ("application/data", b"{}", "unsupported content type 'application/data' for a Order"),
         ("image/png", b"\x89PNG", "unsupported content type 'image/png'"),
     ],
 )
@@ -67,6 +70,33 @@ def test_unannotated_bodies_take_text_and_bytes_as_kombu_gave_them() -> None:
     assert anything.decode(b"hi", "text/plain") == "hi"
     assert anything.decode(b'{"a": 1}') == {"a": 1}
     assert anything.decode(b'{"a": 1}', "") == {"a": 1}
+
+
+@pytest.mark.parametrize("serializer", sorted(CONTENT_TYPES))
+def test_bytes_bodies_are_published_as_they_are_and_read_back_into_bytes(serializer: str) -> None:
+    for body in (b"\x00\xff", bytearray(b"\x00\xff"), memoryview(b"\x00\xff")):
+        data, content_type, content_encoding = encode_body(body, serializer)
+        assert (data, type(data)) == (b"\x00\xff", bytes)
+        assert (content_type, content_encoding) == RAW_BYTES == ("application/data", "binary")
+        for annotation in (bytes, Any):
+            assert BodyDecoder(annotation).decode(data, content_type, content_encoding) == data
+    data, content_type, _ = encode_body({"a": b"\x00"}, serializer)
+    assert content_type == CONTENT_TYPES[serializer][0]
+    assert BodyDecoder(dict[str, bytes]).decode(data, content_type) == {"a": b"\x00"}
+
+
+def test_a_bytes_body_is_not_copied_either_way() -> None:
+    body = b"x" * 1024
+    data, content_type, _ = encode_body(body)
+    assert data is body
+    assert BodyDecoder(bytes).decode(data, content_type) is body
+
+
+def test_a_json_base64_string_still_decodes_into_bytes() -> None:
+    # What farine published for a bytes body before it sent them as they are.
+    old = encode(b"\x00old")
+    assert old == b'"AG9sZA=="'
+    assert BodyDecoder(bytes).decode(old, "application/json", "utf-8") == b"\x00old"
 
 
 def test_compressed_bodies_are_refused_by_name() -> None:

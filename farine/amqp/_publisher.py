@@ -16,7 +16,7 @@ from farine._broker.interface import Outgoing
 from farine._broker.message import Properties
 from farine._connections import get_connection, get_connection_blocking
 from farine._inject import Injected, injector
-from farine.codec import CONTENT_TYPES, encode
+from farine.codec import encode_body
 from farine.entrypoints import current_service
 
 if TYPE_CHECKING:
@@ -144,8 +144,7 @@ class _BasePublisher:
         routing_keys = [keys] if isinstance(keys, str) else list(keys)
         if isinstance(expiration, int | float):
             expiration = str(max(0, int(expiration * 1000)))
-        serializer = self.settings.serializer
-        content_type, content_encoding = CONTENT_TYPES[serializer]
+        data, content_type, content_encoding = encode_body(body, self.settings.serializer)
         properties = Properties(
             content_type=content_type,
             content_encoding=content_encoding,
@@ -157,7 +156,7 @@ class _BasePublisher:
             expiration=expiration,
             timestamp=datetime.datetime.now(datetime.UTC).replace(microsecond=0),
         )
-        return routing_keys, encode(body, serializer), properties
+        return routing_keys, data, properties
 
 
 class Publisher(_BasePublisher):
@@ -199,7 +198,9 @@ class Publisher(_BasePublisher):
 
         Args:
             body: The message body; encoded with msgspec, as JSON (or msgpack, with the
-                `serializer = msgpack` setting).
+                `serializer = msgpack` setting). `bytes` (`bytearray`, `memoryview`) go
+                as they are, with content type `application/data` and content
+                encoding `binary`, as kombu sends raw bytes.
             routing_key: Overrides the routing key; a list publishes once per key.
             headers: Application headers.
             correlation_id: The `correlation_id` property.

@@ -267,6 +267,56 @@ async def test_content_types_pick_the_format_and_unknown_ones_are_rejected(
     assert "does not match str" in reasons
 
 
+async def test_bytes_bodies_travel_as_they_are_and_json_base64_still_decodes_into_bytes(
+    broker: Broker, watch_log: Any
+) -> None:
+    exchange = broker.exchange()
+    seen = Recorder()
+    log = watch_log("bad body")
+
+    class Blobs:
+        @farine.amqp.consume(exchange=exchange, routing_key="blob", queue=broker.queue("b"))
+        async def blob(self, body: bytes, message: Message) -> None:
+            properties = message.properties
+            seen.add(("blob", body, message.body, properties.content_type,
+                      properties.content_encoding))  # fmt: skip
+
+        @farine.amqp.consume(exchange=exchange, routing_key="any", queue=broker.queue("a"))
+        def anything(self, body, message: Message) -> None:  # pyright: ignore[reportMissingParameterType, reportUnknownParameterType]
+            seen.add(("any", body, message.body, message.properties.content_type, None))
+
+        @farine.amqp.consume(exchange=exchange, routing_key="order", queue=broker.queue("o"))
+        async def order(self, body: Order, message: Message) -> None:
+            seen.add(("order", body, message.body, None, None))
+
+    payload = bytes(range(256)) * 4
+    async with running(Blobs, config=broker.config()) as runtime:
+        send = publisher(runtime, exchange, "blob")
+        await send(payload)
+        await send(bytearray(b"\x00array"), routing_key="any")
+        await send(memoryview(b"\x00view"), routing_key="any")
+        await send(b'{"id": 1, "item": "x"}', routing_key="order")  # raw, not JSON
+        # An earlier farine published bytes as JSON: a base64 string.
+        await send(b"\x00old")
+        await publish_raw(runtime, exchange, "blob", b'"AG9sZA=="')
+        items = await seen.wait_for(5)
+        await log.wait()
+    raw = ("application/data", "binary")
+    assert sorted(items, key=repr) == sorted(
+        [
+            ("blob", payload, payload, *raw),
+            ("any", b"\x00array", b"\x00array", raw[0], None),
+            ("any", b"\x00view", b"\x00view", raw[0], None),
+            ("blob", b"\x00old", b"\x00old", *raw),
+            ("blob", b"\x00old", b'"AG9sZA=="', "application/json", None),
+        ],
+        key=repr,
+    )
+    [record] = log.records
+    assert "unsupported content type 'application/data' for a Order body" in record.getMessage()
+    assert "\n" not in record.getMessage()
+
+
 async def test_retry_seed_requeues_once_then_rejects(broker: Broker) -> None:
     # baguette-messaging's rule, now asked for with Retry.seed() (the default retries
     # transient failures with backoff: tests/amqp/test_delivery.py).

@@ -253,10 +253,12 @@ def test_a_frame_is_not_read_past_its_end(kind: int, payload: bytes) -> None:
 
 async def test_a_cancelled_read_loses_nothing() -> None:
     class Stalling:
-        """Gives the first bytes of a frame, then stalls until cancelled, then the rest."""
+        """Gives the first bytes of a frame in two reads, then stalls until cancelled,
+        then the rest."""
 
         def __init__(self) -> None:
-            self.parts = [ACK[:5], None, ACK[5:]]
+            # Less than a frame head, then a head and less than the frame, then a stall.
+            self.parts = [ACK[:3], ACK[3:9], None, ACK[9:]]
             self.stalled = asyncio.Event()
 
         def at_eof(self) -> bool:

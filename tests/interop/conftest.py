@@ -8,6 +8,7 @@ this session's own, created with rabbitmqctl and deleted afterwards.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -240,6 +241,16 @@ class Seed:
         """Publish `body` with the seed's `@farine.amqp.publish` of a `service`."""
         self.sections.add(service)
         assert await self.tool("publish", service, exchange, routing_key, json.dumps(body)) == {
+            "published": True
+        }
+
+    async def publish_bytes(
+        self, service: str, body: bytes, exchange: str = "", routing_key: str = ""
+    ) -> None:
+        """Publish raw `body` with the seed's `@farine.amqp.publish` and `serializer = raw`."""
+        self.keys.setdefault(service, {})["serializer"] = "raw"
+        encoded = base64.b64encode(body).decode()
+        assert await self.tool("publish-bytes", service, exchange, routing_key, encoded) == {
             "published": True
         }
 

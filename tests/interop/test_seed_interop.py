@@ -7,6 +7,7 @@ runs in-process. What these tests show is what docs/migrating.md states.
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -207,6 +208,57 @@ async def test_farine_publisher_reaches_a_seed_consumer_and_both_see_kombus_attr
     assert dict(message.headers) == kombu["headers"] == {"h": "v"}
     assert sorted(message.delivery_info) == kombu["delivery_info"]
     assert sorted(message.properties) == kombu["properties"]
+
+
+BLOB = bytes(range(256)) * 3  # not UTF-8, not JSON
+
+
+async def test_farine_bytes_reach_a_seed_consumer_as_the_same_bytes(
+    seed: Seed, queues: Queues, farine_config: Config, names: str
+) -> None:
+    exchange, key = f"blobs{names}", f"blob{names}"
+    name = f"seedbytes{names}"
+    seed.app("bytesconsumer", name, CLASS=name.capitalize(),
+             ARGS=f"exchange='{exchange}', routing_key='{key}'")  # fmt: skip
+    seed.sections.add(name)
+    async with await seed.start(name) as process:
+        await queues.wait_for_consumers(key)
+        send = publisher(farine_config, exchange, key)
+        await send(BLOB)
+        await send(bytearray(b"\x00two"))
+        records = await seed.wait_for_records(2)
+        assert "Traceback" not in process.output()
+    assert [base64.b64decode(record["body"]) for record in records] == [BLOB, b"\x00two"]
+    for record in records:
+        assert record["body_type"] == "str"  # Python 2's bytes
+        assert record["payload_is_body"]
+        assert record["content_type"] == "application/data"
+        assert record["content_encoding"] == "binary"
+
+
+async def test_seed_raw_bytes_reach_bytes_and_unannotated_farine_consumers(
+    seed: Seed, farine_config: Config, names: str
+) -> None:
+    exchange = f"rawbytes{names}"
+    seen = Recorder()
+
+    class Sink:
+        @farine.amqp.consume(exchange=exchange, routing_key="typed", queue=f"typed{names}")
+        async def typed(self, body: bytes, message: Message) -> None:
+            seen.add(("typed", body, message.content_type, message.content_encoding))
+
+        @farine.amqp.consume(exchange=exchange, routing_key="plain", queue=f"plain{names}")
+        def plain(self, body, message: Message) -> None:  # pyright: ignore[reportMissingParameterType, reportUnknownParameterType]
+            seen.add(("plain", body, message.content_type, message.content_encoding))
+
+    async with running(Sink, config=farine_config):
+        await seed.publish_bytes(f"pub{names}", BLOB, exchange, "typed")
+        await seed.publish_bytes(f"pub{names}", b"\x00plain", exchange, "plain")
+        items = await seen.wait_for(2)
+    raw = ("application/data", "binary")
+    assert sorted(items, key=repr) == sorted(
+        [("typed", BLOB, *raw), ("plain", b"\x00plain", *raw)], key=repr
+    )
 
 
 async def test_one_consumer_declared_by_both_handles_each_message_once_then_farine_alone(

@@ -139,7 +139,7 @@ def publish_frames(
     flags |= names
     header = _HEADER.pack(60, 0, len(body), flags) + b"".join(parts)
 
-    frames = [
+    frames: list[bytes | memoryview] = [
         _FRAME_HEAD.pack(constants.FRAME_METHOD, channel, len(method)),
         method,
         _FRAME_END,
@@ -147,9 +147,14 @@ def publish_frames(
         header,
         _FRAME_END,
     ]
-    for start in range(0, len(body), max_content_size):
-        chunk = body[start : start + max_content_size]
-        frames += (_FRAME_HEAD.pack(constants.FRAME_BODY, channel, len(chunk)), chunk, _FRAME_END)
+    if 0 < len(body) <= max_content_size:  # an empty body has no body frame
+        frames += (_FRAME_HEAD.pack(constants.FRAME_BODY, channel, len(body)), body, _FRAME_END)
+    elif body:  # the frames' slices of the body are views: the body is copied once, by the join
+        view = memoryview(body)
+        for start in range(0, len(body), max_content_size):
+            chunk = view[start : start + max_content_size]
+            head = _FRAME_HEAD.pack(constants.FRAME_BODY, channel, len(chunk))
+            frames += (head, chunk, _FRAME_END)
     return b"".join(frames)
 
 

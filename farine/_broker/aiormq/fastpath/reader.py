@@ -176,6 +176,10 @@ class FrameReader:
         self.reader = reader
         self._data = b""
         self._offset = 0
+        # Chunks read after `_data`, joined to it once the frame they complete is whole:
+        # a frame larger than a read is copied once, not once per read.
+        self._parts: list[bytes] = []
+        self._pending = 0  # their size
         self._started = False
 
     def __aiter__(self) -> FrameReader:
@@ -196,32 +200,51 @@ class FrameReader:
 
     async def _wait_frame(self) -> tuple[int, int, Any]:
         """Read until a whole frame is buffered; decode it."""
-        if self._offset == len(self._data) and self.reader.at_eof():
+        if self._offset == len(self._data) and not self._parts and self.reader.at_eof():
             raise StopAsyncIteration
-        data = self._data = self._data[self._offset :]
-        self._offset = end = 0
+        if self._offset:
+            self._data = self._data[self._offset :]
+            self._offset = 0
+        end = 0
         while True:
+            data = self._data
+            if len(data) < _HEAD_SIZE and self._parts:
+                data = self._join()
+            buffered = len(data) + self._pending
             if len(data) >= _HEAD_SIZE:
                 if not self._started and data.startswith(b"AMQP"):
                     raise ProtocolSyntaxError("Unexpected AMQP protocol header")
                 end = _HEAD_SIZE + _HEAD.unpack_from(data)[2] + 1
-                if end <= len(data):
+                if end <= buffered:
                     break
             try:
-                chunk = await self.reader.read(READ_SIZE)
+                chunk = await self.reader.read(max(READ_SIZE, end - buffered))
             except OSError as e:
                 raise AMQPConnectionError(_read_error(e)) from e
             if not chunk:
-                expected = max(end, _HEAD_SIZE) - len(data)
+                expected = max(end, _HEAD_SIZE) - buffered
                 raise AMQPConnectionError(
                     "Server connection unexpectedly closed. "
-                    f"Read {len(data)} bytes but {expected} bytes expected"
+                    f"Read {buffered} bytes but {expected} bytes expected"
                 )
             # Kept at once: a cancelled read loses nothing.
-            data = self._data = data + chunk if data else chunk
+            self._parts.append(chunk)
+            self._pending += len(chunk)
+        if self._parts:
+            data = self._join()
         self._started = True
         self._offset = end
         return decode_frame(data, 0)
+
+    def _join(self) -> bytes:
+        """Join the chunks read to the data buffered: the data, whole."""
+        parts = self._parts
+        data = self._data = (
+            parts.pop() if not self._data and len(parts) == 1 else b"".join((self._data, *parts))
+        )
+        parts.clear()
+        self._pending = 0
+        return data
 
 
 def _read_error(e: OSError) -> str:
