@@ -253,6 +253,8 @@ class ServiceContext:
         workers: The worker threads running the service's `def` handlers (its
             `max_workers` bounds how many run at once).
         stopping: Set when the process begins a graceful stop.
+        runtime_ready: Set once every service of the runtime is ready (its consumers
+            consuming); None outside a runtime. `execute` methods first run then.
         call_hooks: Context-manager factories entered, in the worker thread, around
             each `def` handler call (the database connector opens its connection here).
         async_call_hooks: Async context-manager factories entered around each
@@ -275,6 +277,7 @@ class ServiceContext:
     settings: ServiceSettings
     workers: WorkerPool
     stopping: anyio.Event
+    runtime_ready: anyio.Event | None = None
     call_hooks: list[SyncHook] = field(default_factory=list[SyncHook])
     async_call_hooks: list[AsyncHook] = field(default_factory=list[AsyncHook])
     inbox: InboxHook | None = None

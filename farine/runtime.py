@@ -166,6 +166,8 @@ class Runtime:
         self.http = http
         #: True once every service is ready (`/readyz` also asks each entrypoint).
         self.ready = False
+        #: Set at the same time (execute methods wait for it before their first run).
+        self.all_ready = anyio.Event()
         #: The operations endpoint, while it runs (`--http`, the `http` setting).
         self.ops: OpsEndpoint | None = None
         self._metrics: Metrics | None = None
@@ -252,6 +254,7 @@ class Runtime:
             else:
                 logger.info("ready: %s", ", ".join(self.services) or "no service")
                 self.ready = True
+                self.all_ready.set()
             task_status.started()
         logger.info("stopped")
 
@@ -279,6 +282,7 @@ class Runtime:
                 fast_path=settings.amqp_fast_path,
             ),
             stopping=self.stopping,
+            runtime_ready=self.all_ready,
         )
         self.services[definition.name] = ctx
         if self._metrics is not None:

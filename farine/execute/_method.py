@@ -111,6 +111,21 @@ def method(
     return decorate
 
 
+async def _first_of(*events: anyio.Event | None) -> None:
+    """Return once one of `events` (None: never set) is set."""
+    waited = [event for event in events if event is not None]
+    if not waited or any(event.is_set() for event in waited):
+        return
+    async with anyio.create_task_group() as tg:
+
+        async def wait_for(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        for event in waited:
+            tg.start_soon(wait_for, event)
+
+
 class _Execute(Entrypoint):
     def __init__(
         self, service: ServiceContext, handler: Callable[..., Any], name: str, spec: ExecuteSpec
@@ -124,6 +139,9 @@ class _Execute(Entrypoint):
     async def serve(self, *, task_status: TaskStatus[None]) -> None:
         task_status.started()
         stopping = self.service.stopping
+        # The first run waits for every service to be ready, so that what it publishes
+        # finds the consumers' queues bound (it may be a message to this service).
+        await _first_of(self.service.runtime_ready, stopping)
         delay = self.spec.backoff_initial
         runs = 0
         while not stopping.is_set():

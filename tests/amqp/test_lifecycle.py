@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 import farine.amqp
+import farine.execute
 import farine.testing
 from farine._broker import AmqpConnection
 from farine._connections import get_connection
@@ -410,3 +411,29 @@ def _single(error: BaseException) -> BaseException:
         if len(inner) == 1:
             return _single(inner[0])
     return cast("BaseException", error)
+
+
+async def test_execute_methods_first_run_once_every_service_consumes(broker: Broker) -> None:
+    # Services start one after another: without waiting, the sender's method would run
+    # before the receiver's queue is even declared, and its message would be unroutable.
+    exchange, queue = broker.exchange(), broker.queue()
+    received = Recorder()
+    failures: list[BaseException] = []
+
+    class Sender:
+        @farine.execute.method(restart=False)
+        @farine.amqp.publish(exchange=exchange, routing_key="rk")
+        async def send(self, publish: farine.amqp.AsyncPublisher) -> None:
+            try:
+                await publish({"n": 1})  # mandatory: unroutable raises
+            except Exception as exc:
+                failures.append(exc)
+
+    class Receiver:
+        @farine.amqp.consume(exchange=exchange, routing_key="rk", queue=queue)
+        async def on_message(self, body: Any, message: Message) -> None:
+            received.add(body["n"])
+
+    async with farine.testing.running(Sender, Receiver, config=broker.config()):
+        assert await received.wait_for(1) == [1]
+    assert failures == []
