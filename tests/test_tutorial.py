@@ -141,3 +141,18 @@ def test_the_readme_tour_is_the_example_that_runs() -> None:
     finally:
         proc.kill()
     assert code == 0, proc.output
+
+
+def test_the_readme_names_the_pythons_and_oldest_dependencies_ci_tests() -> None:
+    """The README's CI line matches pyproject.toml's lower bounds and .ci/run's Pythons."""
+    readme = (ROOT / "README.md").read_text().replace("\n", " ")
+    [oldest] = re.findall(r"the oldest versions allowed \(([^)]*)\)", readme)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    named = dict(pin.rsplit(" ", 1) for pin in oldest.split(", "))
+    assert set(named) == {"anyio", "trio", "aiormq", "pamqp", "msgspec", "peewee"}
+    for name, version in named.items():
+        assert f'"{name}>={version}' in pyproject, f"{name} {version} is not pyproject's bound"
+    ci = (ROOT / ".ci" / "run").read_text()
+    for python in ("3.11", "3.12", "3.13"):
+        assert f"py{python}" in ci
+        assert python in readme
