@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 
 from tests._proc import ROOT, FarineProcess, activated, run_farine
@@ -127,6 +128,7 @@ def test_step_3_the_tests_pass_on_both_backends(shop: Path, reader: Reader) -> N
     for test in (
         "test_an_order_is_placed_cooked_and_ready",
         "test_an_item_not_on_the_menu_is_refused",
+        "test_an_order_too_big_for_the_oven_is_tried_three_times",
     ):
         for backend in BACKENDS:
             assert f"{test}[{backend}] PASSED" in out, out
@@ -163,11 +165,7 @@ def _call(reader: Reader, shop: Path, *args: str) -> subprocess.CompletedProcess
 def test_steps_5_to_7_the_same_code_on_rabbitmq_and_postgresql(
     shop: Path, backend: str, pg_database: str, reader: Reader
 ) -> None:
-    ini = shop / "production.ini"
-    # The tests' own virtual host and throwaway database; the rest is the file as shown.
-    text = ini.read_text()
-    text = text.replace("amqp://guest:guest@127.0.0.1:5672/", _rabbit.RABBITMQ_URI)
-    ini.write_text(text.replace("db_name = shop", f"db_name = {pg_database}"))
+    _production(shop, pg_database)
     code, out = reader.run("migrate", "shop", "--config", "production.ini", cwd=shop)
     assert code == 0, out
     proc = reader.start(
@@ -184,6 +182,86 @@ def test_steps_5_to_7_the_same_code_on_rabbitmq_and_postgresql(
         refused = _call(reader, shop, "orders.place", '[{"item": "cake"}]')
         assert refused.returncode == 1
         assert refused.stderr == "farine: error: orders.place failed: NotOnTheMenu: cake\n"
+        proc.signal(signal.SIGINT)
+        code = proc.wait(20)
+    finally:
+        proc.kill()
+    assert code == 0, proc.output
+
+
+def _production(shop: Path, pg_database: str) -> None:
+    """production.ini as shown, on the tests' own virtual host and throwaway database."""
+    ini = shop / "production.ini"
+    text = ini.read_text()
+    text = text.replace("amqp://guest:guest@127.0.0.1:5672/", _rabbit.RABBITMQ_URI)
+    ini.write_text(text.replace("db_name = shop", f"db_name = {pg_database}"))
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_step_8_a_failing_order_is_retried_dead_lettered_and_replayed(
+    shop: Path, backend: str, pg_database: str, reader: Reader
+) -> None:
+    _production(shop, pg_database)
+    production = ("--config", "production.ini")
+    code, out = reader.run("migrate", "shop", *production, cwd=shop)
+    assert code == 0, out
+    # Another test's dead letters (the queue outlives its service): none here.
+    reader.run("dlq", "purge", "order.placed.dead", "--yes", *production, cwd=shop)
+    proc = reader.start("start", "shop", *production, "--backend", backend, cwd=shop)
+    try:
+        proc.wait_for(r"farine\.runtime: ready: orders, kitchen", timeout=30)
+        placed = _call(reader, shop, "orders.place", '[{"item": "pie", "quantity": 12}]')
+        assert placed.returncode == 0, placed.stderr
+        order_id = json.loads(placed.stdout)
+        error = rf"ValueError: order {order_id}: 12 portions do not fit the oven"
+        for attempt in (1, 2):
+            proc.wait_for(rf"kitchen\.cook raised {error} on message \w+ \(attempt {attempt}/3\)")
+        dead = r"kitchen\.cook: dead-lettering message \w+ to queue order\.placed\.dead \(3 attempt"
+        proc.wait_for(dead)
+
+        code, out = reader.run("dlq", "list", "shop", *production, cwd=shop)
+        assert (code, out.splitlines()[-1]) == (0, "order.placed.dead\t1\t(kitchen.cook)"), out
+        code, out = reader.run("dlq", "show", "order.placed.dead", *production, cwd=shop)
+        assert code == 0, out
+        assert f"x-farine-error-message: order {order_id}: 12 portions do not fit the oven" in out
+        assert "x-farine-attempts: 3" in out
+        assert f'body: {{"id":{order_id},"item":"pie","quantity":12}}' in out
+        code, out = reader.run("dlq", "replay", "order.placed.dead", *production, cwd=shop)
+        assert (code, out.splitlines()[-1]) == (0, "1 message(s) replayed from order.placed.dead")
+        # The oven is still too small: three calls again, and back to the queue.
+        proc.wait_for(dead)
+        code, out = reader.run("dlq", "purge", "order.placed.dead", "--yes", *production, cwd=shop)
+        assert (code, out.splitlines()[-1]) == (0, "1 message(s) purged from order.placed.dead")
+        proc.signal(signal.SIGINT)
+        code = proc.wait(20)
+    finally:
+        proc.kill()
+    assert code == 0, proc.output
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_step_9_readiness_and_metrics_on_memory(shop: Path, backend: str, reader: Reader) -> None:
+    page = (ROOT / "docs" / "tutorial.md").read_text()
+    assert "$ farine start shop --config farine.ini --http 127.0.0.1:8080\n" in page
+    code, out = reader.run("migrate", "shop", "--config", "farine.ini", cwd=shop)
+    assert code == 0, out
+    # Port 0: a free port, which the endpoint's line names.
+    args = ("start", "shop", "--config", "farine.ini", "--http", "127.0.0.1:0")
+    proc = reader.start(*args, "--backend", backend, cwd=shop)
+    try:
+        line = proc.wait_for(r"farine\.ops: operations endpoint: http://127\.0\.0\.1:\d+ ")
+        url = re.findall(r"http://\S+", line)[0]
+        proc.expect(r"farine\.runtime: ready: orders, kitchen")
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+        assert (ready.status_code, ready.text) == (200, '{"ready": true}\n')
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+        shown = [line for line in metrics if line.startswith("farine_connection_state")]
+        assert shown == [
+            'farine_connection_state{service="orders"} 1.0',
+            'farine_connection_state{service="kitchen"} 1.0',
+        ]
         proc.signal(signal.SIGINT)
         code = proc.wait(20)
     finally:
