@@ -54,21 +54,17 @@ def _build(script: str, cwd: Path, environ: dict[str, str]) -> None:
 
 @pytest.fixture(scope="session")
 def tutorial_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The virtual environment step 1 makes, by its commands as written (once a session).
-
-    `~` is a fresh folder whose `src/farine` is this checkout, in place of the clone.
-    """
-    home = tmp_path_factory.mktemp("home")
-    (home / "src").mkdir()
-    (home / "src" / "farine").symlink_to(ROOT)
+    """The virtual environment step 1 makes, by its commands as written (once a session),
+    with this checkout in place of the clone `~/src/farine`."""
+    folder = tmp_path_factory.mktemp("reader")
     commands = _console_commands((ROOT / "docs" / "tutorial.md").read_text(), "## 1. Install")
     clone, *rest = commands
     assert re.fullmatch(r"git clone \S+ ~/src/farine", clone), clone
-    environ = {**os.environ, "HOME": str(home)}
+    environ = {**os.environ}
     environ.pop("PYTHONPATH", None)
     environ.pop("VIRTUAL_ENV", None)
-    _build("\n".join(rest), home, environ)
-    return home / "myshop" / ".venv"
+    _build("\n".join(rest).replace("~/src/farine", shlex.quote(str(ROOT))), folder, environ)
+    return folder / "myshop" / ".venv"
 
 
 @dataclass(frozen=True)
