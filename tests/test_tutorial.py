@@ -43,7 +43,7 @@ def _build(script: str, cwd: Path, environ: dict[str, str]) -> None:
     """Run the documented set-up `script`; skip if it fails, but fail under `CI`."""
     done = subprocess.run(
         ["bash", "-ec", script],
-        cwd=cwd, env=environ, capture_output=True, text=True, timeout=600, check=False,
+        cwd=cwd, env=environ, capture_output=True, text=True, timeout=500, check=False,
     )  # fmt: skip
     if done.returncode != 0:
         reason = f"the documented install failed: {script}\n{done.stdout}{done.stderr}"
@@ -97,7 +97,8 @@ class Reader:
 @pytest.fixture(
     params=[
         pytest.param("checkout"),
-        pytest.param("fresh-venv", marks=pytest.mark.slow),
+        # The first test to ask builds the environment (a minute on a busy machine).
+        pytest.param("fresh-venv", marks=[pytest.mark.slow, pytest.mark.timeout(600)]),
     ]
 )
 def reader(request: pytest.FixtureRequest) -> Reader:
@@ -346,6 +347,7 @@ def readme_clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the first one sets the copy up
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_readme_set_up_runs_the_example_in_a_fresh_clone(
     readme_clone: Path, backend: str
