@@ -27,13 +27,20 @@ class FarineProcess:
         cwd: Path = APPS,
         env: dict[str, str] | None = None,
         command: list[str] | None = None,
+        venv: Path | None = None,
     ) -> None:
         environ = {**os.environ, **(env or {})}
-        # The project root first: the subprocess imports this checkout's farine.
-        environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(cwd)])
         environ.setdefault("FARINE_INI", "")
+        if venv is None:
+            # The project root first: the subprocess imports this checkout's farine.
+            environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(cwd)])
+            argv = [sys.executable, *(command or ["-m", "farine", *args])]
+        else:
+            # As a user whose virtual environment is active: its `farine`, nothing else.
+            environ = activated(venv, environ)
+            argv = [str(venv / "bin" / "farine"), *args]
         self.proc = subprocess.Popen(
-            [sys.executable, *(command or ["-m", "farine", *args])],
+            argv,
             cwd=cwd,
             env=environ,
             stdin=subprocess.DEVNULL,
@@ -118,8 +125,19 @@ class FarineProcess:
             self.proc.stdout.close()
 
 
-def run_farine(*args: str, cwd: Path = APPS, timeout: float = 30.0) -> tuple[int, str]:
+def activated(venv: Path, environ: dict[str, str]) -> dict[str, str]:
+    """`environ` as `source VENV/bin/activate` leaves it (and no PYTHONPATH)."""
+    environ = {**environ, "VIRTUAL_ENV": str(venv)}
+    environ["PATH"] = os.pathsep.join([str(venv / "bin"), environ.get("PATH", "")])
+    environ.pop("PYTHONPATH", None)
+    environ.pop("PYTHONHOME", None)
+    return environ
+
+
+def run_farine(
+    *args: str, cwd: Path = APPS, timeout: float = 30.0, venv: Path | None = None
+) -> tuple[int, str]:
     """Run `farine ARGS` to completion and return (exit code, combined output)."""
-    proc = FarineProcess(*args, cwd=cwd)
+    proc = FarineProcess(*args, cwd=cwd, venv=venv)
     code = proc.wait(timeout)
     return code, proc.output

@@ -213,3 +213,53 @@ def test_tracing_example_prints_one_trace(backend: str) -> None:
     names = re.findall(r'"name": "([^"]+)"', out)
     assert {"execute ping.serve", "publish ping", "process ping"} <= set(names), out
     assert len(set(re.findall(r'"trace_id": "(0x[0-9a-f]+)"', out))) == 1, out
+
+
+#: The example files the guides show, page by page: the tests above run these files.
+SHOWN_EXAMPLES = {
+    "testing.md": {
+        "docs/examples/testing_guide/shop/service.py",
+        "docs/examples/conftest.py",
+        "docs/examples/testing_guide/test_shop.py",
+    },
+    "production.md": {"docs/examples/traced/service.py"},
+    "rpc-streaming.md": {"docs/examples/rpc_feed/service.py"},
+    "asyncapi.md": {"docs/examples/asyncapi/examples.yaml"},
+    "delivery.md": {"docs/examples/delivery/service.py", "docs/examples/shipping/service.py"},
+    "rpc.md": {
+        "docs/examples/rpc_stock/service.py",
+        "docs/examples/rpc_script.py",
+        "docs/examples/rpc_chain/service.py",
+    },
+}
+
+
+def _shown_blocks(page: Path) -> list[tuple[str, str]]:
+    """The (path, code) of each fenced block of `page` titled with an example's path."""
+    pattern = r'^```\w+ title="(docs/examples/[^"]+)"\n(.*?)^```$'
+    return re.findall(pattern, page.read_text(), flags=re.DOTALL | re.MULTILINE)
+
+
+def test_the_guides_show_their_code_inline_as_the_files_the_tests_run() -> None:
+    """Raw Markdown shows code, not include markers; each block titled with a path of
+    docs/examples is that file, or a run of its whole lines (an excerpt)."""
+    pages = sorted((ROOT / "docs").rglob("*.md"))
+    assert [page for page in pages if "--8<--" in page.read_text()] == []
+    shown: dict[str, set[str]] = {}
+    for page in pages:
+        for path, code in _shown_blocks(page):
+            source = (ROOT / path).read_text()
+            # Whole lines: the block follows a line's end (or the start) and ends one.
+            assert f"\n{code}" in f"\n{source}", f"{page.name} shows an old {path}"
+            shown.setdefault(str(page.relative_to(ROOT / "docs")), set()).add(path)
+    assert shown == SHOWN_EXAMPLES
+
+
+def test_the_testing_guide_shows_each_test_of_its_example() -> None:
+    """The excerpts of testing.md cover every test function of the example it runs."""
+    example = (ROOT / "docs/examples/testing_guide/test_shop.py").read_text()
+    shown = "".join(code for _, code in _shown_blocks(ROOT / "docs" / "testing.md"))
+    tests = re.findall(r"^(?:async )?def (test_\w+)", example, flags=re.MULTILINE)
+    assert len(tests) >= 5
+    for test in tests:
+        assert f"def {test}(" in shown, test

@@ -16,7 +16,6 @@ from farine.stream import Event
 pytestmark = pytest.mark.anyio
 
 
-# --8<-- [start:consumer]
 class Billing:
     """Stands in for the billing service: consumes the invoices `Orders` sends."""
 
@@ -43,10 +42,8 @@ async def test_an_empty_order_is_rejected() -> None:
         assert app.broker is not None  # memory:// (None on RabbitMQ)
         [rejected] = app.broker.dead_letters("created")
     assert rejected.payload == {"id": 8, "item": "plum", "quantity": 0}
-    # --8<-- [end:consumer]
 
 
-# --8<-- [start:rpc]
 async def test_price() -> None:
     async with farine.testing.running(Prices) as app:
         assert await app.rpc("prices").price("pear", quantity=2) == 10
@@ -58,10 +55,8 @@ async def test_discounts_stream() -> None:
     async with farine.testing.running(Prices) as app:
         stream = app.rpc("prices").discounts("plum", 3, __stream__=True)
         assert [price async for price in stream] == [30, 27, 24]
-        # --8<-- [end:rpc]
 
 
-# --8<-- [start:sse]
 async def test_feed_keeps_the_latest_prices() -> None:
     events = [
         Event(type="price", data='{"item": "plum", "price": 3}', id="1"),
@@ -75,10 +70,8 @@ async def test_feed_keeps_the_latest_prices() -> None:
         assert feed.latest == {"plum": 4, "pear": 6}
         assert feed.last_event_id == "2"
     assert str(transport.requests[0].url) == "https://prices.example.com/events"
-    # --8<-- [end:sse]
 
 
-# --8<-- [start:unit]
 async def test_created_publishes_an_invoice() -> None:
     publish = AsyncMock()
     worker = farine.testing.worker_factory(Orders, publish=publish)
@@ -104,4 +97,3 @@ def test_receive_adds_to_the_stock() -> None:
         assert worker.receive("plum", 5) == 5
         assert worker.receive("plum", 2) == 7
         assert Item.get(name="plum").quantity == 7
-        # --8<-- [end:unit]

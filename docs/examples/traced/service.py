@@ -13,12 +13,10 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProces
 import farine.amqp
 import farine.execute
 
-# --8<-- [start:setup]
 provider = TracerProvider(resource=Resource.create({"service.name": "traced"}))
 # In production: BatchSpanProcessor(OTLPSpanExporter()) to your collector.
 provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
 trace.set_tracer_provider(provider)
-# --8<-- [end:setup]
 
 log = logging.getLogger("traced")
 

@@ -30,3 +30,13 @@ async def test_an_item_not_on_the_menu_is_refused() -> None:
             await app.rpc("orders").place(Order(item="cake"))
         assert app.calls("orders.place")[0].exception is not None
     assert refused.value.item == "cake"
+
+
+async def test_an_order_too_big_for_the_oven_is_tried_three_times() -> None:
+    migrate("shop")
+    async with farine.testing.running(Orders, Kitchen) as app:
+        await app.rpc("orders").place(Order(item="pie", quantity=12))
+        calls = await app.wait_for("kitchen.cook", count=3)
+    assert [str(call.exception) for call in calls] == [
+        "order 1: 12 portions do not fit the oven"
+    ] * 3

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MENU = ("soup", "bread", "pie")
+OVEN = 10  # portions the kitchen cooks at once
 
 
 class Order(msgspec.Struct):
@@ -74,10 +75,18 @@ class Orders(WithDatabase):
 class Kitchen(WithDatabase):
     """Cooks each order it hears about."""
 
-    @farine.amqp.consume(exchange="shop", routing_key="order.placed")
+    @farine.amqp.consume(
+        exchange="shop",
+        routing_key="order.placed",
+        # A failing call is tried again 0.2 s later, three calls in all; then the message
+        # goes to the dead-letter queue `order.placed.dead` (step 8).
+        retry=farine.amqp.Retry(attempts=3, backoff=0.2),
+    )
     def cook(self, body: Placed, message: farine.amqp.Message) -> None:
         # `body` is decoded into its annotation. A `def` handler runs in a worker thread,
         # with a database connection of its own.
+        if body.quantity > OVEN:
+            raise ValueError(f"order {body.id}: {body.quantity} portions do not fit the oven")
         row = OrderRow.get_by_id(body.id)
         row.status = "cooking"
         row.save()
