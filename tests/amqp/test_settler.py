@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import pytest
 from pamqp import commands as spec
 from pamqp import frame
 
+from farine._broker.aiormq.calls import ChannelCalls
 from farine._broker.aiormq.fastpath.calls import FastChannelCalls
 from farine._broker.aiormq.settler import ChannelSettler
-from tests.amqp._engine_loop import on_engine_loop
+from farine._broker.aiormq.stepped import SteppedDriver, WakingLoop
+from tests.amqp._engine_loop import driven_by, on_engine_loop
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Coroutine
 
 pytestmark = pytest.mark.anyio
 
@@ -197,3 +202,50 @@ async def test_a_closing_channel_settles_its_own_way() -> None:
 
     with anyio.fail_after(10):
         assert await on_engine_loop(settle()) == [("ack", 1, True)]
+
+
+async def test_the_last_settle_on_the_engine_loop_is_sent_before_the_loop_turns(
+    anyio_backend: str,
+) -> None:
+    """With one message in flight the broker waits for its ack (to deliver the next
+    one, or to confirm a persistent message): the stock path flushes it in `settle()`,
+    with no round of the loop (asyncio) or of trio's scheduler (the stepped loop, which
+    then runs its sending in a step at once). With two in flight, the first settle
+    waits for the loop (the second one joins it)."""
+
+    async def settle(
+        loop: asyncio.AbstractEventLoop, run: Callable[[Coroutine[Any, Any, None]], Awaitable[None]]
+    ) -> list[tuple[int, int]]:
+        channel = FakeChannel()
+        settler = ChannelSettler(cast("Any", channel), loop, ChannelCalls())
+        seen: list[tuple[int, int]] = []
+
+        def look() -> None:
+            pending = len(settler._pending)  # pyright: ignore[reportPrivateUsage]
+            seen.append((pending, len(channel.frames)))
+
+        settler.delivered(1)
+        settler.settle(1, "ack", False)
+        look()
+        settler.delivered(2)
+        settler.delivered(3)
+        settler.settle(2, "ack", False)
+        look()
+        await run(settler.drain())
+        settler.settle(3, "ack", False)
+        look()
+        await run(settler.drain())
+        look()
+        return seen
+
+    with anyio.fail_after(10):
+        if anyio_backend == "asyncio":
+            seen = await settle(asyncio.get_running_loop(), lambda coro: coro)
+            # Flushed at once, sent by a task of the loop.
+            assert seen == [(0, 0), (1, 0), (0, 2), (0, 3)]
+        else:
+            async with driven_by(SteppedDriver) as driver:
+                assert isinstance(driver.loop, WakingLoop)
+                seen = await settle(driver.loop, driver.run)
+            # Flushed and sent at once.
+            assert seen == [(0, 1), (1, 1), (0, 3), (0, 3)]

@@ -10,7 +10,7 @@ with one that reaches into aiormq; `choose_calls()` there picks one per connecti
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pamqp import commands as spec
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import asyncio
     from collections.abc import Awaitable, Callable
 
+    import aiormq
     import aiormq.abc
 
     from farine._broker.aiormq.hosts import TrioHost
@@ -83,12 +84,17 @@ class ChannelCalls:
             aiormq.PublishError: A `mandatory` message came back unroutable.
             aiormq.ChannelClosed: The channel closed (its reason).
         """
-        return channel.basic_publish(
+        # `wait` is a keyword of aiormq's `Channel.basic_publish()` (since 7.2, the
+        # lowest version allowed), not of its abstract interface.
+        return cast("aiormq.Channel", channel).basic_publish(
             message.body,
             exchange=message.exchange,
             routing_key=message.routing_key,
             properties=to_pamqp(message.properties, message.properties.message_id),
             mandatory=message.mandatory,
+            # The confirm says the frames were written: waiting for the writer to drain
+            # them first would only cost the publishing task one more wake-up.
+            wait=False,
         )
 
     def publish_now(

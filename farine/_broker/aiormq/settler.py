@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Final
 import aiormq
 
 from farine._broker.aiormq.errors import describe
+from farine._broker.aiormq.stepped import WakingLoop
 from farine._broker.loops import (
     LoopHandle,
 )
@@ -67,7 +68,8 @@ class ChannelSettler:
     broker may be waiting for it (to deliver more within the prefetch window, or to
     confirm a persistent message to its publisher: RabbitMQ confirms one that was acked
     without writing it to disk). Settles made on the engine loop are flushed once its
-    ready callbacks have run.
+    ready callbacks have run, except the settle of the last message in flight, which is
+    flushed at once (on trio's stepped loop, in a step run by the settling task).
 
     Each frame is a system call too: acks of the oldest deliveries of the channel go as
     one `basic.ack` with `multiple` set (valid as long as no older delivery is still
@@ -128,6 +130,7 @@ class ChannelSettler:
         with self._lock:
             self._pending.append((delivery_tag, outcome, requeue))
             self._unsettled -= 1
+            last = not self._unsettled
             if not on_loop:
                 self._off_loop = True  # from the next delivery on, the timer runs
             if self._scheduled:
@@ -140,7 +143,14 @@ class ChannelSettler:
             else:
                 self._scheduled = True
                 lazily = False
-        if on_loop:
+        if on_loop and last:
+            # The last message in flight: nothing else would carry its frame soon, and
+            # the broker may be waiting for it. On trio, flushed in a step run now.
+            if isinstance(self._loop, WakingLoop):
+                self._loop.call_now(self._flush)
+            else:
+                self._flush()
+        elif on_loop:
             self._loop.call_soon(self._flush)
         elif lazily:
             self._inbox.call_soon_lazily(self._flush)
