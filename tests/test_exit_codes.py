@@ -85,6 +85,64 @@ def test_1_start_with_a_refused_port_fails_within_15s(backend: str, tmp_path: Pa
     assert "Traceback" not in out
 
 
+FAST_PATHS = pytest.mark.parametrize("fast_path", ["on", "off"])
+BACKENDS = pytest.mark.parametrize("backend", ["asyncio", "trio"])
+
+
+@BACKENDS
+@FAST_PATHS
+def test_1_rpc_service_with_a_refused_port_fails_within_its_retry_timeout(
+    backend: str, fast_path: str, tmp_path: Path
+) -> None:
+    # An RPC service opens a second connection while the first one's failure cancels
+    # start-up: on trio, that connection's loop driver used to keep the process alive.
+    ini = _refusing_config(tmp_path, "connect_retry_timeout = 2\n")
+    proc = FarineProcess(
+        "start",
+        "rpcapp",
+        "--config",
+        str(ini),
+        "--backend",
+        backend,
+        env={"FARINE_AMQP_FAST_PATH": fast_path},
+    )
+    try:
+        code = proc.wait(12)  # 2 s of retries, and start-up
+    finally:
+        proc.kill()
+    assert code == 1, proc.output
+    [error] = _errors(proc.output)
+    assert error.startswith("farine: error: cannot connect to the AMQP broker at amqp://"), error
+    assert error.endswith("connect_retry_timeout = 2s)"), error
+    assert "Traceback" not in proc.output
+
+
+@BACKENDS
+@FAST_PATHS
+def test_0_rpc_service_stopped_by_sigterm_while_connecting(
+    backend: str, fast_path: str, tmp_path: Path
+) -> None:
+    ini = _refusing_config(tmp_path, "connect_retry_timeout = 60\n")
+    proc = FarineProcess(
+        "start",
+        "rpcapp",
+        "--config",
+        str(ini),
+        "--backend",
+        backend,
+        env={"FARINE_AMQP_FAST_PATH": fast_path},
+    )
+    try:
+        proc.wait_for(r"cannot connect to .*; retrying in")
+        proc.signal(signal.SIGTERM)
+        code = proc.wait(5)  # far less than the 60 s of retries left
+    finally:
+        proc.kill()
+    assert code == 0, proc.output
+    assert _errors(proc.output) == [], proc.output
+    assert "farine.runtime: stopped" in proc.output
+
+
 def test_1_call_with_a_refused_port_blames_connect_retry_timeout(tmp_path: Path) -> None:
     ini = _refusing_config(tmp_path)
     began = time.monotonic()
