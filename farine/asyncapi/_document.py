@@ -215,7 +215,8 @@ class _Builder:
         for attr, spec in service.entrypoints:
             func = cast("Callable[..., Any]", getattr(service.cls, attr))
             if isinstance(spec, ConsumeSpec):
-                self._consumer(notes, attr, func, spec, amqp)
+                parameters = _call_parameters(service.cls, attr, func)
+                self._consumer(notes, attr, func, spec, amqp, parameters)
             elif isinstance(spec, MethodSpec):
                 parameters = _call_parameters(service.cls, attr, func)
                 self._rpc(notes, attr, func, amqp, parameters, spec.errors)
@@ -269,6 +270,7 @@ class _Builder:
         func: Callable[..., Any],
         spec: ConsumeSpec,
         amqp: _Amqp,
+        parameters: list[inspect.Parameter],
     ) -> None:
         # baguette-messaging 0.19's defaults, as `farine.amqp.consume` applies them.
         settings = amqp.settings
@@ -282,7 +284,8 @@ class _Builder:
             queue = spec.routing_keys[0]
         else:
             queue = service
-        body = annotation_of(func, "body")
+        # The body is the first parameter, whatever its name.
+        body = annotation_of(func, parameters[0].name) if parameters else Any
         notes.add("consumes", attr)
         shown_keys = ", ".join(f"`{key}`" for key in keys)
         binding: dict[str, Any] = {

@@ -153,6 +153,26 @@ async def test_typed_bodies(broker: Broker) -> None:
     assert [1, 2] in items
 
 
+async def test_the_first_parameter_is_the_typed_body_whatever_its_name(broker: Broker) -> None:
+    exchange = broker.exchange()
+    seen = Recorder()
+
+    class Kitchen:
+        @farine.amqp.consume(exchange=exchange, routing_key="async", queue=broker.queue("a"))
+        async def cook(self, order: Order, message: Message) -> None:
+            seen.add(order)
+
+        @farine.amqp.consume(exchange=exchange, routing_key="sync", queue=broker.queue("s"))
+        def plot(self, point: Point, msg: Message) -> None:
+            seen.add(point)
+
+    async with running(Kitchen, config=broker.config()) as runtime:
+        await publisher(runtime, exchange, "async")(Order(1, "bread"))
+        await publisher(runtime, exchange, "sync")(Point(2, 3))
+        items = await seen.wait_for(2)
+    assert sorted(items, key=repr) == [Order(1, "bread"), Point(2, 3)]
+
+
 async def test_bad_bodies_are_rejected_and_the_consumer_goes_on(
     broker: Broker, watch_log: Any
 ) -> None:
