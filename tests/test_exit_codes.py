@@ -214,10 +214,15 @@ def test_2_package_without_a_service_module() -> None:
     )
 
 
-def test_2_module_without_services() -> None:
-    code, out = run_farine("start", "nothing")
-    assert code == 2
-    assert "farine: error: nothing to run: no service in nothing" in out
+def test_2_module_without_services_is_one_line() -> None:
+    # At WARNING, nothing else is logged: the error is the whole output, no warning of
+    # discovery's repeating it.
+    code, out = run_farine("start", "nothing", "--log-level", "WARNING")
+    assert code == 2, out
+    assert out.splitlines() == [
+        "farine: error: nothing to run: no service in nothing "
+        "(a service is a class with a decorated method, in MODULE/service.py)"
+    ]
 
 
 def test_2_migrate_of_a_missing_module_names_the_module() -> None:

@@ -20,6 +20,7 @@ How each entrypoint maps to AsyncAPI (docs/design.md explains why):
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 import sys
 import urllib.parse
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
     from farine.settings import Config, ServiceSettings
 
 __all__ = ("ASYNCAPI_VERSION", "build_document", "describe_services")
+
+logger = logging.getLogger("farine.asyncapi")
 
 #: The AsyncAPI version of the documents.
 ASYNCAPI_VERSION: Final = "3.0.0"
@@ -990,7 +993,12 @@ def build_document(
         ```
     """
     names = [modules] if isinstance(modules, str) else list(modules)
-    services = [service for module in names for service in discover(module)]
+    services: list[ServiceDefinition] = []
+    for module in names:
+        found = discover(module)
+        if not found:
+            logger.warning("module %r defines no service (no class with entrypoints)", module)
+        services.extend(found)
     return describe_services(
         services,
         config=config,
