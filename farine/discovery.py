@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import logging
 from dataclasses import dataclass
 from typing import cast
 
@@ -17,8 +16,6 @@ __all__ = (
     "import_package",
     "import_service_module",
 )
-
-logger = logging.getLogger("farine.discovery")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +97,8 @@ def discover(module: str) -> list[ServiceDefinition]:
 
     A class is a service when it has at least one entrypoint. Classes imported into the
     module from elsewhere count too (a service may be split across files), each once.
+    A module that defines none gives an empty list: the caller says what that means
+    for it (`farine start`: nothing to run).
     """
     mod = import_service_module(module)
     services: list[ServiceDefinition] = []
@@ -111,6 +110,4 @@ def discover(module: str) -> list[ServiceDefinition]:
         if entrypoints:
             seen.add(value)
             services.append(ServiceDefinition(value, module, entrypoints))
-    if not services:
-        logger.warning("module %r defines no service (no class with entrypoints)", module)
     return services

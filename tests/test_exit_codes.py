@@ -16,6 +16,7 @@ from tests._proc import ROOT, FarineProcess, run_farine
 from tests.amqp._proxy import free_port
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 EXAMPLES = ROOT / "examples"
@@ -83,6 +84,62 @@ def test_1_start_with_a_refused_port_fails_within_15s(backend: str, tmp_path: Pa
     assert " aiormq." not in out  # no line of aiormq's own loggers
     assert "retrying in" in out
     assert "Traceback" not in out
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=["on", "off"])
+def fast_path(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def start_rpcapp(
+    backend: str, fast_path: str, tmp_path: Path
+) -> Iterator[Callable[[int], FarineProcess]]:
+    """Start `farine start rpcapp` (an RPC service: two connections) on a refused port,
+    with `connect_retry_timeout` as given; the process is killed at the end."""
+    started: list[FarineProcess] = []
+
+    def start(retry_timeout: int) -> FarineProcess:
+        ini = _refusing_config(tmp_path, f"connect_retry_timeout = {retry_timeout}\n")
+        env = {"FARINE_AMQP_FAST_PATH": fast_path}
+        args = ("start", "rpcapp", "--config", str(ini), "--backend", backend)
+        started.append(FarineProcess(*args, env=env))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+def test_1_rpc_service_with_a_refused_port_fails_within_its_retry_timeout(
+    start_rpcapp: Callable[[int], FarineProcess],
+) -> None:
+    # An RPC service opens a second connection while the first one's failure cancels
+    # start-up: on trio, that connection's loop driver used to keep the process alive.
+    proc = start_rpcapp(2)
+    code = proc.wait(12)  # 2 s of retries, and start-up
+    assert code == 1, proc.output
+    [error] = _errors(proc.output)
+    assert error.startswith("farine: error: cannot connect to the AMQP broker at amqp://"), error
+    assert error.endswith("connect_retry_timeout = 2s)"), error
+    assert "Traceback" not in proc.output
+
+
+def test_0_rpc_service_stopped_by_sigterm_while_connecting(
+    start_rpcapp: Callable[[int], FarineProcess],
+) -> None:
+    proc = start_rpcapp(60)
+    proc.wait_for(r"cannot connect to .*; retrying in")
+    proc.signal(signal.SIGTERM)
+    code = proc.wait(5)  # far less than the 60 s of retries left
+    assert code == 0, proc.output
+    assert _errors(proc.output) == [], proc.output
+    assert "farine.runtime: stopped" in proc.output
 
 
 def test_1_call_with_a_refused_port_blames_connect_retry_timeout(tmp_path: Path) -> None:
@@ -156,10 +213,15 @@ def test_2_package_without_a_service_module() -> None:
     )
 
 
-def test_2_module_without_services() -> None:
-    code, out = run_farine("start", "nothing")
-    assert code == 2
-    assert "farine: error: nothing to run: no service in nothing" in out
+def test_2_module_without_services_is_one_line() -> None:
+    # At WARNING, nothing else is logged: the error is the whole output, no warning of
+    # discovery's repeating it.
+    code, out = run_farine("start", "nothing", "--log-level", "WARNING")
+    assert code == 2, out
+    assert out.splitlines() == [
+        "farine: error: nothing to run: no service in nothing "
+        "(a service is a class with a decorated method, in MODULE/service.py)"
+    ]
 
 
 def test_2_migrate_of_a_missing_module_names_the_module() -> None:

@@ -9,7 +9,6 @@ services are defined here but belong to the `tests.sqlapp` module, so its models
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import subprocess
@@ -25,27 +24,25 @@ import farine.amqp
 import farine.execute
 import farine.rpc
 import farine.stream
-from farine import settings
 from farine._broker import get_broker
 from farine.connectors.sql import WithDatabase
-from farine.discovery import ServiceDefinition, find_entrypoints
 from farine.exceptions import ConfigurationError, RPCError
-from farine.runtime import Runtime
 from farine.settings import Config
 from tests._db import postgres, rows
+from tests._sqlapp import running
 from tests._sse_server import Reply, serve_sse
 from tests.amqp.conftest import LogWatcher, Recorder
 from tests.sqlapp.models import Person
 from tests.sqlapp.service import Boom
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Iterator
+    from collections.abc import Iterator
 
     from farine.amqp import Message
+    from farine.runtime import Runtime
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("close_script_loop")]
 
-APP = "tests.sqlapp"
 EXCHANGE = "ledger"
 
 
@@ -54,22 +51,6 @@ def config(db_lines: str, **extra: object) -> Config:
     lines = [f"amqp_uri = memory://tx-{uuid.uuid4().hex[:10]}", "shutdown_timeout = 5"]
     lines += [f"{key} = {value}" for key, value in extra.items()]
     return Config.from_string("[DEFAULT]\n" + "\n".join(lines) + "\n" + db_lines)
-
-
-@contextlib.asynccontextmanager
-async def running(*classes: type, config: Config) -> AsyncGenerator[Runtime]:
-    """Run `classes` as services of `tests.sqlapp` until the block ends."""
-    settings.use(config)  # the test's own RPC clients use the same broker
-    runtime = Runtime(
-        [ServiceDefinition(cls, APP, find_entrypoints(cls)) for cls in classes], config=config
-    )
-    async with anyio.create_task_group() as tg:
-        with anyio.fail_after(30):
-            await tg.start(runtime.run)
-        try:
-            yield runtime
-        finally:
-            runtime.stop()
 
 
 async def publish(runtime: Runtime, *bodies: dict[str, Any]) -> None:

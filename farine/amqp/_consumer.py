@@ -128,7 +128,8 @@ def consume(
     """Consume messages published to `exchange` with `routing_key`.
 
     The handler is `(self, body, message)`: `body` is the decoded JSON body (typed by
-    the annotation of `body`, `Any` when there is none) and `message` the
+    the annotation of that first parameter, whatever its name, `Any` when there is
+    none) and `message` the
     `farine.amqp.Message`, to ack/nack/reject it or read its properties. The method may
     be `def` (run in a worker thread) or `async def`. Up to `prefetch` messages are
     handled at once (`max_concurrency` when it is lower).
@@ -327,6 +328,20 @@ def _failure_path(
     )
 
 
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def _body_annotation(handler: Callable[..., Any]) -> Any:
+    """The annotation of a bound handler's body: its first parameter, whatever its name
+    (`Any` without one, or when the body goes to `*args`)."""
+    try:
+        parameters = inspect.signature(handler).parameters.values()
+    except ValueError:  # no signature (a builtin)
+        return Any
+    positional = [parameter for parameter in parameters if parameter.kind in _POSITIONAL]
+    return annotation_of(handler, positional[0].name) if positional else Any
+
+
 class _ConsumerEntrypoint(Entrypoint):
     def __init__(
         self, service: ServiceContext, handler: Callable[..., Any], name: str, spec: ConsumeSpec
@@ -358,7 +373,7 @@ class _ConsumerEntrypoint(Entrypoint):
         self.call_target = self._call_target(handler)
         service.name_handler(self.call_target, name)
         self.decoder = BodyDecoder(
-            annotation_of(handler, "body"),
+            _body_annotation(handler),
             where=f"{service.name}.{name}",
             max_size=settings.max_body_size,
             max_depth=settings.body_max_depth,

@@ -20,6 +20,7 @@ How each entrypoint maps to AsyncAPI (docs/design.md explains why):
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 import sys
 import urllib.parse
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
     from farine.settings import Config, ServiceSettings
 
 __all__ = ("ASYNCAPI_VERSION", "build_document", "describe_services")
+
+logger = logging.getLogger("farine.asyncapi")
 
 #: The AsyncAPI version of the documents.
 ASYNCAPI_VERSION: Final = "3.0.0"
@@ -215,7 +218,8 @@ class _Builder:
         for attr, spec in service.entrypoints:
             func = cast("Callable[..., Any]", getattr(service.cls, attr))
             if isinstance(spec, ConsumeSpec):
-                self._consumer(notes, attr, func, spec, amqp)
+                parameters = _call_parameters(service.cls, attr, func)
+                self._consumer(notes, attr, func, spec, amqp, parameters)
             elif isinstance(spec, MethodSpec):
                 parameters = _call_parameters(service.cls, attr, func)
                 self._rpc(notes, attr, func, amqp, parameters, spec.errors)
@@ -269,6 +273,7 @@ class _Builder:
         func: Callable[..., Any],
         spec: ConsumeSpec,
         amqp: _Amqp,
+        parameters: list[inspect.Parameter],
     ) -> None:
         # baguette-messaging 0.19's defaults, as `farine.amqp.consume` applies them.
         settings = amqp.settings
@@ -282,7 +287,8 @@ class _Builder:
             queue = spec.routing_keys[0]
         else:
             queue = service
-        body = annotation_of(func, "body")
+        # The body is the first parameter, whatever its name.
+        body = annotation_of(func, parameters[0].name) if parameters else Any
         notes.add("consumes", attr)
         shown_keys = ", ".join(f"`{key}`" for key in keys)
         binding: dict[str, Any] = {
@@ -987,7 +993,12 @@ def build_document(
         ```
     """
     names = [modules] if isinstance(modules, str) else list(modules)
-    services = [service for module in names for service in discover(module)]
+    services: list[ServiceDefinition] = []
+    for module in names:
+        found = discover(module)
+        if not found:
+            logger.warning("module %r defines no service (no class with entrypoints)", module)
+        services.extend(found)
     return describe_services(
         services,
         config=config,

@@ -124,14 +124,15 @@ async def test_typed_bodies(broker: Broker) -> None:
     exchange = broker.exchange()
     seen = Recorder()
 
+    # The body is the first parameter after `self`, whatever its name.
     class Typed:
         @farine.amqp.consume(exchange=exchange, routing_key="order", queue=broker.queue("o"))
-        async def order(self, body: Order, message: Message) -> None:
-            seen.add(body)
+        async def order(self, order: Order, message: Message) -> None:
+            seen.add(order)
 
         @farine.amqp.consume(exchange=exchange, routing_key="point", queue=broker.queue("p"))
-        def point(self, body: Point, message: Message) -> None:
-            seen.add(body)
+        def point(self, point: Point, msg: Message) -> None:
+            seen.add(point)
 
         @farine.amqp.consume(exchange=exchange, routing_key="pair", queue=broker.queue("t"))
         async def pair(self, body: Pair, message: Message) -> None:

@@ -8,6 +8,7 @@ straight to the broker (confirmed), consumed through the proxy: none may be lost
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from typing import TYPE_CHECKING, Any, cast
 
@@ -22,10 +23,9 @@ from tests.amqp._faults import FaultProxy, serving_proxy
 from tests.amqp.conftest import Broker, LogWatcher, Recorder, running
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncGenerator, AsyncIterator, Callable
     from pathlib import Path
 
-    from farine.settings import Config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -58,22 +58,31 @@ def never_retrieved(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]
     return lines
 
 
-def _worker(exchange: str, queue: str, seen: Recorder) -> type:
+@contextlib.asynccontextmanager
+async def _consuming_through(
+    rabbitmq: Broker, proxy: FaultProxy, fast_path: str
+) -> AsyncGenerator[tuple[Recorder, AsyncPublisher]]:
+    """A worker consuming through `proxy` (recording each body's `n`), and a publisher
+    straight to the broker (confirmed); the block must end within 60 s."""
+    exchange, queue = rabbitmq.exchange(), rabbitmq.queue()
+    seen = Recorder()
+
     class Worker:
         @farine.amqp.consume(exchange=exchange, routing_key="rk", queue=queue)
         async def handle(self, body: Any, message: Message) -> None:
             seen.add(body["n"])
 
-    return Worker
-
-
-def _proxied(rabbitmq: Broker, proxy: FaultProxy, fast_path: str) -> Config:
-    return rabbitmq.config(
+    config = rabbitmq.config(
         amqp_uri=_rabbit.uri_on_port(proxy.port),
         heartbeat=HEARTBEAT,
         connect_timeout=1,
         amqp_fast_path=fast_path,
     )
+    direct = rabbitmq.config(amqp_fast_path=fast_path).service("publisher")
+    publish = AsyncPublisher(exchange, "rk", settings=direct)
+    with anyio.fail_after(60):
+        async with running(Worker, config=config):
+            yield seen, publish
 
 
 async def test_a_silent_broker_is_found_by_heartbeats_and_nothing_confirmed_is_lost(
@@ -83,27 +92,21 @@ async def test_a_silent_broker_is_found_by_heartbeats_and_nothing_confirmed_is_l
     watch_log: Callable[[str], LogWatcher],
     never_retrieved: Callable[[], list[str]],
 ) -> None:
-    exchange, queue = rabbitmq.exchange(), rabbitmq.queue()
-    seen = Recorder()
-    config = _proxied(rabbitmq, proxy, fast_path)
-    direct = rabbitmq.config(amqp_fast_path=fast_path).service("publisher")
-    publish = AsyncPublisher(exchange, "rk", settings=direct)
-    with anyio.fail_after(60):
-        async with running(_worker(exchange, queue, seen), config=config):
-            for n in range(20):
-                await publish({"n": n})
-            await seen.wait_for_unique(20)
-            lost = watch_log("lost (")
-            proxy.blackhole()  # the broker goes silent; the socket stays open
-            silent_at = anyio.current_time()
-            for n in range(20, 40):
-                await publish({"n": n})  # confirmed by the broker, not delivered yet
-            await lost.wait()
-            found_after = anyio.current_time() - silent_at
-            reconnected = watch_log("reconnected to")
-            proxy.heal()
-            await reconnected.wait()
-            await seen.wait_for_unique(40)
+    async with _consuming_through(rabbitmq, proxy, fast_path) as (seen, publish):
+        for n in range(20):
+            await publish({"n": n})
+        await seen.wait_for_unique(20)
+        lost = watch_log("lost (")
+        proxy.blackhole()  # the broker goes silent; the socket stays open
+        silent_at = anyio.current_time()
+        for n in range(20, 40):
+            await publish({"n": n})  # confirmed by the broker, not delivered yet
+        await lost.wait()
+        found_after = anyio.current_time() - silent_at
+        reconnected = watch_log("reconnected to")
+        proxy.heal()
+        await reconnected.wait()
+        await seen.wait_for_unique(40)
     # Three missed heartbeats, with a margin for a loaded machine.
     assert found_after < 3 * HEARTBEAT + 3
     assert set(seen.items) == set(range(40))
@@ -121,25 +124,19 @@ async def test_a_connection_cut_mid_frame_loses_nothing_and_confuses_nothing(
     never_retrieved: Callable[[], list[str]],
 ) -> None:
     """1 KiB messages flow to the consumer; its connection is cut `cut_at` bytes later."""
-    exchange, queue = rabbitmq.exchange(), rabbitmq.queue()
-    seen = Recorder()
-    config = _proxied(rabbitmq, proxy, fast_path)
-    direct = rabbitmq.config(amqp_fast_path=fast_path).service("publisher")
-    publish = AsyncPublisher(exchange, "rk", settings=direct)
     pad = "x" * 1000
-    with anyio.fail_after(60):
-        async with running(_worker(exchange, queue, seen), config=config):
-            lost = watch_log("lost (")
-            reconnected = watch_log("reconnected to")
-            for n in range(10):
-                await publish({"n": n, "pad": pad})
-            await seen.wait_for_unique(10)
-            proxy.cut_after(cut_at)
-            for n in range(10, 60):
-                await publish({"n": n, "pad": pad})
-            await lost.wait()
-            await reconnected.wait()
-            await seen.wait_for_unique(60)
+    async with _consuming_through(rabbitmq, proxy, fast_path) as (seen, publish):
+        lost = watch_log("lost (")
+        reconnected = watch_log("reconnected to")
+        for n in range(10):
+            await publish({"n": n, "pad": pad})
+        await seen.wait_for_unique(10)
+        proxy.cut_after(cut_at)
+        for n in range(10, 60):
+            await publish({"n": n, "pad": pad})
+        await lost.wait()
+        await reconnected.wait()
+        await seen.wait_for_unique(60)
     assert set(seen.items) == set(range(60))
     assert never_retrieved() == []
     # Lost to the cut itself (reset, or a frame cut short), never to a frame read wrong.

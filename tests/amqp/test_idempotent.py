@@ -13,7 +13,6 @@ import contextlib
 import threading
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import pytest
 
 import farine.amqp
@@ -23,16 +22,16 @@ from farine._connections import get_connection
 from farine.connectors.sql import WithDatabase, migrate
 from farine.connectors.sql._database import close as sql_close
 from farine.connectors.sql._inbox import INBOX_TABLE, Inbox
-from farine.discovery import ServiceDefinition, find_entrypoints
 from farine.exceptions import ConfigurationError
 from farine.runtime import Runtime
 from farine.settings import Config
 from tests._db import rows
+from tests._sqlapp import APP, in_sqlapp, running
 from tests.amqp.conftest import Broker, Recorder
 from tests.sqlapp.models import Person
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Callable, Generator, Iterator
+    from collections.abc import Callable, Generator, Iterator
     from pathlib import Path
 
     import peewee
@@ -41,23 +40,6 @@ if TYPE_CHECKING:
     from tests.amqp.conftest import LogWatcher
 
 pytestmark = pytest.mark.anyio
-
-APP = "tests.sqlapp"
-
-
-@contextlib.asynccontextmanager
-async def running(*classes: type, config: Config) -> AsyncGenerator[Runtime]:
-    """Run `classes` as services of `tests.sqlapp` (its models are bound to the database)."""
-    runtime = Runtime(
-        [ServiceDefinition(cls, APP, find_entrypoints(cls)) for cls in classes], config=config
-    )
-    async with anyio.create_task_group() as tg:
-        with anyio.fail_after(30):
-            await tg.start(runtime.run)
-        try:
-            yield runtime
-        finally:
-            runtime.stop()
 
 
 def _database(config: Config) -> peewee.Database:
@@ -186,7 +168,7 @@ async def test_a_message_without_an_id_is_handled_each_time_with_a_startup_warni
 
 
 async def _start_fails(cls: type, config: Config, match: str) -> None:
-    runtime = Runtime([ServiceDefinition(cls, APP, find_entrypoints(cls))], config=config)
+    runtime = Runtime(in_sqlapp(cls), config=config)
     with pytest.RaisesGroup(
         pytest.RaisesExc(ConfigurationError, match=match), flatten_subgroups=True
     ):

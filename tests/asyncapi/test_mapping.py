@@ -114,6 +114,7 @@ def test_unannotated_bodies_are_open_objects_and_dicts_objects(document: dict[st
     anything = message(document, "shop.on_anything", "body")["payload"]
     assert anything["type"] == "object"
     assert anything["additionalProperties"] is True
+    # A body named otherwise (`counts`) is typed as well: it is the first parameter.
     mapping = message(document, "shop.on_mapping", "body")["payload"]
     assert mapping == {"type": "object", "additionalProperties": {"type": "integer"}}
 

@@ -305,7 +305,11 @@ async def open_amqp(uri: str, options: ConnectionOptions) -> AsyncGenerator[Amqp
     error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(driver.drive)
+            # Shielded: when `start()` is cancelled, trio leaves the started task under
+            # it, and `start()` waits for it to end; `drive()` ends only on `stop()`,
+            # which is called below, after `start()` returned. Starting takes no I/O.
+            with trio.CancelScope(shield=True):
+                await nursery.start(driver.drive)
             try:
                 async with _open_on(driver, calls, uri, options) as connection:
                     yield connection

@@ -79,7 +79,7 @@ class Shop:
         pass
 
     @farine.amqp.consume(routing_key="mapping")
-    def on_mapping(self, body: dict[str, int], message: farine.amqp.Message) -> None:
+    def on_mapping(self, counts: dict[str, int], message: farine.amqp.Message) -> None:
         pass
 
     @farine.rpc.method(errors=(SoldOut,))
