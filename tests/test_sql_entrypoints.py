@@ -287,24 +287,25 @@ class Once(WithDatabase):
         count_people()
 
 
-def _open_connections(database: str) -> int:
+def _backends(database: str) -> set[int]:
+    """The process ids of the server's backends connected to `database`."""
     admin = postgres("test")
     try:
-        found = rows(admin, f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}'")
+        found = rows(admin, f"SELECT pid FROM pg_stat_activity WHERE datname = '{database}'")
     finally:
         admin.close()
-    return int(found[0][0])
+    return {int(row[0]) for row in found}
 
 
-async def _connections_once_closed(database: str) -> int:
-    """The connections open to `database` once those closing are gone (within 10 s):
-    the server ends a backend a moment after its client closed it."""
+async def _backends_once_closed(database: str, others: set[int]) -> set[int]:
+    """The backends connected to `database`, but `others`, once those closing are gone
+    (within 10 s): the server ends a backend a moment after its client closed it."""
     with anyio.move_on_after(10):
         while True:
-            if _open_connections(database) == 0:
-                return 0
+            if not _backends(database) - others:
+                return set()
             await anyio.sleep(0.05)
-    return _open_connections(database)
+    return _backends(database) - others
 
 
 async def test_a_call_after_the_service_stopped_leaves_no_connection_open(
@@ -318,17 +319,19 @@ async def test_a_call_after_the_service_stopped_leaves_no_connection_open(
     log.setLevel(logging.INFO)
     log.addHandler(watcher)
     database = db_settings.split("db_name = ", 1)[1].split("\n", 1)[0]
+    postgres = "postgres" in db_settings
+    fixtures = _backends(database) if postgres else set[int]()  # the tables' set-up
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ResourceWarning)
             async with running(Once, config=config(db_settings)) as runtime:
                 await watcher.wait()
-                postgres = "postgres" in db_settings
-                # Nothing else uses this test's database: the service closed its own.
-                assert not postgres or await _connections_once_closed(database) == 0
+                # The service closed its own connection when it stopped...
+                assert not postgres or not await _backends_once_closed(database, fixtures)
                 ctx = runtime.services["once"]
                 assert await ctx.call(count_people) == 0
-                assert not postgres or await _connections_once_closed(database) == 0
+                # ...and the late call closed the one it opened.
+                assert not postgres or not await _backends_once_closed(database, fixtures)
             gc.collect()  # Python 3.13 warns about a SQLite connection collected open
         assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
     finally:
