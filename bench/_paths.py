@@ -73,30 +73,21 @@ def run_row(script: str, argv: list[str], label: str, path: str | None) -> dict[
     return result
 
 
-class RowProcess:
-    """A row running in a process of its own, answering one JSON line per command.
+class LineProcess:
+    """A process that reads commands as JSON lines on stdin and answers each with one
+    JSON line on stdout."""
 
-    The process is `script --row label` with the row's path in its environment; it
-    reads commands as JSON lines on stdin and answers each with one JSON line on stdout.
-    """
-
-    def __init__(self, script: str, argv: list[str], label: str, path: str | None) -> None:
+    def __init__(self, label: str, argv: list[str], env: dict[str, str]) -> None:
         self.label = label
-        self.path = path
-        env = dict(os.environ, **{ENV_VAR: PATH_ENV[path] if path else "off"})
         self.process = subprocess.Popen(
-            [sys.executable, script, *argv, "--row", label],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
 
     def answer(self) -> Any:
-        """The row's next answer.
+        """The process's next answer.
 
         Raises:
-            RuntimeError: The row's process ended instead.
+            RuntimeError: The process ended instead.
         """
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
@@ -104,11 +95,27 @@ class RowProcess:
             raise RuntimeError(f"row {self.label!r} failed (exit code {self.process.wait()})")
         return json.loads(line)
 
-    def ask(self, command: object) -> Any:
-        """Send `command`; return the row's answer."""
+    def send(self, command: object) -> None:
+        """Send `command`, without waiting for an answer."""
         assert self.process.stdin is not None
         self.process.stdin.write(json.dumps(command) + "\n")
         self.process.stdin.flush()
+
+
+class RowProcess(LineProcess):
+    """A row running in a process of its own, answering one JSON line per command.
+
+    The process is `script --row label` with the row's path in its environment.
+    """
+
+    def __init__(self, script: str, argv: list[str], label: str, path: str | None) -> None:
+        self.path = path
+        env = dict(os.environ, **{ENV_VAR: PATH_ENV[path] if path else "off"})
+        super().__init__(label, [sys.executable, script, *argv, "--row", label], env)
+
+    def ask(self, command: object) -> Any:
+        """Send `command`; return the row's answer."""
+        self.send(command)
         return self.answer()
 
     def check_ready(self) -> None:

@@ -65,7 +65,8 @@ import aiormq
 import aiormq.abc
 import anyio
 import msgspec
-from _paths import fast_path_enabled, median
+from _paths import LineProcess, fast_path_enabled, median
+from amqp_throughput import Reading, make_body
 from pamqp import commands as spec
 
 import farine.amqp
@@ -107,18 +108,6 @@ PEER_PACKAGES = {
     "faststream": ("faststream", "aio-pika", "aiormq", "pydantic"),
     "nameko": ("nameko", "eventlet", "kombu", "amqp"),
 }
-
-
-class Reading(msgspec.Struct):
-    sensor: str
-    value: float
-    unit: str
-    seq: int
-
-
-def make_body(seq: int) -> bytes:
-    body = msgspec.json.encode(Reading("thermometer-kitchen-01", 21.5, "celsius", seq))
-    return body + b" " * max(0, 100 - len(body))  # 100 bytes, still valid JSON
 
 
 # -- the rows' processes -------------------------------------------------------------------
@@ -228,34 +217,17 @@ def peer_python(peer: str, base: str) -> str:
     return str(python)
 
 
-class Row:
+class Row(LineProcess):
     """A row running in a process of its own, answering one JSON line per command."""
 
     def __init__(self, label: str, argv: list[str], env: dict[str, str]) -> None:
-        self.label = label
+        super().__init__(label, argv, env)
         #: Whether farine's fast path runs in the row's process (as the row says).
         self.fast_path = False
-        self.process = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-        )
-
-    def answer(self) -> Any:
-        """The row's next answer.
-
-        Raises:
-            RuntimeError: The row's process ended instead.
-        """
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"row {self.label!r} failed (exit code {self.process.wait()})")
-        return json.loads(line)
 
     def ask(self, name: str, count: int = 0, inflight: int = 0) -> Any:
         """Send a command; return the row's answer (None for `stop`)."""
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps([name, count, inflight]) + "\n")
-        self.process.stdin.flush()
+        self.send([name, count, inflight])
         return None if name == "stop" else self.answer()
 
     def close(self) -> None:
