@@ -58,15 +58,20 @@ async def raw_aiormq(uri: str, k: int) -> tuple[float, float]:
     start = time.perf_counter()
     connection = await aiormq.connect(uri)
     try:
+        consumers: list[tuple[aiormq.abc.AbstractChannel, str]] = []
         for i in range(k):
             channel = await connection.channel()
             await channel.basic_qos(prefetch_count=PREFETCH)
             await channel.exchange_declare(name, exchange_type="direct", durable=True)
             await channel.queue_declare(f"{name}-{i}", durable=True)
             await channel.queue_bind(f"{name}-{i}", name, routing_key=f"rk{i}")
-            await channel.basic_consume(f"{name}-{i}", on_message)
+            ok = await channel.basic_consume(f"{name}-{i}", on_message)
+            consumers.append((channel, str(ok.consumer_tag)))
         elapsed = time.perf_counter() - start
         growth = rss_mib() - before
+        # Cancelled first: a queue deleted under its consumer makes aiormq warn.
+        for channel, tag in consumers:
+            await channel.basic_cancel(tag)
         await _remove(connection, name, k)
     finally:
         await connection.close()
