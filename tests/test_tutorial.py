@@ -162,9 +162,7 @@ def _call(reader: Reader, shop: Path, *args: str) -> subprocess.CompletedProcess
 def test_steps_5_to_7_the_same_code_on_rabbitmq_and_postgresql(
     shop: Path, backend: str, pg_database: str, reader: Reader
 ) -> None:
-    _production(shop, pg_database)
-    code, out = reader.run("migrate", "shop", "--config", "production.ini", cwd=shop)
-    assert code == 0, out
+    _production(shop, pg_database, reader)
     proc = reader.start(
         "start", "shop", "--config", "production.ini", "--backend", backend, cwd=shop
     )
@@ -186,12 +184,15 @@ def test_steps_5_to_7_the_same_code_on_rabbitmq_and_postgresql(
     assert code == 0, proc.output
 
 
-def _production(shop: Path, pg_database: str) -> None:
-    """production.ini as shown, on the tests' own virtual host and throwaway database."""
+def _production(shop: Path, pg_database: str, reader: Reader) -> None:
+    """production.ini as shown, on the tests' own virtual host and throwaway database,
+    and its tables created with `farine migrate` (step 5)."""
     ini = shop / "production.ini"
     text = ini.read_text()
     text = text.replace("amqp://guest:guest@127.0.0.1:5672/", _rabbit.RABBITMQ_URI)
     ini.write_text(text.replace("db_name = shop", f"db_name = {pg_database}"))
+    code, out = reader.run("migrate", "shop", "--config", "production.ini", cwd=shop)
+    assert code == 0, out
 
 
 @pytest.mark.rabbitmq
@@ -200,10 +201,8 @@ def _production(shop: Path, pg_database: str) -> None:
 def test_step_8_a_failing_order_is_retried_dead_lettered_and_replayed(
     shop: Path, backend: str, pg_database: str, reader: Reader
 ) -> None:
-    _production(shop, pg_database)
+    _production(shop, pg_database, reader)
     production = ("--config", "production.ini")
-    code, out = reader.run("migrate", "shop", *production, cwd=shop)
-    assert code == 0, out
     # Another test's dead letters (the queue outlives its service): none here.
     reader.run("dlq", "purge", "order.placed.dead", "--yes", *production, cwd=shop)
     proc = reader.start("start", "shop", *production, "--backend", backend, cwd=shop)
