@@ -164,9 +164,8 @@ class Runtime:
         self._release = anyio.Event()
         self.token: anyio.lowlevel.EventLoopToken | None = None
         self.http = http
-        #: True once every service is ready (`/readyz` also asks each entrypoint).
-        self.ready = False
-        #: Set at the same time (execute methods wait for it before their first run).
+        #: Set once every service is ready (execute methods wait for it before their
+        #: first run; `/readyz` also asks each entrypoint).
         self.all_ready = anyio.Event()
         #: The operations endpoint, while it runs (`--http`, the `http` setting).
         self.ops: OpsEndpoint | None = None
@@ -214,6 +213,11 @@ class Runtime:
         self._metrics = Metrics()
         return OpsEndpoint(self, address, self._metrics)
 
+    @property
+    def ready(self) -> bool:
+        """True once every service is ready (`/readyz` also asks each entrypoint)."""
+        return self.all_ready.is_set()
+
     def entrypoint_states(self) -> list[tuple[Entrypoint, bool]]:
         """Every entrypoint started so far, and whether it reported ready yet."""
         return [(entrypoint, started.done) for entrypoint, started in self._entrypoints]
@@ -253,7 +257,6 @@ class Runtime:
                 logger.info("stop requested during start-up; services not started were skipped")
             else:
                 logger.info("ready: %s", ", ".join(self.services) or "no service")
-                self.ready = True
                 self.all_ready.set()
             task_status.started()
         logger.info("stopped")
