@@ -416,7 +416,7 @@ class DeliveryQueue:
                 items = self._items
             if items:
                 message = items.popleft()
-                if message._alive():  # pyright: ignore[reportPrivateUsage]
+                if message.settleable:
                     return message
             elif self._closed:
                 raise anyio.EndOfStream
@@ -435,7 +435,7 @@ class DeliveryQueue:
 
 
 def _requeue_quietly(message: Message) -> None:
-    if message.settled or not message._alive():  # pyright: ignore[reportPrivateUsage]
+    if not message.settleable:
         return
     try:
         message.nack(requeue=True)

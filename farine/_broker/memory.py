@@ -187,7 +187,7 @@ class _ConsumerState:
         return not self.closed
 
     def settle(self, delivery_tag: int, outcome: Outcome, requeue: bool) -> None:
-        self.broker._settle(self, delivery_tag, outcome, requeue)  # pyright: ignore[reportPrivateUsage]
+        self.broker.settle(self, delivery_tag, outcome, requeue)
 
 
 class MemoryBroker:
@@ -503,7 +503,8 @@ class MemoryBroker:
             for name in [n for n, q in self._queues.items() if q.owner is owner]:
                 self.delete_queue(name)
 
-    def _settle(self, state: _ConsumerState, tag: int, outcome: Outcome, requeue: bool) -> None:
+    def settle(self, state: _ConsumerState, tag: int, outcome: Outcome, requeue: bool) -> None:
+        """Settle delivery `tag` of the consumer `state` (gone already: nothing)."""
         with self._lock:
             stored = state.unacked.pop(tag, None)
             if stored is None:  # its channel closed: it was requeued already

@@ -12,7 +12,14 @@ from farine.codec import BodyDecoder
 if TYPE_CHECKING:
     import datetime
 
-__all__ = ("Message", "MessageProperties", "Outcome", "Properties", "PropertiesLike", "Settler")
+__all__ = (
+    "Message",
+    "MessageProperties",
+    "Outcome",
+    "Properties",
+    "PropertiesLike",
+    "Settler",
+)
 
 #: How a message was settled.
 Outcome = Literal["ack", "nack", "reject"]
@@ -425,6 +432,13 @@ class Message:
         return self._outcome is not None
 
     @property
+    def settleable(self) -> bool:
+        """True until settled, while the channel that delivered it is open: after a
+        reconnection the broker redelivers the message on a new channel, and settling
+        this copy no longer counts."""
+        return self._outcome is None and self._settler.alive
+
+    @property
     def requeued(self) -> bool | None:
         """After `nack()` or `reject()`: whether it asked for a requeue; else None."""
         if self._outcome in (None, "ack"):
@@ -472,6 +486,3 @@ class Message:
         self._outcome = outcome
         self._requeued = requeue
         self._settler.settle(self.delivery_tag, outcome, requeue)
-
-    def _alive(self) -> bool:
-        return self._settler.alive
