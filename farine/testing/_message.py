@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from farine._broker.message import Message, Outcome, Properties
-from farine.codec import CONTENT_TYPES, encode
+from farine.codec import encode_body
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -67,13 +67,16 @@ def message(
     """Build the message a consumer would get for `body`, to call the handler directly.
 
     Args:
-        body: The body: bytes as they are, anything else encoded with `serializer`.
+        body: The body, as a publisher sends it: `bytes` as they are, labelled
+            `application/data` (pass `content_type` for already-encoded data),
+            anything else encoded with `serializer`.
         exchange: The exchange it was "published" to.
         routing_key: Its routing key.
         redelivered: Whether it is a redelivery.
         delivery_tag: Its delivery tag.
         headers: Application headers.
-        serializer: `json` (default) or `msgpack`; sets the content type.
+        serializer: `json` (default) or `msgpack`; sets the content type of a body
+            that is not bytes.
         **properties: Other AMQP properties (`message_id`, `correlation_id`,
             `reply_to`, `content_type`, `timestamp`, ...).
 
@@ -84,8 +87,7 @@ def message(
         assert msg.outcome == "ack"
         ```
     """
-    content_type, content_encoding = CONTENT_TYPES[serializer]
-    data = body if isinstance(body, bytes) else encode(body, serializer)
+    data, content_type, content_encoding = encode_body(body, serializer)
     values: dict[str, Any] = {
         "content_type": content_type,
         "content_encoding": content_encoding,

@@ -14,7 +14,7 @@ from farine._broker.memory import drop_broker, get_broker
 from farine._broker.message import Properties
 from farine._connections import get_connection
 from farine._serve import definitions_of, serving
-from farine.codec import CONTENT_TYPES, encode
+from farine.codec import encode_body
 from farine.exceptions import ConfigurationError
 from farine.rpc import AsyncClient
 from farine.settings import Config
@@ -84,21 +84,22 @@ class App:
             exchange: The exchange (`""`: the default exchange, `routing_key` names a
                 queue).
             routing_key: The routing key.
-            body: The body: bytes as they are, anything else encoded as the services'
-                `serializer` says (JSON).
+            body: The body, as a publisher sends it: `bytes` as they are, labelled
+                `application/data` (pass `content_type` for already-encoded data),
+                anything else encoded as the services' `serializer` says (JSON).
             headers: Application headers.
             **properties: AMQP properties (`content_type`, `correlation_id`,
                 `reply_to`, `message_id`, `expiration` in seconds, `delivery_mode`,
-                `priority`, ...). By default the content type is the serializer's, the
-                delivery mode the `delivery_mode` setting's, and `message_id` random.
+                `priority`, ...). By default the content type is the serializer's
+                (`application/data` for bytes), the delivery mode the `delivery_mode`
+                setting's, and `message_id` random.
 
         Raises:
             UnroutableError: No queue is bound to receive the message.
             PublishError: The exchange does not exist, or the broker refused it.
         """
         settings = self.config.service("DEFAULT")
-        content_type, content_encoding = CONTENT_TYPES[settings.serializer]
-        data = body if isinstance(body, bytes) else encode(body, settings.serializer)
+        data, content_type, content_encoding = encode_body(body, settings.serializer)
         expiration = properties.pop("expiration", None)
         if isinstance(expiration, int | float):
             expiration = str(max(0, int(expiration * 1000)))
