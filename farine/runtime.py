@@ -279,11 +279,7 @@ class Runtime:
             instance=definition.cls(),
             module=definition.module,
             settings=settings,
-            workers=WorkerPool(
-                settings.max_workers,
-                name=f"farine-{definition.name}",
-                fast_path=settings.amqp_fast_path,
-            ),
+            workers=WorkerPool(settings.max_workers, name=f"farine-{definition.name}"),
             stopping=self.stopping,
             runtime_ready=self.all_ready,
         )

@@ -1,12 +1,11 @@
-"""`farine._workers.WorkerPool`: the threads of `def` handlers, on both backends, with
-the fast path on (the pool's own threads) and off (`anyio.to_thread`)."""
+"""`farine._workers.WorkerPool`: the threads of `def` handlers, on both backends (the
+same on either AMQP path: threads borrowed from anyio, once each)."""
 
 from __future__ import annotations
 
 import contextvars
-import logging
-import sys
 import threading
+import time
 import uuid
 
 import anyio
@@ -14,22 +13,10 @@ import anyio.from_thread
 import pytest
 
 from farine import _workers
-from farine._broker.aiormq import fastpath
-from farine._broker.aiormq.fastpath import ENV_VAR as FAST_PATH_ENV_VAR
+from farine._broker.loops import running_backend
 from farine._workers import WorkerPool
 
 pytestmark = pytest.mark.anyio
-
-#: Tests of the pool's own threads (the fast path's way).
-own_threads = pytest.mark.fastpath
-
-
-@pytest.fixture(params=["on", "off"])
-def fast_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The pool's `fast_path` setting; the environment variable would override it."""
-    monkeypatch.delenv(FAST_PATH_ENV_VAR, raising=False)
-    return str(request.param)
-
 
 _var: contextvars.ContextVar[str] = contextvars.ContextVar("test_workers_var", default="unset")
 
@@ -43,16 +30,16 @@ def _pool_threads(prefix: str) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(f"{prefix}-")]
 
 
-async def test_a_call_runs_in_another_thread_with_the_callers_context(fast_path: str) -> None:
-    pool = WorkerPool(2, fast_path=fast_path)
+async def test_a_call_runs_in_another_thread_with_the_callers_context() -> None:
+    pool = WorkerPool(2)
     _var.set("set by the caller")
     thread_id, value = await pool.run(lambda: (threading.get_ident(), _var.get()))
     assert thread_id != threading.get_ident()
     assert value == "set by the caller"
 
 
-async def test_an_exception_reaches_the_caller_with_its_type(fast_path: str) -> None:
-    pool = WorkerPool(1, fast_path=fast_path)
+async def test_an_exception_reaches_the_caller_with_its_type() -> None:
+    pool = WorkerPool(1)
 
     def fail(text: str) -> None:
         raise KeyError(text)
@@ -62,7 +49,6 @@ async def test_an_exception_reaches_the_caller_with_its_type(fast_path: str) -> 
     assert await pool.run(len, "still works") == 11
 
 
-@own_threads
 async def test_a_thread_that_finishes_takes_the_next_call() -> None:
     name = _unique("pool-reuse")
     pool = WorkerPool(1, name=name)
@@ -72,9 +58,9 @@ async def test_a_thread_that_finishes_takes_the_next_call() -> None:
     assert pool.threads == 1
 
 
-async def test_no_more_than_max_workers_calls_run_at_once_and_all_finish(fast_path: str) -> None:
+async def test_no_more_than_max_workers_calls_run_at_once_and_all_finish() -> None:
     name = _unique("pool-bound")
-    pool = WorkerPool(3, name=name, fast_path=fast_path)
+    pool = WorkerPool(3, name=name)
     lock = threading.Lock()
     running = peak = 0
     three_in = threading.Event()
@@ -107,12 +93,11 @@ async def test_no_more_than_max_workers_calls_run_at_once_and_all_finish(fast_pa
             release.set()
     assert results == {n: n * 2 for n in range(50)}
     assert peak == 3
-    if fast_path == "on":
-        assert len(_pool_threads(name)) == 3  # the pool's own threads, by name
+    assert len(_pool_threads(name)) == 3  # named by the pool while they work for it
 
 
-async def test_cancelling_the_caller_returns_at_once_and_drops_the_result(fast_path: str) -> None:
-    pool = WorkerPool(1, fast_path=fast_path)
+async def test_cancelling_the_caller_returns_at_once_and_drops_the_result() -> None:
+    pool = WorkerPool(1)
     started = threading.Event()
     release = threading.Event()
     ran: list[str] = []
@@ -136,8 +121,8 @@ async def test_cancelling_the_caller_returns_at_once_and_drops_the_result(fast_p
     assert ran == ["running"]
 
 
-async def test_anyio_from_thread_works_without_a_token(fast_path: str) -> None:
-    pool = WorkerPool(1, fast_path=fast_path)
+async def test_anyio_from_thread_works_without_a_token() -> None:
+    pool = WorkerPool(1)
 
     async def on_loop(value: int) -> int:
         await anyio.lowlevel.checkpoint()
@@ -155,7 +140,6 @@ async def test_anyio_from_thread_works_without_a_token(fast_path: str) -> None:
         assert await pool.run(in_thread) == (2, 42)
 
 
-@own_threads
 async def test_lowering_max_workers_lets_extra_threads_exit() -> None:
     name = _unique("pool-shrink")
     pool = WorkerPool(2, name=name)
@@ -178,14 +162,13 @@ async def test_lowering_max_workers_lets_extra_threads_exit() -> None:
             lowered.set()
         # The first thread to finish exits; the other one stays for the next calls.
         assert len(threads) == 2
-        await anyio.to_thread.run_sync(_wait_for_exits, threads, 1, abandon_on_cancel=True)
+        await anyio.to_thread.run_sync(_wait_for_leaves, name, 1, abandon_on_cancel=True)
     assert pool.threads == 1
     assert await pool.run(threading.current_thread) in threads
     with pytest.raises(ValueError, match="max_workers"):
         pool.max_workers = 0
 
 
-@own_threads
 async def test_lowering_max_workers_lets_extra_idle_threads_exit_at_once() -> None:
     name = _unique("pool-shrink-idle")
     pool = WorkerPool(3, name=name)
@@ -203,48 +186,47 @@ async def test_lowering_max_workers_lets_extra_idle_threads_exit_at_once() -> No
         assert len(threads) == 3
         pool.max_workers = 1  # all three are idle now (their idle timeout is 10 s)
         assert pool.threads == 1
-        await anyio.to_thread.run_sync(_wait_for_exits, threads, 2, abandon_on_cancel=True)
+        await anyio.to_thread.run_sync(_wait_for_leaves, name, 1, abandon_on_cancel=True)
         assert await pool.run(threading.current_thread) in threads
     assert len(_pool_threads(name)) == 1
 
 
-def _wait_for_exits(threads: list[threading.Thread], count: int) -> None:
-    """Block until `count` of `threads` have ended (each is joined in turn, briefly)."""
-    while sum(not thread.is_alive() for thread in threads) < count:
-        for thread in threads:
-            thread.join(0.01)
+def _wait_for_leaves(prefix: str, count: int) -> None:
+    """Block until `count` threads work for the pool named `prefix` (10 s at most). A
+    thread that leaves goes back to anyio, under its own name again; nothing tells
+    when, so this looks every few milliseconds."""
+    deadline = time.monotonic() + 10
+    while len(_pool_threads(prefix)) > count:
+        assert time.monotonic() < deadline, f"threads still working: {_pool_threads(prefix)}"
+        time.sleep(0.005)
 
 
-@own_threads
 async def test_idle_threads_exit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_workers, "IDLE_TIMEOUT", 0.05)
     name = _unique("pool-idle")
     pool = WorkerPool(2, name=name)
     assert await pool.run(lambda: 1) == 1
-    threads = _pool_threads(name)
-    assert len(threads) == 1
-    for thread in threads:
-        await anyio.to_thread.run_sync(thread.join, 10)
+    assert len(_pool_threads(name)) == 1
+    with anyio.fail_after(10):
+        await anyio.to_thread.run_sync(_wait_for_leaves, name, 0, abandon_on_cancel=True)
     assert pool.threads == 0
     assert await pool.run(lambda: 2) == 2  # a new thread starts for the next call
     assert pool.threads == 1
 
 
-async def test_without_the_thread_marks_calls_go_through_anyio_threads(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """An anyio or trio that moved what the fast path reads: `def` handlers still run."""
-    monkeypatch.delenv(FAST_PATH_ENV_VAR, raising=False)
-    monkeypatch.delitem(sys.modules, "farine._broker.aiormq.fastpath.threads", raising=False)
-    monkeypatch.setitem(sys.modules, "farine._broker.aiormq.fastpath.threads", None)
-    monkeypatch.delattr(fastpath, "threads", raising=False)
-    caplog.set_level(logging.INFO, logger="farine.runtime")
-    pool = WorkerPool(1, name=_unique("pool-no-marks"), fast_path="on")
+def test_a_pool_serves_one_loop_after_another_and_leaves_each() -> None:
+    """Threads belong to the loop they were borrowed on: each loop gets its own, and
+    they leave when their loop ends."""
+    name = _unique("pool-loops")
+    pool = WorkerPool(2, name=name)
 
     async def on_loop() -> str:
-        return "on the loop"
+        return running_backend()
 
-    with anyio.fail_after(10):
-        assert await pool.run(lambda: anyio.from_thread.run(on_loop)) == "on the loop"
-    assert _pool_threads("pool-no-marks") == []
-    assert any("calls go through anyio.to_thread" in r.getMessage() for r in caplog.records)
+    async def use() -> str:
+        return await pool.run(lambda: anyio.from_thread.run(on_loop))
+
+    for backend in ("asyncio", "trio", "asyncio"):
+        assert anyio.run(use, backend=backend) == backend
+        _wait_for_leaves(name, 0)
+    assert pool.threads == 0

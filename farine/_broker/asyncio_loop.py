@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from typing import TYPE_CHECKING, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import outcome
 
 if TYPE_CHECKING:
     import concurrent.futures
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
 __all__ = (
     "Parked",
@@ -27,6 +27,7 @@ __all__ = (
     "handle_of_loop",
     "now",
     "running_loop",
+    "spawn",
     "stop_deferring_wakes",
     "wait_future",
 )
@@ -124,7 +125,16 @@ def call_in_task(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]
     task.add_done_callback(_calling.discard)
 
 
-_calling: set[asyncio.Task[None]] = set()
+_calling: set[asyncio.Task[object]] = set()
+
+
+def spawn(loop: asyncio.AbstractEventLoop, func: Callable[[], Coroutine[Any, Any, object]]) -> None:
+    """Run `func()` in a new task of `loop` that belongs to no caller: it runs until it
+    returns, or is cancelled when the loop ends."""
+    task = loop.create_task(func())
+    _calling.add(task)  # the loop holds tasks weakly
+    task.add_done_callback(_calling.discard)
+
 
 _handles: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, object] = weakref.WeakKeyDictionary()
 _handles_lock = threading.Lock()

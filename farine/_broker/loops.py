@@ -11,7 +11,7 @@ for it, so a burst of deliveries (or acks) costs one crossing, not one per item;
 The backend-specific lines live in `asyncio_loop` and `trio_loop`, which offer the
 same small interface: a `Waker` (schedule a callback on its loop from any thread), a
 `Parked` task (wait, resume with an outcome, cancel), `wait_future()`, `now()`,
-`call_in_task()`. This module picks one by the loop running in the calling thread.
+`call_in_task()`, `spawn()`. This module picks one by the loop running in the calling thread.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 import outcome
 
@@ -28,7 +28,7 @@ from farine._broker import asyncio_loop, trio_loop
 if TYPE_CHECKING:
     import asyncio
     import concurrent.futures
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
 __all__ = (
     "Handoff",
@@ -39,6 +39,7 @@ __all__ = (
     "defer_wakes_on",
     "now",
     "running_backend",
+    "spawn",
     "stop_deferring_wakes",
     "wait_future",
 )
@@ -78,6 +79,17 @@ def call_in_task(callback: Callable[[], object]) -> None:
         trio_loop.call_in_task(callback)
     else:
         asyncio_loop.call_in_task(loop, callback)
+
+
+def spawn(func: Callable[[], Coroutine[Any, Any, object]]) -> None:
+    """Run `func()` in a new task of the running loop that belongs to no caller: it
+    runs until it returns, or is cancelled when the loop ends. `func` must handle its
+    own errors (on trio, one it lets out ends the run)."""
+    loop = asyncio_loop.running_loop()
+    if loop is None:
+        trio_loop.spawn(func)
+    else:
+        asyncio_loop.spawn(loop, func)
 
 
 class LoopHandle:

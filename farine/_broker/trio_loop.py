@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import TYPE_CHECKING, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import trio
 
 if TYPE_CHECKING:
     import concurrent.futures
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
     import outcome
 
-__all__ = ("Parked", "Waker", "call_in_task", "handle_of_run", "now", "wait_future")
+__all__ = ("Parked", "Waker", "call_in_task", "handle_of_run", "now", "spawn", "wait_future")
 
 T = TypeVar("T")
 H = TypeVar("H")
@@ -112,6 +112,13 @@ def now() -> float:
 def call_in_task(callback: Callable[[], object]) -> None:
     """Call `callback()`: trio runs even its callbacks in a task."""
     callback()
+
+
+def spawn(func: Callable[[], Coroutine[Any, Any, object]]) -> None:
+    """Run `func()` in a new system task of the trio run: it belongs to no caller, and
+    is cancelled when the run ends. What it raises, other than its cancellation, ends
+    the run: `func` must handle its own errors."""
+    trio.lowlevel.spawn_system_task(func)
 
 
 _handles: trio.lowlevel.RunVar[object] = trio.lowlevel.RunVar("farine_loop_handle")
