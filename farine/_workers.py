@@ -66,8 +66,8 @@ class _Job(Generic[R]):
             self.reply.send(result)
 
 
-#: Queued by the `max_workers` setter and by `_Crew.retire()`: an idle thread that
-#: takes it leaves.
+#: Queued by `_Crew.let_idle_leave()` (a lower `max_workers`, a retired crew): an idle
+#: thread that takes it leaves.
 _LEAVE: Final[Any] = object()
 
 
