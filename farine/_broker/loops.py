@@ -11,7 +11,8 @@ for it, so a burst of deliveries (or acks) costs one crossing, not one per item;
 The backend-specific lines live in `asyncio_loop` and `trio_loop`, which offer the
 same small interface: a `Waker` (schedule a callback on its loop from any thread), a
 `Parked` task (wait, resume with an outcome, cancel), `wait_future()`, `now()`,
-`call_in_task()`, `spawn()`. This module picks one by the loop running in the calling thread.
+`call_in_task()`, `spawn()`. This module picks one by the loop running in the calling
+thread.
 """
 
 from __future__ import annotations

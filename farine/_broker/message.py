@@ -12,14 +12,7 @@ from farine.codec import BodyDecoder
 if TYPE_CHECKING:
     import datetime
 
-__all__ = (
-    "Message",
-    "MessageProperties",
-    "Outcome",
-    "Properties",
-    "PropertiesLike",
-    "Settler",
-)
+__all__ = ("Message", "MessageProperties", "Outcome", "Properties", "PropertiesLike", "Settler")
 
 #: How a message was settled.
 Outcome = Literal["ack", "nack", "reject"]
