@@ -59,25 +59,6 @@ async def test_running_yields_a_ready_app_and_stops_gracefully() -> None:
     assert finished  # the in-flight run finished before the block was left
 
 
-async def test_app_publish_sends_bytes_as_a_publisher_does() -> None:
-    class Files:
-        @farine.amqp.consume(exchange="files", routing_key="raw", queue="files")
-        async def stored(self, body: bytes, message: Message) -> None:
-            pass
-
-    async with farine.testing.running(Files) as app:
-        await app.publish("files", "raw", b"\x00\x01")
-        await AsyncPublisher("files", "raw")(b"\x00\x01")
-        [by_app, by_publisher] = await app.wait_for("files.stored", count=2)
-    for call in (by_app, by_publisher):
-        assert call.message is not None
-        assert call.body == b"\x00\x01"
-        assert (call.message.content_type, call.message.content_encoding) == (
-            "application/data",
-            "binary",
-        )
-
-
 async def test_class_without_entrypoint_is_refused() -> None:
     class Plain:
         pass

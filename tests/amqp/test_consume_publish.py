@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 import farine.amqp
+import farine.testing
 from farine._broker.interface import Outgoing
 from farine._connections import get_connection
 from farine.amqp import AsyncPublisher, Message, MessageStateError, Properties, UnroutableError
@@ -316,6 +317,23 @@ async def test_bytes_bodies_travel_as_they_are_and_json_base64_still_decodes_int
     [record] = log.records
     assert "unsupported content type 'application/data' for a Order body" in record.getMessage()
     assert "\n" not in record.getMessage()
+
+
+async def test_the_test_apps_publish_sends_bytes_as_a_publisher_does(broker: Broker) -> None:
+    exchange = broker.exchange()
+    seen = Recorder()
+
+    class Files:
+        @farine.amqp.consume(exchange=exchange, routing_key="raw", queue=broker.queue())
+        async def stored(self, body: bytes, message: Message) -> None:
+            properties = message.properties
+            seen.add((body, properties.content_type, properties.content_encoding))
+
+    async with farine.testing.running(Files, config=broker.config()) as app:
+        await app.publish(exchange, "raw", b"\x00\x01")
+        await AsyncPublisher(exchange, "raw")(b"\x00\x01")
+        items = await seen.wait_for(2)
+    assert items == [(b"\x00\x01", "application/data", "binary")] * 2
 
 
 async def test_retry_seed_requeues_once_then_rejects(broker: Broker) -> None:
