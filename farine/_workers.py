@@ -221,12 +221,10 @@ class WorkerPool:
                     self._work, crew, name, limiter=crew.limiter, abandon_on_cancel=True
                 )
                 finished = True
-            except anyio.get_cancelled_exc_class():
-                raise  # the loop is ending (the `finally` below sends the threads away)
             except Exception:  # a bug of the pool's: logged, not the run's end
                 logger.exception("worker thread %s failed", name)
             finally:
-                if not finished:
+                if not finished:  # cancelled (the loop is ending), or the bug above
                     self._retire(crew)
 
         spawn(host)

@@ -120,9 +120,7 @@ def call_in_task(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]
     async def call() -> None:
         callback()
 
-    task = loop.create_task(call())
-    _calling.add(task)  # the loop holds tasks weakly
-    task.add_done_callback(_calling.discard)
+    spawn(loop, call)
 
 
 _calling: set[asyncio.Task[object]] = set()
