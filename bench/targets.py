@@ -53,6 +53,10 @@ class Table:
         met = (operator.le if at_most else operator.ge)(figure, bound)
         self.lines.append(f"| {target} | {row} | {figure:.2f} | {'met' if met else 'NOT met'} |")
 
+    def note(self, what: str, row: str, figure: float) -> None:
+        """A figure shown beside the targets, with no verdict."""
+        self.lines.append(f"| {what} | {row} | {figure:.2f} | - |")
+
 
 def throughput(table: Table, found: dict[str, Any]) -> None:
     """Issue 17 item 7 and 8 (1 MiB), and the 5% floors of issues 19 and 21."""
@@ -134,8 +138,19 @@ def consumers(table: Table, found: dict[str, Any]) -> None:
             if figures is None:
                 continue
             table.check("100 consumers: ready <= 1.5x raw", row, figures["ready_x_raw"], 1.5, True)
-            growth = figures["growth_x_raw"]
-            table.check("100 consumers: RSS growth <= 3x raw", row, growth, 3.0, True)
+            # The issue's measure: the memory 100 consumers take beyond one consumer.
+            table.check(
+                "100 consumers: RSS growth beyond one consumer <= 3x raw's",
+                row,
+                figures.get("beyond_x_raw"),
+                3.0,
+                True,
+            )
+            table.note(
+                "100 consumers: RSS growth from the start (for reference)",
+                row,
+                figures["growth_x_raw"],
+            )
 
 
 def main() -> None:
