@@ -249,6 +249,7 @@ class ServiceMetrics:
         self._reconnects_seen = 0
         # Labelled children, looked up once: `labels()` costs a lock and a dict lookup.
         self._calls: dict[str, tuple[InFlight, Histogram]] = {}
+        self._timings: dict[tuple[Histogram, tuple[str, ...]], Histogram] = {}
 
     def message_outcome(self, entrypoint: str, outcome: MessageOutcome) -> None:
         """Count one message of consumer `entrypoint` that ended with `outcome`.
@@ -258,6 +259,14 @@ class ServiceMetrics:
         dead-letter queue says `dead_lettered`.
         """
         self.metrics.messages.add(self.name, entrypoint, outcome)
+
+    def _timing(self, family: Histogram, *labels: str) -> Histogram:
+        """The child of `family` with `labels` (looked up once per combination)."""
+        key = (family, labels)
+        child = self._timings.get(key)
+        if child is None:
+            child = self._timings[key] = family.labels(*labels)
+        return child
 
     def call_started(self, entrypoint: str | None) -> CallTimer:
         """Count a handler call of `entrypoint` in flight; `finished()` times it."""
@@ -281,15 +290,16 @@ class ServiceMetrics:
         except PublishError as exc:
             self.metrics.publish_errors.labels(self.name, publish_error_kind(exc)).inc()
             raise
-        self.metrics.publish_seconds.labels(self.name).observe(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self._timing(self.metrics.publish_seconds, self.name).observe(seconds)
 
     def rpc_called(self, service: str, method: str, outcome: str, seconds: float) -> None:
         """Record an RPC call to `service.method` that ended with `outcome`."""
-        self.metrics.rpc_client_seconds.labels(service, method, outcome).observe(seconds)
+        self._timing(self.metrics.rpc_client_seconds, service, method, outcome).observe(seconds)
 
     def rpc_served(self, method: str, outcome: str, seconds: float) -> None:
         """Record a call of this service's RPC `method` that ended with `outcome`."""
-        self.metrics.rpc_server_seconds.labels(self.name, method, outcome).observe(seconds)
+        self._timing(self.metrics.rpc_server_seconds, self.name, method, outcome).observe(seconds)
 
     def sse_event(self, entrypoint: str) -> None:
         """Count an event received by SSE listener `entrypoint`."""

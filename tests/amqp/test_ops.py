@@ -343,20 +343,21 @@ async def test_metrics_time_publishes_and_rpc_calls_on_both_sides(broker: Broker
     async with farine.testing.running(Rpcops, config=config) as app, httpx.AsyncClient() as client:
         await app.publish(exchange, "k", {"n": 2})
         await app.publish(exchange, "k", {"n": -1})
-        await app.wait_for("rpcops.on_message", count=2)
+        await app.publish(exchange, "k", {"n": 3})
+        await app.wait_for("rpcops.on_message", count=3)
         samples = _samples((await client.get(_url(app.runtime, "/metrics"))).text)
 
     def count(name: str, **labels: str) -> float:
         return _value(samples, name + "_count", **labels)
 
-    assert count("farine_rpc_client_seconds", service="rpcops", method="double", outcome="ok") == 1
+    assert count("farine_rpc_client_seconds", service="rpcops", method="double", outcome="ok") == 2
     assert (
         count("farine_rpc_client_seconds", service="rpcops", method="double", outcome="error") == 1
     )
-    assert count("farine_rpc_server_seconds", service="rpcops", method="double", outcome="ok") == 1
+    assert count("farine_rpc_server_seconds", service="rpcops", method="double", outcome="ok") == 2
     assert (
         count("farine_rpc_server_seconds", service="rpcops", method="double", outcome="error") == 1
     )
-    # One confirmed publish per message; each "nowhere" publish came back unroutable.
-    assert count("farine_publish_seconds", service="rpcops") == 1
-    assert _value(samples, "farine_publish_errors_total", service="rpcops", kind="unroutable") == 2
+    # One confirmed publish per answered call; each "nowhere" publish came back unroutable.
+    assert count("farine_publish_seconds", service="rpcops") == 2
+    assert _value(samples, "farine_publish_errors_total", service="rpcops", kind="unroutable") == 3
