@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from farine._broker.errors import (
@@ -236,6 +237,10 @@ class CallTimer:
         self._seconds.observe(time.perf_counter() - self._start)
 
 
+#: A labelled metric family (`Counter`, `Gauge`, `Histogram`).
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
 class ServiceMetrics:
     """The hooks one service reports through (its `ServiceContext.metrics`).
 
@@ -249,7 +254,7 @@ class ServiceMetrics:
         self._reconnects_seen = 0
         # Labelled children, looked up once: `labels()` costs a lock and a dict lookup.
         self._calls: dict[str, tuple[InFlight, Histogram]] = {}
-        self._timings: dict[tuple[Histogram, tuple[str, ...]], Histogram] = {}
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
 
     def message_outcome(self, entrypoint: str, outcome: MessageOutcome) -> None:
         """Count one message of consumer `entrypoint` that ended with `outcome`.
@@ -260,13 +265,13 @@ class ServiceMetrics:
         """
         self.metrics.messages.add(self.name, entrypoint, outcome)
 
-    def _timing(self, family: Histogram, *labels: str) -> Histogram:
+    def _child(self, family: M, *labels: str) -> M:
         """The child of `family` with `labels` (looked up once per combination)."""
         key = (family, labels)
-        child = self._timings.get(key)
+        child = self._children.get(key)
         if child is None:
-            child = self._timings[key] = family.labels(*labels)
-        return child
+            child = self._children[key] = family.labels(*labels)
+        return cast("M", child)
 
     def call_started(self, entrypoint: str | None) -> CallTimer:
         """Count a handler call of `entrypoint` in flight; `finished()` times it."""
@@ -288,35 +293,35 @@ class ServiceMetrics:
         try:
             yield
         except PublishError as exc:
-            self.metrics.publish_errors.labels(self.name, publish_error_kind(exc)).inc()
+            self._child(self.metrics.publish_errors, self.name, publish_error_kind(exc)).inc()
             raise
         seconds = time.perf_counter() - start
-        self._timing(self.metrics.publish_seconds, self.name).observe(seconds)
+        self._child(self.metrics.publish_seconds, self.name).observe(seconds)
 
     def rpc_called(self, service: str, method: str, outcome: str, seconds: float) -> None:
         """Record an RPC call to `service.method` that ended with `outcome`."""
-        self._timing(self.metrics.rpc_client_seconds, service, method, outcome).observe(seconds)
+        self._child(self.metrics.rpc_client_seconds, service, method, outcome).observe(seconds)
 
     def rpc_served(self, method: str, outcome: str, seconds: float) -> None:
         """Record a call of this service's RPC `method` that ended with `outcome`."""
-        self._timing(self.metrics.rpc_server_seconds, self.name, method, outcome).observe(seconds)
+        self._child(self.metrics.rpc_server_seconds, self.name, method, outcome).observe(seconds)
 
     def sse_event(self, entrypoint: str) -> None:
         """Count an event received by SSE listener `entrypoint`."""
-        self.metrics.sse_events.labels(self.name, entrypoint).inc()
+        self._child(self.metrics.sse_events, self.name, entrypoint).inc()
 
     def sse_reconnected(self, entrypoint: str) -> None:
         """Count a reconnection of SSE listener `entrypoint` to its stream."""
-        self.metrics.sse_reconnects.labels(self.name, entrypoint).inc()
+        self._child(self.metrics.sse_reconnects, self.name, entrypoint).inc()
 
     def connection(self, state: ConnectionState, reconnects: int) -> None:
         """Record the state of the service's broker connection and its reconnections
         so far (sampled when the metrics are read)."""
-        self.metrics.connection_state.labels(self.name).set(state)
+        self._child(self.metrics.connection_state, self.name).set(state)
         if reconnects > self._reconnects_seen:
-            self.metrics.reconnects.labels(self.name).inc(reconnects - self._reconnects_seen)
+            self._child(self.metrics.reconnects, self.name).inc(reconnects - self._reconnects_seen)
             self._reconnects_seen = reconnects
 
     def worker_threads(self, busy: int) -> None:
         """Record how many worker threads run a handler now (sampled when read)."""
-        self.metrics.worker_threads_busy.labels(self.name).set(busy)
+        self._child(self.metrics.worker_threads_busy, self.name).set(busy)

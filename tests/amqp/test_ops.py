@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import farine.amqp
 import farine.rpc
+import farine.stream
 import farine.testing
 from tests.amqp import _rabbit
 from tests.amqp._proxy import TcpProxy, free_port
@@ -361,3 +362,20 @@ async def test_metrics_time_publishes_and_rpc_calls_on_both_sides(broker: Broker
     # One confirmed publish per answered call; each "nowhere" publish came back unroutable.
     assert count("farine_publish_seconds", service="rpcops") == 2
     assert _value(samples, "farine_publish_errors_total", service="rpcops", kind="unroutable") == 3
+
+
+async def test_metrics_count_each_sse_event_of_a_listener(broker: Broker) -> None:
+    class Feed:
+        @farine.stream.http(endpoint="https://prices.example.com/events")
+        async def on_price(self, data: dict[str, int]) -> None:
+            pass
+
+    transport = farine.testing.sse_transport([{"price": 1}, {"price": 2}, {"price": 3}])
+    config = broker.config(http="127.0.0.1:0")
+    async with (
+        farine.testing.running(Feed, config=config, http_transport=transport) as app,
+        httpx.AsyncClient() as client,
+    ):
+        await app.wait_for("feed.on_price", count=3)
+        samples = _samples((await client.get(_url(app.runtime, "/metrics"))).text)
+    assert _value(samples, "farine_sse_events_total", service="feed", entrypoint="on_price") == 3
