@@ -105,12 +105,23 @@ class LineProcess:
 class RowProcess(LineProcess):
     """A row running in a process of its own, answering one JSON line per command.
 
-    The process is `script --row label` with the row's path in its environment.
+    The process is `script --row label` with the row's path in its environment, and
+    `pythonpath`, when given, as its `PYTHONPATH` (the farine tree it imports).
     """
 
-    def __init__(self, script: str, argv: list[str], label: str, path: str | None) -> None:
+    def __init__(
+        self,
+        script: str,
+        argv: list[str],
+        label: str,
+        path: str | None,
+        *,
+        pythonpath: str | None = None,
+    ) -> None:
         self.path = path
         env = dict(os.environ, **{ENV_VAR: PATH_ENV[path] if path else "off"})
+        if pythonpath is not None:
+            env["PYTHONPATH"] = pythonpath
         super().__init__(label, [sys.executable, script, *argv, "--row", label], env)
 
     def ask(self, command: object) -> Any:

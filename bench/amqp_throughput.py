@@ -346,7 +346,7 @@ def _rows(uri: str, path_list: list[str], *, big: bool) -> dict[str, Callable[[]
     return rows
 
 
-def _path_of(label: str) -> str | None:
+def path_of(label: str) -> str | None:
     """The path a row's label names (None for raw aiormq)."""
     if "raw" in label:
         return None
@@ -397,8 +397,8 @@ def main() -> None:
     repeat = max(1, args.repeat)
     # Every row in a process of its own, all set up at once; then they take turns, a
     # batch each, so that load from elsewhere on the machine weighs on every row alike.
-    small = [RowProcess(__file__, ["--uri", uri], k, _path_of(k)) for k in labels if "MiB" not in k]
-    large = [RowProcess(__file__, ["--uri", uri], k, _path_of(k)) for k in labels if "MiB" in k]
+    small = [RowProcess(__file__, ["--uri", uri], k, path_of(k)) for k in labels if "MiB" not in k]
+    large = [RowProcess(__file__, ["--uri", uri], k, path_of(k)) for k in labels if "MiB" in k]
     for row in small + large:
         row.check_ready()
     samples: dict[str, list[dict[str, float]]] = {label: [] for label in labels}

@@ -20,31 +20,22 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
-import sys
 from pathlib import Path
 
-from _paths import PATH_ENV, LineProcess
-
-from farine._broker.aiormq.fastpath import ENV_VAR
-
-
-def _path_of(label: str) -> str:
-    """The value of `FARINE_AMQP_FAST_PATH` for a row: its path, or `off` for raw aiormq."""
-    if "raw" in label:
-        return "off"
-    return PATH_ENV[label.split(",")[0].split()[-1]]
+from _paths import RowProcess
+from amqp_throughput import path_of
 
 
-def _start(tree: Path, label: str) -> LineProcess:
-    """Row `label` of `tree`'s throughput script, in a process of its own, set up."""
-    env = dict(os.environ, **{ENV_VAR: _path_of(label), "PYTHONPATH": str(tree)})
-    script = tree / "bench" / "amqp_throughput.py"
-    process = LineProcess(label, [sys.executable, str(script), "--row", label], env)
-    ready = process.answer()
-    if not isinstance(ready, dict) or "ready" not in ready:
-        raise SystemExit(f"{tree}: row {label!r} did not start: {ready!r}")
+def _start(tree: Path, label: str) -> RowProcess:
+    """Row `label` of `tree`'s throughput script, in a process of its own, set up.
+
+    Raises:
+        RuntimeError: The row failed, or runs on the other path than its label names.
+    """
+    script = str(tree / "bench" / "amqp_throughput.py")
+    process = RowProcess(script, [], label, path_of(label), pythonpath=str(tree))
+    process.check_ready()
     return process
 
 
