@@ -165,7 +165,7 @@ class WorkerPool:
         waiting task is cancelled, it returns at once: a call not started yet never
         starts, one already running finishes in its thread, and its result is dropped.
         """
-        reply = Reply[R]()
+        reply: Reply[R] = Reply()  # not Reply[R](): that sets __orig_class__, refused by __slots__
         crew = self._crew
         if crew is None or crew.home is not reply.home:
             crew = self._crew_for(reply.home)

@@ -98,7 +98,8 @@ class ThreadHost:
         # From trio, the call crosses through the loops' handles instead: one wake-up of
         # each side per burst (not a self-pipe write per call plus a trio token call per
         # result), and no concurrent.futures.Future to chain.
-        call = CrossCall(coro, Reply[T]())
+        reply: Reply[T] = Reply()  # not Reply[T](): see farine._workers
+        call = CrossCall(coro, reply)
         if not self.inbox.call_soon(call.start):
             coro.close()
             raise PublishError("the AMQP connection's thread has stopped")
