@@ -1,4 +1,5 @@
-"""The lean publish and delivery paths (`internals`), and aiormq's own ways they fall back to."""
+"""The fast path's publish and delivery paths (`internals`), and aiormq's own ways they
+fall back to."""
 
 from __future__ import annotations
 
@@ -34,10 +35,10 @@ pytestmark = [pytest.mark.anyio, pytest.mark.fastpath]
 BIG = 300 * 1024
 
 
-@pytest.fixture(params=["lean", "aiormq's own"])
+@pytest.fixture(params=["farine's own", "aiormq's own"])
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both ways: the lean paths, and (as with an aiormq lacking what they use) aiormq's."""
-    if request.param != "lean":
+    """Both ways: farine's own paths, and (as with an aiormq lacking what they use) aiormq's."""
+    if request.param != "farine's own":
         monkeypatch.setattr(
             internals, "PUBLISH_ATTRIBUTES", (*internals.PUBLISH_ATTRIBUTES, "_gone")
         )
@@ -50,7 +51,7 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     return str(request.param)
 
 
-async def test_the_installed_aiormq_has_what_the_lean_paths_use(rabbitmq: Broker) -> None:
+async def test_the_installed_aiormq_has_what_the_fast_path_uses(rabbitmq: Broker) -> None:
     async def check() -> tuple[bool, ...]:
         connection = await aiormq.connect(RABBITMQ_URI)  # pyright: ignore[reportUnknownMemberType]
         try:
@@ -107,7 +108,7 @@ async def test_concurrent_publishes_each_get_their_own_confirm_or_return(
     assert outcomes == {n: "returned" if n % 3 == 0 else "confirmed" for n in range(60)}
     assert sorted(received) == [(n, BIG if n == 7 else 10) for n in expected]
     if not broker.is_memory:
-        assert bool(fallback.records) == (path != "lean")
+        assert bool(fallback.records) == (path != "farine's own")
 
 
 @pytest.mark.parametrize("first", [True, False], ids=["first publish", "channel open"])
@@ -201,7 +202,7 @@ async def test_acks_nacks_and_rejects_either_way(
         with anyio.fail_after(15):
             assert await leftover.wait_for(1) == ["end"]
     if not broker.is_memory:
-        assert bool(fallback.records) == (path != "lean")
+        assert bool(fallback.records) == (path != "farine's own")
 
 
 class Echo:

@@ -14,7 +14,7 @@ import pytest
 from farine._broker import AmqpConnection, ConnectionOptions, open_connection
 from farine._broker.aiormq import fastpath
 from farine._broker.aiormq.fastpath import ENV_VAR, decide
-from farine._broker.aiormq.hosts import InlineHost
+from farine._broker.aiormq.hosts import ServiceLoopHost
 from farine._broker.aiormq.stepped import SteppedDriver
 from tests.amqp import _rabbit
 
@@ -129,7 +129,7 @@ async def test_an_unverified_aiormq_opens_a_stock_connection_and_logs_why_once(
         async with open_connection(_rabbit.RABBITMQ_URI, ConnectionOptions()) as connection:
             assert isinstance(connection, AmqpConnection)
             assert connection.path == "stock"
-            expected = InlineHost if anyio_backend == "asyncio" else SteppedDriver
+            expected = ServiceLoopHost if anyio_backend == "asyncio" else SteppedDriver
             assert isinstance(connection.host, expected)
     lines = [r.getMessage() for r in caplog.records if "fast path" in r.getMessage()]
     assert lines == [

@@ -97,7 +97,7 @@ class ChannelCalls:
             wait=False,
         )
 
-    def publish_now(
+    def start_publish(
         self, channel: aiormq.abc.AbstractChannel, message: Outgoing
     ) -> asyncio.Future[Any] | None:
         """Start a publish with no task: the future of its confirm, or None (nothing was
@@ -127,7 +127,7 @@ class ChannelCalls:
 
         return callback
 
-    def confirm_inline(self, channel: aiormq.abc.AbstractChannel) -> None:
+    def take_confirms(self, channel: aiormq.abc.AbstractChannel) -> None:
         """Let `channel`'s confirms settle their publishes as they are read (fast path
         only; the stock path leaves them to the channel's reader)."""
 

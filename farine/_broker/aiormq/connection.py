@@ -2,7 +2,7 @@
 
 All aiormq calls happen in `Engine`, plain asyncio code that runs on one asyncio loop:
 
-* on the asyncio backend, the service's own loop (`InlineHost`): calls are awaited
+* on the asyncio backend, the service's own loop (`ServiceLoopHost`): calls are awaited
   directly and deliveries go straight into the consumer's stream;
 * on the trio backend, a loop in trio's own thread, driven by a trio task
   (`SteppedDriver`, or the fast path's `TrioDriver`): calls are asyncio tasks whose
@@ -40,7 +40,7 @@ from farine._broker.aiormq.consumer import SupervisedConsumer
 from farine._broker.aiormq.engine import Engine
 from farine._broker.aiormq.errors import REFUSALS, RETRYABLE, check_confirm, refused
 from farine._broker.aiormq.fastpath import channel_calls
-from farine._broker.aiormq.hosts import Host, InlineHost, ThreadHost
+from farine._broker.aiormq.hosts import Host, ServiceLoopHost, ThreadHost
 from farine._broker.aiormq.reply import DirectReplyChannel
 from farine._broker.errors import PublishError
 from farine._broker.interface import (
@@ -128,9 +128,11 @@ class AmqpConnection(Connection):
         self._host = host
         # On the service's own asyncio loop, calls are awaited as they are: one
         # coroutine frame less to go through at each step of a publish.
-        self._inline = isinstance(host, InlineHost)
+        self._on_service_loop = isinstance(host, ServiceLoopHost)
         # The fast path's trio driver starts a publish with no asyncio task.
-        fast_on_trio = engine.calls.name == "fast" and not isinstance(host, InlineHost | ThreadHost)
+        fast_on_trio = engine.calls.name == "fast" and not isinstance(
+            host, ServiceLoopHost | ThreadHost
+        )
         self._driver = cast("TrioDriver", host) if fast_on_trio else None
 
     @property
@@ -145,7 +147,7 @@ class AmqpConnection(Connection):
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
         """`coro` to await from the caller's task (see the hosts)."""
-        return coro if self._inline else self._host.run(coro)
+        return coro if self._on_service_loop else self._host.run(coro)
 
     @property
     def connected(self) -> bool:
@@ -190,7 +192,7 @@ class AmqpConnection(Connection):
         the publishing channel), and wait for the broker's confirm.
 
         On trio with the fast path, the publish starts with no asyncio task when it can
-        (`Engine.publish_now()`). It takes `Engine.publish()`'s way when something must
+        (`Engine.start_publish()`). It takes `Engine.publish()`'s way when something must
         be awaited first, and after a connection loss, which that way retries.
         """
         engine = self._engine
@@ -199,7 +201,7 @@ class AmqpConnection(Connection):
         failed: BaseException | None = None
         deadline: float | None = None
         if driver is not None:
-            started = driver.call_in_step(engine.publish_now, channel, message, limit)
+            started = driver.call_in_step(engine.start_publish, channel, message, limit)
             if started is not None:
                 confirm, watch = started
                 try:
@@ -297,7 +299,7 @@ async def open_amqp(uri: str, options: ConnectionOptions) -> AsyncGenerator[Amqp
     except RuntimeError:
         pass
     else:
-        async with _open_on(InlineHost(loop), calls, uri, options) as connection:
+        async with _open_on(ServiceLoopHost(loop), calls, uri, options) as connection:
             yield connection
         return
     # trio: the engine's loop runs in this thread, driven by a task of this run.

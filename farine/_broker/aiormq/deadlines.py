@@ -16,7 +16,7 @@ _DEADLINE_SLACK: Final = 0.001
 
 class PublishWatch:
     """The deadline of one publish (see `PublishDeadlines`): what it cancels at the deadline
-    is the task of the publish, or the future of its confirm (`Engine.publish_now()`)."""
+    is the task of the publish, or the future of its confirm (`Engine.start_publish()`)."""
 
     __slots__ = ("cancelling", "deadline", "fired", "target")
 

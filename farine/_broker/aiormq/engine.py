@@ -290,7 +290,7 @@ class Engine:
                 if connection is None:
                     raise PublishError("the connection is closed")
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-                self.calls.confirm_inline(channel)
+                self.calls.take_confirms(channel)
                 self._publish_channel = channel
                 self._declared.clear()
             return channel
@@ -329,7 +329,7 @@ class Engine:
             timeout: Seconds until the publish fails with `PublishTimeout`.
             channel_of: Returns the channel to publish on (default: the publishing
                 channel).
-            failed: The error of a first try (by `publish_now()`), to count and retry
+            failed: The error of a first try (by `start_publish()`), to count and retry
                 within the same `deadline`.
             deadline: On the loop's clock (default: in `timeout` seconds).
 
@@ -395,7 +395,7 @@ class Engine:
         )  # fmt: skip
         await asyncio.sleep(min(0.05 * failures, 1.0))
 
-    def publish_now(
+    def start_publish(
         self, channel: aiormq.abc.AbstractChannel | None, message: Outgoing, timeout: float
     ) -> tuple[asyncio.Future[Any], PublishWatch] | None:
         """Start a publish on `channel` with no task, when nothing must be awaited before
@@ -412,13 +412,13 @@ class Engine:
             return None
         deadlines = self._deadlines
         assert deadlines is not None, "engine not started"
-        confirm = self.calls.publish_now(channel, message)
+        confirm = self.calls.start_publish(channel, message)
         if confirm is None:
             return None
         return confirm, deadlines.watch(deadlines.now() + timeout, confirm)
 
     def forget(self, watch: PublishWatch) -> None:
-        """Drop the deadline of a publish started by `publish_now()`."""
+        """Drop the deadline of a publish started by `start_publish()`."""
         assert self._deadlines is not None, "engine not started"
         self._deadlines.forget(watch)
 

@@ -50,7 +50,7 @@ def run_blocking_on(
     return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
 
-class InlineHost:
+class ServiceLoopHost:
     """The asyncio backend: the engine runs on the service's own loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -123,7 +123,7 @@ class ThreadHost:
 
 
 class Host(Protocol):
-    """Where the engine runs: `InlineHost`, `ThreadHost`, or a trio driver
+    """Where the engine runs: `ServiceLoopHost`, `ThreadHost`, or a trio driver
     (`SteppedDriver`, or the fast path's `TrioDriver`)."""
 
     async def run(self, coro: Coroutine[Any, Any, T]) -> T:

@@ -147,7 +147,7 @@ class ChannelSettler:
             # The last message in flight: nothing else would carry its frame soon, and
             # the broker may be waiting for it. On trio, flushed in a step run now.
             if isinstance(self._loop, WakingLoop):
-                self._loop.call_now(self._flush)
+                self._loop.call_urgent(self._flush)
             else:
                 self._flush()
         elif on_loop:

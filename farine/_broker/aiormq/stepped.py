@@ -182,19 +182,19 @@ class WakingLoop(asyncio.SelectorEventLoop):
     Args:
         selector: The loop's selector (the driver waits for its file descriptor).
         wake: Called when work was scheduled from outside a step.
-        step_now: Runs a step in the caller (see `call_now()`); None: `call_now()` is
-            `call_soon()`.
+        step_in_caller: Runs a step in the caller (see `call_urgent()`); None:
+            `call_urgent()` is `call_soon()`.
     """
 
     def __init__(
         self,
         selector: selectors.BaseSelector,
         wake: Callable[[], None],
-        step_now: Callable[[], None] | None = None,
+        step_in_caller: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(selector)
         self.wake = wake
-        self.step_now = step_now
+        self.step_in_caller = step_in_caller
         #: True during a step (and while a caller that steps next schedules work).
         self.stepping = False
         self.thread = threading.get_ident()
@@ -210,12 +210,12 @@ class WakingLoop(asyncio.SelectorEventLoop):
             self.wake()
         return handle
 
-    def call_now(self, callback: Callable[[], object]) -> None:
+    def call_urgent(self, callback: Callable[[], object]) -> None:
         """Schedule `callback` and, called from the loop's thread outside a step (a trio
         task), run it in a step at once, in the caller: for work that someone waits
         for (the last ack the broker needs), one round of trio's scheduler sooner than
         `call_soon()` would have it run."""
-        if self.step_now is None or self.stepping or threading.get_ident() != self.thread:
+        if self.step_in_caller is None or self.stepping or threading.get_ident() != self.thread:
             self.call_soon(callback)
             return
         self.stepping = True  # the step below runs it: no wake-up
@@ -223,7 +223,7 @@ class WakingLoop(asyncio.SelectorEventLoop):
             super().call_soon(callback)
         finally:
             self.stepping = False
-        self.step_now()
+        self.step_in_caller()
 
     def call_at(  # type: ignore[override]
         self,
@@ -242,10 +242,10 @@ class SteppedLoop(WakingLoop):
     """A `WakingLoop` stepped through public API (see the module docstring)."""
 
     def __init__(
-        self, wake: Callable[[], None], step_now: Callable[[], None] | None = None
+        self, wake: Callable[[], None], step_in_caller: Callable[[], None] | None = None
     ) -> None:
         selector = _StepSelector()
-        super().__init__(selector, wake, step_now)
+        super().__init__(selector, wake, step_in_caller)
         selector.loop = self
         self.step_selector = selector
 
@@ -328,7 +328,7 @@ class SteppedDriver(LoopDriver[SteppedLoop]):
     """
 
     def __init__(self) -> None:
-        self.loop = SteppedLoop(self._wake, self._step_now)
+        self.loop = SteppedLoop(self._wake, self._step_in_caller)
         self.thread_id = threading.get_ident()
         self._woken = trio.Event()
         self._waiting: trio.CancelScope | None = None
@@ -374,7 +374,7 @@ class SteppedDriver(LoopDriver[SteppedLoop]):
             while not self._stopping and self._step_here():
                 await trio.lowlevel.checkpoint()  # more is ready: trio's tasks run first
 
-    def _step_now(self) -> None:
+    def _step_in_caller(self) -> None:
         """Step in the calling task, and have the stepper run what is left."""
         if not self._stopping and self._step_here():
             self._wake()

@@ -48,10 +48,10 @@ class FastChannelCalls(ChannelCalls):
             message.properties, message.mandatory,
         )  # fmt: skip
 
-    def publish_now(
+    def start_publish(
         self, channel: aiormq.abc.AbstractChannel, message: Outgoing
     ) -> asyncio.Future[Any] | None:
-        return internals.publish_now(
+        return internals.start_publish(
             channel, message.body, message.exchange, message.routing_key,
             message.properties, message.mandatory,
         )  # fmt: skip
@@ -66,7 +66,7 @@ class FastChannelCalls(ChannelCalls):
     ) -> aiormq.abc.ConsumerCallback:
         return internals.deliver(channel, on_message)
 
-    def confirm_inline(self, channel: aiormq.abc.AbstractChannel) -> None:
+    def take_confirms(self, channel: aiormq.abc.AbstractChannel) -> None:
         internals.take_channel_frames(channel)
 
     def trio_driver(self) -> TrioHost:

@@ -1,6 +1,6 @@
 """Publishing, delivering and settling on aiormq channels without aiormq's per-call steps.
 
-* `publish()` / `publish_now()` build the frames of a publish (`frames.publish_frames()`),
+* `publish()` / `start_publish()` build the frames of a publish (`frames.publish_frames()`),
   register its confirm as `basic_publish()` does and queue the frames at once, with no
   await in between: the delivery tag stays the frames' place in the queue without the
   channel's lock. The confirm's future is the result.
@@ -48,9 +48,9 @@ __all__ = (
     "SETTLE_ATTRIBUTES",
     "deliver",
     "publish",
-    "publish_now",
     "register_writer",
     "settle",
+    "start_publish",
     "supports",
     "take_channel_frames",
 )
@@ -103,12 +103,12 @@ def _supported_for(
 ) -> bool:
     """True when `channel` has all of `attributes`, which `use` needs (cached per class)."""
     key = (type(channel), use)
-    lean = _supported.get(key)
-    if lean is None:
-        lean = _supported[key] = supports(channel, attributes)
-        if not lean:
+    supported = _supported.get(key)
+    if supported is None:
+        supported = _supported[key] = supports(channel, attributes)
+        if not supported:
             logger.debug("aiormq channel without %s: %s take its way", attributes, use)
-    return lean
+    return supported
 
 
 def publish(
@@ -127,7 +127,7 @@ def publish(
     publish, the writer's queue is full, the channel is closed or has no confirms).
     The frames are encoded by `publish_frames()`, else by pamqp.
     """
-    confirmation = publish_now(channel, body, exchange, routing_key, properties, mandatory)
+    confirmation = start_publish(channel, body, exchange, routing_key, properties, mandatory)
     if confirmation is not None:
         return confirmation
     return channel.basic_publish(
@@ -139,7 +139,7 @@ def publish(
     )
 
 
-def publish_now(
+def start_publish(
     channel: aiormq.abc.AbstractChannel,
     body: bytes,
     exchange: str,
