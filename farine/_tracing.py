@@ -59,7 +59,7 @@ _SCOPE: Final = "farine"
 
 
 #: Seconds between two looks for a provider while none is configured: reading the
-#: global one costs a microsecond (an environment lookup), too much for every message.
+#: global one is an environment lookup, too much for every message.
 PROBE_INTERVAL: Final = 1.0
 
 

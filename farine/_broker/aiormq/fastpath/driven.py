@@ -389,8 +389,7 @@ class TrioDriver(LoopDriver[DrivenLoop]):
         """Step and wait for I/O, until the loop's next timer is due (or `stop()`).
 
         The waits share one cancel scope, whose deadline is the loop's earliest timer:
-        set when that timer changes, not for every wait (entering a scope and setting
-        its deadline each time was a tenth of the driver's work per RPC call).
+        set when that timer changes, not for every wait.
         """
         loop = self.loop
         ready = loop.ready_callbacks
