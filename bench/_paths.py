@@ -14,6 +14,7 @@ import os
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from farine._broker.aiormq.fastpath import ENV_VAR, decide
@@ -36,6 +37,18 @@ def paths(choice: str | None) -> list[str]:
         if choice not in (*CHOICES, "auto"):
             raise SystemExit(f"{ENV_VAR} = {choice!r}: expected one of auto, on, off")
     return {"on": ["fast"], "off": ["stock"], "auto": ["auto"]}.get(choice, ["fast", "stock"])
+
+
+def tree_arg(given: str, script: str) -> tuple[str, Path]:
+    """Parse a `--tree NAME=PATH` argument: a farine checkout holding `bench/<script>`.
+
+    Raises:
+        SystemExit: `given` is not NAME=PATH, or PATH holds no such script.
+    """
+    name, sep, path = given.partition("=")
+    if not name or not sep or not (Path(path) / "bench" / script).is_file():
+        raise SystemExit(f"--tree {given!r}: expected NAME=PATH of a farine checkout")
+    return name, Path(path).resolve()
 
 
 def fast_path_enabled() -> bool:

@@ -21,10 +21,13 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from _paths import RowProcess
+from _paths import RowProcess, tree_arg
 from amqp_throughput import path_of
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def _start(tree: Path, label: str) -> RowProcess:
@@ -48,12 +51,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=12000, help="per row, in all")
     parser.add_argument("--batch", type=int, default=1000, help="messages per turn")
     args = parser.parse_args()
-    trees: list[tuple[str, Path]] = []
-    for given in args.tree:
-        name, sep, path = str(given).partition("=")
-        if not sep or not (Path(path) / "bench" / "amqp_throughput.py").is_file():
-            raise SystemExit(f"--tree {given!r}: expected NAME=PATH of a farine checkout")
-        trees.append((name, Path(path).resolve()))
+    trees = [tree_arg(str(given), "amqp_throughput.py") for given in args.tree]
     labels: list[str] = list(args.row)
     batch: int = args.batch
     turns = max(1, args.messages // batch)

@@ -35,6 +35,14 @@ Rows:
     python bench/rpc.py [--calls 2000] [--concurrent 20000] [--inflight 64] [--rounds 2]
                         [--repeat 3] [--fast-path on|off|both] [--only trio]
 
+Whether a change moved these figures: `--tree NAME=PATH` (repeatable) runs the farine
+rows of each farine checkout given (a worktree of the commit before the change, and
+this one), each with that tree's own `bench/rpc.py` and the tree first on `PYTHONPATH`,
+shown as `NAME: row`, beside one set of raw aiormq rows, all taking turns:
+
+    git worktree add /tmp/before HEAD~1
+    python bench/rpc.py --tree before=/tmp/before --tree after=. --fast-path on --only trio
+
 `--fast-path` chooses the farine rows' paths (default: `FARINE_AMQP_FAST_PATH` if set,
 else both); a row's path is set by its process's `FARINE_AMQP_FAST_PATH`, and raw
 aiormq's processes have the fast path off, so that nothing of farine replaces aiormq's
@@ -60,9 +68,7 @@ import asyncio
 import itertools
 import json
 import logging
-import os
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -73,18 +79,18 @@ import aiormq
 import aiormq.abc
 import anyio
 import msgspec
-from _paths import CHOICES, PATH_ENV, fast_path_enabled, median, paths
+from _paths import CHOICES, RowProcess, fast_path_enabled, median, paths, tree_arg
 from _raw import FARINE_READ_SIZE, connect_kwargs
 from pamqp import commands as spec
 
 import farine.rpc
-from farine._broker.aiormq.fastpath import ENV_VAR
 from farine.discovery import ServiceDefinition, find_entrypoints
 from farine.runtime import Runtime
 from farine.settings import Config
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+    from pathlib import Path
 
 PREFETCH = 64
 WARMUP = 200
@@ -128,22 +134,21 @@ class Row:
 
     The coordinator (`main()`) sends it commands and reads its answers. Rows take
     turns, a batch each, so that the speed of this VM, which drifts by a third within a
-    minute, weighs on every row alike.
+    minute, weighs on every row alike. A row of another farine tree (`--tree`) runs
+    that tree's own script with the tree first on `PYTHONPATH`, and is shown as
+    `NAME: label`.
     """
 
-    def __init__(self, label: str, argv: list[str], path: str | None) -> None:
-        self.label = label
+    def __init__(
+        self, label: str, argv: list[str], path: str | None, tree: tuple[str, Path] | None = None
+    ) -> None:
+        self.label = label if tree is None else f"{tree[0]}: {label}"
         self.path = path
         # The row's path is its process's FARINE_AMQP_FAST_PATH (off for raw aiormq,
         # whose process then never loads the fast path's replacements of aiormq's globals).
-        env = dict(os.environ, **{ENV_VAR: PATH_ENV[path] if path else "off"})
-        self.process = subprocess.Popen(
-            [sys.executable, __file__, *argv, "--row", label],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
+        script = __file__ if tree is None else str(tree[1] / "bench" / "rpc.py")
+        pythonpath = None if tree is None else str(tree[1])
+        self.process = RowProcess(script, argv, label, path, pythonpath=pythonpath)
         self.reset()
 
     def reset(self) -> None:
@@ -153,18 +158,11 @@ class Row:
         self.elapsed = 0.0
         self.cpu = 0.0
 
-    def answer(self) -> Any:
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"row {self.label!r} failed (exit code {self.process.wait()})")
-        return json.loads(line)
-
     def ask(self, command: str, count: int = 0, inflight: int = 0) -> Any:
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps([command, count, inflight]) + "\n")
-        self.process.stdin.flush()
-        return None if command == "stop" else self.answer()
+        if command == "stop":
+            self.process.send([command, count, inflight])
+            return None
+        return self.process.ask([command, count, inflight])
 
     def figures(self) -> Figures:
         return Figures(
@@ -433,6 +431,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="repeats of the whole; medians")
     parser.add_argument("--fast-path", choices=CHOICES, default=None, help="default: both")
     parser.add_argument("--only", default="", help="run the rows whose names contain this")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        help="NAME=PATH of a farine checkout whose rows to run too (repeat; see above)",
+    )
     parser.add_argument("--row", default="", help=argparse.SUPPRESS)  # one row's process
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -463,17 +467,19 @@ def main() -> None:
     only: str = args.only
     repeat = max(1, args.repeat)
     # One process per row (one farine runtime per process), all set up at once.
-    active = [
-        Row(label, ["--uri", uri], _path_of(label))
-        for label in setups
-        if not only or only in label or label == raw
-    ]
+    labels = [label for label in setups if not only or only in label or label == raw]
+    trees = [tree_arg(str(given), "rpc.py") for given in args.tree]
+    if trees:  # raw aiormq's rows once, farine's once per tree
+        active = [Row(label, ["--uri", uri], None) for label in labels if "raw" in label] + [
+            Row(label, ["--uri", uri], _path_of(label), tree)
+            for tree in trees
+            for label in labels
+            if "raw" not in label
+        ]
+    else:
+        active = [Row(label, ["--uri", uri], _path_of(label)) for label in labels]
     for row in active:
-        ready = row.answer()
-        if not isinstance(ready, dict) or "ready" not in ready:
-            raise RuntimeError(f"row {row.label!r}: {ready!r}")
-        if row.path in ("fast", "stock") and ready["ready"] != (row.path == "fast"):
-            raise RuntimeError(f"row {row.label!r} runs with fast path = {ready['ready']}")
+        row.process.check_ready()
     # Rows take turns, a batch each (the first row of each turn moves on by one), so
     # that the speed of this VM, which drifts within a minute, weighs on each alike.
     turn = 0
@@ -490,7 +496,7 @@ def main() -> None:
     for row in active:
         row.ask("stop")
     for row in active:
-        if row.process.wait() != 0:
+        if row.process.process.wait() != 0:
             raise RuntimeError(f"row {row.label!r} failed while stopping")
     rows = {
         label: Figures(
