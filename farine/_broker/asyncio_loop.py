@@ -12,8 +12,6 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-import outcome
-
 if TYPE_CHECKING:
     import concurrent.futures
     from collections.abc import Callable, Coroutine
@@ -73,8 +71,8 @@ class Waker:
 class Parked(Generic[T]):
     """One task waiting on its loop for a result set by code on the same loop.
 
-    Created by the task that will wait. `resume()` before the wait makes the wait
-    return at once; after a cancelled wait, it does nothing.
+    Created by the task that will wait. `resume()` or `fail()` before the wait makes
+    the wait return (or raise) at once; after a cancelled wait, they do nothing.
     """
 
     __slots__ = ("_future",)
@@ -82,15 +80,17 @@ class Parked(Generic[T]):
     def __init__(self) -> None:
         self._future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
 
-    def resume(self, result: outcome.Outcome[T]) -> None:
-        """Resume the waiting task with `result` (a value, or an error raised in it)."""
+    def resume(self, value: T) -> None:
+        """Resume the waiting task with `value`."""
         future = self._future
-        if future.done():  # cancelled with its task, or resumed already
-            return
-        if isinstance(result, outcome.Error):
-            future.set_exception(result.error)
-        else:
-            future.set_result(result.unwrap())
+        if not future.done():  # else cancelled with its task, or resumed already
+            future.set_result(value)
+
+    def fail(self, error: BaseException) -> None:
+        """Resume the waiting task by raising `error` in it."""
+        future = self._future
+        if not future.done():
+            future.set_exception(error)
 
     async def wait(self, on_cancel: Callable[[], object]) -> T:
         """Wait to be resumed; when cancelled first, call `on_cancel()` and raise."""

@@ -10,7 +10,7 @@ for it, so a burst of deliveries (or acks) costs one crossing, not one per item;
 
 The backend-specific lines live in `asyncio_loop` and `trio_loop`, which offer the
 same small interface: a `Waker` (schedule a callback on its loop from any thread), a
-`Parked` task (wait, resume with an outcome, cancel), `wait_future()`, `now()`,
+`Parked` task (wait, resume with a value or an error, cancel), `wait_future()`, `now()`,
 `call_in_task()`, `spawn()`. This module picks one by the loop running in the calling
 thread.
 """
@@ -21,8 +21,6 @@ import functools
 import logging
 import threading
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
-
-import outcome
 
 from farine._broker import asyncio_loop, trio_loop
 
@@ -279,17 +277,21 @@ class Reply(Generic[T]):
 
     def send(self, value: T) -> None:
         """Resume the waiting task with `value`."""
-        self._home.call_soon(functools.partial(self._resume, outcome.Value(value)))
+        self._home.call_soon(functools.partial(self._resume, value))
 
     def throw(self, exc: BaseException) -> None:
         """Resume the waiting task by raising `exc` in it."""
-        self._home.call_soon(functools.partial(self._resume, outcome.Error(exc)))
+        self._home.call_soon(functools.partial(self._fail, exc))
 
-    def _resume(self, result: outcome.Outcome[T]) -> None:
-        if self._done:  # the wait was cancelled: nobody wants the result
-            return
-        self._done = True
-        self._parked.resume(result)
+    def _resume(self, value: T) -> None:
+        if not self._done:  # else the wait was cancelled: nobody wants the result
+            self._done = True
+            self._parked.resume(value)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._done:
+            self._done = True
+            self._parked.fail(exc)
 
     async def wait(self, on_cancel: Callable[[], object]) -> T:
         """Wait for the result; when cancelled, call `on_cancel()` and raise at once."""
@@ -322,7 +324,7 @@ class Wakeup:
         if self._flag:
             return
         self._flag = True
-        self._parked.resume(outcome.Value(None))  # an outcome is used once: a new one
+        self._parked.resume(None)
 
     def is_set(self) -> bool:
         """True once `set()` was called."""

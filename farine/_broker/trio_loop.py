@@ -10,13 +10,12 @@ import contextlib
 import threading
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
+import outcome
 import trio
 
 if TYPE_CHECKING:
     import concurrent.futures
     from collections.abc import Callable, Coroutine
-
-    import outcome
 
 __all__ = ("Parked", "Waker", "call_in_task", "handle_of_run", "now", "spawn", "wait_future")
 
@@ -50,8 +49,8 @@ class Waker:
 class Parked(Generic[T]):
     """One task waiting in its run for a result set by code in the same run.
 
-    Created by the task that will wait. `resume()` before the wait makes the wait
-    return at once; after a cancelled wait, it does nothing.
+    Created by the task that will wait. `resume()` or `fail()` before the wait makes
+    the wait return (or raise) at once; after a cancelled wait, they do nothing.
     """
 
     __slots__ = ("_early", "_task")
@@ -60,8 +59,15 @@ class Parked(Generic[T]):
         self._task: trio.lowlevel.Task | None = None
         self._early: outcome.Outcome[T] | None = None
 
-    def resume(self, result: outcome.Outcome[T]) -> None:
-        """Resume the waiting task with `result` (a value, or an error raised in it)."""
+    def resume(self, value: T) -> None:
+        """Resume the waiting task with `value`."""
+        self._settle(outcome.Value(value))
+
+    def fail(self, error: BaseException) -> None:
+        """Resume the waiting task by raising `error` in it."""
+        self._settle(outcome.Error(error))
+
+    def _settle(self, result: outcome.Outcome[T]) -> None:
         task = self._task
         if task is not None:
             self._task = None

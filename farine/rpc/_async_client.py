@@ -40,9 +40,10 @@ if TYPE_CHECKING:
 
     import msgspec
     from opentelemetry.context import Context
-    from opentelemetry.trace import Span
+    from opentelemetry.trace import Span, Tracer
 
     from farine._broker.message import Message
+    from farine.ops._metrics import ServiceMetrics
     from farine.rpc._router import Router
     from farine.settings import ServiceSettings
 
@@ -287,7 +288,7 @@ class AsyncClient(ClientBase[API]):
         return None
 
 
-async def unary_call(
+def unary_call(
     router: Router,
     settings: ServiceSettings,
     service: str,
@@ -295,13 +296,33 @@ async def unary_call(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     plan: CallPlan,
-) -> Any:
-    """Make a call through `router` and return its (decoded) value."""
+) -> Awaitable[Any]:
+    """Make a call through `router`: awaiting it returns the call's (decoded) value.
+
+    Timed for the calling service's metrics and traced when either is on (checked
+    now, in the caller's task).
+    """
     caller = current_service()
     metrics = None if caller is None else caller.metrics
     tracer = None if plan.trace is None else _tracing.tracer()
     if metrics is None and tracer is None:
-        return await _unary_call(router, settings, service, method, args, kwargs, plan, None)
+        return _unary_call(router, settings, service, method, args, kwargs, plan, None)
+    return _observed_unary_call(
+        router, settings, service, method, args, kwargs, plan, metrics, tracer
+    )
+
+
+async def _observed_unary_call(
+    router: Router,
+    settings: ServiceSettings,
+    service: str,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    plan: CallPlan,
+    metrics: ServiceMetrics | None,
+    tracer: Tracer | None,
+) -> Any:
     start = time.perf_counter()
     outcome = "error"
     try:

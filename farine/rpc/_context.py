@@ -7,19 +7,16 @@ nested call's deadline is never later than its caller's.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Mapping
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from farine.rpc._protocol import HEADER_CONTEXT, HEADER_DEADLINE
 
 if TYPE_CHECKING:
-    from collections.abc import Generator
-
     from farine._broker.message import Message
 
 __all__ = ("CallContext", "check_headers", "context", "outgoing", "serving")
@@ -90,7 +87,7 @@ def _deadline(message: Message) -> float | None:
 
 def _headers(message: Message) -> dict[str, str]:
     table: Any = message.headers.get(HEADER_CONTEXT)
-    if not isinstance(table, Mapping):
+    if table is None or not isinstance(table, Mapping):  # None: skip the ABC's check
         return {}
     headers: dict[str, str] = {}
     for key, value in table.items():  # pyright: ignore[reportUnknownVariableType]
@@ -101,16 +98,25 @@ def _headers(message: Message) -> dict[str, str]:
     return headers
 
 
-@contextlib.contextmanager
-def serving(service: str, method: str, message: Message) -> Generator[None]:
-    """Make `message`'s call the current one in this task (and the threads it starts)."""
-    token = _current.set(
-        CallContext(service, method, message.correlation_id, _headers(message), _deadline(message))
-    )
-    try:
-        yield
-    finally:
-        _current.reset(token)
+class serving:
+    """Make `message`'s call the current one in this task (and the threads it starts),
+    for the `with` block."""
+
+    __slots__ = ("_context", "_token")
+
+    def __init__(self, service: str, method: str, message: Message) -> None:
+        self._context = CallContext(
+            service, method, message.correlation_id, _headers(message), _deadline(message)
+        )
+        self._token: Token[CallContext | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _current.set(self._context)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
+            self._token = None
 
 
 def check_headers(headers: Mapping[str, str]) -> dict[str, str]:

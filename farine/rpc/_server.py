@@ -66,6 +66,8 @@ from farine.rpc._protocol import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from anyio.abc import TaskStatus
 
     from farine._broker import Connection, Consumer
@@ -318,10 +320,13 @@ class _RpcMethod(Entrypoint):
 
     # -- one call ---------------------------------------------------------------------
 
-    async def _handle(self, message: Message, connection: Connection) -> None:
+    def _handle(self, message: Message, connection: Connection) -> Awaitable[None]:
+        """Answer one call: awaiting it does (traced or labelled when telemetry is on)."""
         if not telemetry.on():
-            await self._answer(message, connection)
-            return
+            return self._answer(message, connection)
+        return self._answer_observed(message, connection)
+
+    async def _answer_observed(self, message: Message, connection: Connection) -> None:
         call = _tracing.rpc_server_call(
             self.qualname, self.service.name, self.name, message.correlation_id, message.headers
         )
