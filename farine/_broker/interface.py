@@ -18,7 +18,7 @@ import anyio.lowlevel
 from farine._broker.loops import Wakeup, call_in_task
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from farine._broker.message import Message, Outcome, Properties
 
@@ -243,8 +243,9 @@ class ReplyChannel(abc.ABC):
     """
 
     @abc.abstractmethod
-    async def publish(self, message: Outgoing) -> None:
-        """Publish a request and wait for the broker's confirm (see `Connection.publish`)."""
+    def publish(self, message: Outgoing) -> Awaitable[None]:
+        """Publish a request: awaiting it waits for the broker's confirm (see
+        `Connection.publish`)."""
 
     @abc.abstractmethod
     async def aclose(self) -> None:
@@ -286,8 +287,8 @@ class Connection(abc.ABC):
         """Declare exchanges, queues and bindings now."""
 
     @abc.abstractmethod
-    async def publish(self, message: Outgoing) -> None:
-        """Publish `message` and wait for the broker's confirm.
+    def publish(self, message: Outgoing) -> Awaitable[None]:
+        """Publish `message`: awaiting it waits for the broker's confirm.
 
         Raises:
             UnroutableError: `message.mandatory` and no queue is bound to receive it.
