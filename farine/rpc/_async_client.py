@@ -307,32 +307,28 @@ def unary_call(
     tracer = None if plan.trace is None else _tracing.tracer()
     if metrics is None and tracer is None:
         return _unary_call(router, settings, service, method, args, kwargs, plan, None)
-    return _observed_unary_call(
-        router, settings, service, method, args, kwargs, plan, metrics, tracer
-    )
+    call = functools.partial(_unary_call, router, settings, service, method, args, kwargs, plan)
+    return _observed(call, service, method, plan, metrics, tracer)
 
 
-async def _observed_unary_call(
-    router: Router,
-    settings: ServiceSettings,
+async def _observed(
+    call: Callable[[Mapping[str, Any] | None, Span | None], Awaitable[Any]],
     service: str,
     method: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
     plan: CallPlan,
     metrics: ServiceMetrics | None,
     tracer: Tracer | None,
 ) -> Any:
+    """Await `call(trace, span)`, timed for `metrics` and in a client span of `tracer`
+    (either may be None)."""
     start = time.perf_counter()
     outcome = "error"
     try:
         if tracer is None:
-            result = await _unary_call(router, settings, service, method, args, kwargs, plan, None)
+            result = await call(None, None)
         else:
             with _tracing.rpc_client_span(tracer, plan.trace, service, method) as (span, trace):
-                result = await _unary_call(
-                    router, settings, service, method, args, kwargs, plan, trace, span
-                )
+                result = await call(trace, span)
         outcome = "ok"
     except RPCTimeout:
         outcome = "timeout"
