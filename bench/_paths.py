@@ -119,7 +119,8 @@ class RowProcess(LineProcess):
     """A row running in a process of its own, answering one JSON line per command.
 
     The process is `script --row label` with the row's path in its environment, and
-    `pythonpath`, when given, as its `PYTHONPATH` (the farine tree it imports).
+    `pythonpath`, when given, as its `PYTHONPATH` (the farine tree it imports). Errors
+    name the row `shown` when given (a row of another tree: `NAME: label`), else `label`.
     """
 
     def __init__(
@@ -130,12 +131,14 @@ class RowProcess(LineProcess):
         path: str | None,
         *,
         pythonpath: str | None = None,
+        shown: str | None = None,
     ) -> None:
         self.path = path
         env = dict(os.environ, **{ENV_VAR: PATH_ENV[path] if path else "off"})
         if pythonpath is not None:
             env["PYTHONPATH"] = pythonpath
-        super().__init__(label, [sys.executable, script, *argv, "--row", label], env)
+        argv = [sys.executable, script, *argv, "--row", label]
+        super().__init__(label if shown is None else shown, argv, env)
 
     def ask(self, command: object) -> Any:
         """Send `command`; return the row's answer."""

@@ -30,14 +30,17 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def _start(tree: Path, label: str) -> RowProcess:
-    """Row `label` of `tree`'s throughput script, in a process of its own, set up.
+def _start(name: str, tree: Path, label: str) -> RowProcess:
+    """Row `label` of `tree` (shown as `name`)'s throughput script, in a process of its
+    own, set up.
 
     Raises:
         RuntimeError: The row failed, or runs on the other path than its label names.
     """
     script = str(tree / "bench" / "amqp_throughput.py")
-    process = RowProcess(script, [], label, path_of(label), pythonpath=str(tree))
+    process = RowProcess(
+        script, [], label, path_of(label), pythonpath=str(tree), shown=f"{name}: {label}"
+    )
     process.check_ready()
     return process
 
@@ -55,7 +58,7 @@ def main() -> None:
     labels: list[str] = list(args.row)
     batch: int = args.batch
     turns = max(1, args.messages // batch)
-    rows = [(name, label, _start(tree, label)) for name, tree in trees for label in labels]
+    rows = [(name, label, _start(name, tree, label)) for name, tree in trees for label in labels]
     rates: dict[tuple[str, str], list[float]] = {(n, lab): [] for n, lab, _ in rows}
     cpu: dict[tuple[str, str], list[float]] = {(n, lab): [] for n, lab, _ in rows}
     try:

@@ -148,7 +148,9 @@ class Row:
         # whose process then never loads the fast path's replacements of aiormq's globals).
         script = __file__ if tree is None else str(tree[1] / "bench" / "rpc.py")
         pythonpath = None if tree is None else str(tree[1])
-        self.process = RowProcess(script, argv, label, path, pythonpath=pythonpath)
+        self.process = RowProcess(
+            script, argv, label, path, pythonpath=pythonpath, shown=self.label
+        )
         self.reset()
 
     def reset(self) -> None:
