@@ -324,7 +324,7 @@ class ServiceContext:
         timer = None if metrics is None else metrics.call_started(self._entrypoint_of(handler))
         try:
             if is_async_callable(handler):
-                call = cast(Callable[..., Awaitable[Any]], handler)
+                call = cast("Callable[..., Awaitable[Any]]", handler)
                 if not self.async_call_hooks:  # the common case, without a context manager
                     token = _current_service.set(self)
                     try:
