@@ -137,8 +137,8 @@ class RowProcess(LineProcess):
         env = dict(os.environ, **{ENV_VAR: PATH_ENV[path] if path else "off"})
         if pythonpath is not None:
             env["PYTHONPATH"] = pythonpath
-        argv = [sys.executable, script, *argv, "--row", label]
-        super().__init__(label if shown is None else shown, argv, env)
+        command = [sys.executable, script, *argv, "--row", label]
+        super().__init__(label if shown is None else shown, command, env)
 
     def ask(self, command: object) -> Any:
         """Send `command`; return the row's answer."""

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
 
 def _start(name: str, tree: Path, label: str) -> RowProcess:
-    """Row `label` of `tree` (shown as `name`)'s throughput script, in a process of its
-    own, set up.
+    """Row `label` of `tree`'s throughput script, in a process of its own, set up.
+    Errors name the row `name: label`.
 
     Raises:
         RuntimeError: The row failed, or runs on the other path than its label names.
